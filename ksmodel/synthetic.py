@@ -1,0 +1,353 @@
+"""Synthetic glioma cohort with planted structure, in the on-disk format of DESIGN §4.
+
+It is the embedded default cohort (a new user runs a whole study with no data) and the ground
+truth the tests check the pipeline against. What is planted:
+
+* **Tumour state** -- a categorical WHO-2021 diagnosis with TCGA GBM-LGG-like imbalance
+  (0 GBM IDH-wt 45%, 1 astrocytoma IDH-mut grade 4 12%, 2 astrocytoma IDH-mut grade 2-3 25%,
+  3 oligodendroglioma 18%) plus a continuous 4-d latent (IDH, 1p/19q, proliferation, chr7/EGFR
+  programmes) around the class centroid. It drives the tumour genes ``TUM_001..``, the diagnosis,
+  the grade (classes 0, 1 -> 4; classes 2, 3 -> 3 when proliferation is high, else 2) and the
+  features of tumour patches.
+* **TME state** -- a continuous 4-d latent (immune, stroma, necrosis, vascular) whose mean
+  depends weakly on the diagnosis. It drives the TME genes ``TME_001..``, how many patches are
+  immune/stroma/necrosis and their features, and part of the hazard.
+* **Survival** -- Weibull times whose median depends on the diagnosis and whose hazard rises with
+  the TME latent; independent exponential censoring tuned so that ~35% are censored.
+* **Patches** -- every slide is a contiguous blob of tissue on a 256-px patch lattice (``coords``
+  are (x, y) pixels, patches in scan order like CLAM writes them). Tumour patches form one
+  spatial cluster, necrosis sits in the tumour core (more when the necrosis latent is high) and
+  immune patches concentrate at the tumour border, so spatial arrangement carries signal.
+  Patch features = type prototype + a noisy copy of the latent (tumour patches see the tumour
+  latent, the others the TME latent; H&E shows molecular state only in part) + a per-slide stain
+  shift + noise, so histology alone is informative but weaker than the tumour genes.
+  ~10% of patients have two slides.
+* ``conflict`` in [0, 1] -- for that fraction of patients (chosen at random, exact count
+  round(conflict * patients)) the TME latent is drawn around the centroid of a *different*
+  diagnosis, so TME genes, TME patches and the TME part of the hazard point to another class
+  than the tumour subspace: per-subspace gradients then disagree, which is what gradient
+  coordination (PCGrad, CG-Coord) has to resolve. 0 = none. The clinical table marks these
+  patients (``synthetic_conflict`` 0/1, ``tme_source_diagnosis``).
+
+Expression is written as raw positive TPM-like values (log1p then z-score is the intended
+normalisation); 16 background genes ``BG_001..`` outside both gene sets are included, as a real
+expression matrix would have. Tables and labels come from their own random stream, so the same
+seed gives identical clinical/expression tables whatever ``patches``/``dim`` are; same arguments
+give byte-identical files (h5 written without timestamps). ``cohort.json`` records the parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DIAGNOSES = ("GBM, IDH-wildtype", "Astrocytoma, IDH-mutant, grade 4",
+             "Astrocytoma, IDH-mutant, grade 2-3",
+             "Oligodendroglioma, IDH-mutant, 1p/19q-codeleted")
+PREVALENCE = np.array([0.45, 0.12, 0.25, 0.18])
+# Tumour latent programmes: IDH-mutant, 1p/19q codeletion, proliferation, chr7 gain / EGFR.
+TUMOUR_CENTROIDS = np.array([[-1.5, 0.0, 1.0, 1.2],
+                             [1.2, -0.8, 1.0, 0.0],
+                             [1.2, -0.8, -0.6, 0.0],
+                             [1.2, 1.2, -0.6, 0.0]])
+TUMOUR_NOISE = 0.9
+# TME latent: immune, stroma, necrosis, vascular.
+TME_CENTROIDS = 0.6 * np.array([[0.8, 0.3, 1.0, 1.0],
+                                [0.3, 0.0, 0.6, 0.5],
+                                [-0.6, -0.2, -0.9, -0.6],
+                                [-0.4, 0.2, -0.9, 0.3]])
+TME_NOISE = 0.9
+MEDIAN_DAYS = np.array([430.0, 900.0, 2400.0, 3600.0])
+HAZARD_TME = np.array([0.25, 0.1, 0.35, 0.15])  # log-hazard per unit of each TME latent
+WEIBULL_SHAPE = 1.3
+CENSORING = 0.35
+TWO_SLIDES = 0.1
+HISTOLOGY_NOISE = 1.0  # sd of the latent noise that patches see (genes see the latent itself)
+STAIN_SHIFT = 0.1
+N_BACKGROUND = 16
+PATCH_PX = 256
+PATCH_TYPES = ("tumour", "necrosis", "immune", "stroma", "normal")
+
+
+def _genes(rng: np.random.Generator, z: np.ndarray, n: int) -> np.ndarray:
+    """TPM-like expression: each gene loads on one latent programme (1 in 5 genes is noise)."""
+    k = z.shape[1]
+    base = rng.uniform(1.0, 6.0, n)  # log TPM ~ 3..400
+    main = rng.integers(0, k, n)
+    weight = rng.choice([-1.0, 1.0], n) * rng.uniform(0.4, 1.0, n) * (rng.random(n) >= 0.2)
+    loading = np.zeros((k, n))
+    loading[main, np.arange(n)] = weight
+    noise = rng.uniform(0.3, 0.6, n)
+    log_tpm = base + z @ loading + rng.standard_normal((len(z), n)) * noise
+    return np.round(np.expm1(np.maximum(log_tpm, 0.0)) + 0.01, 3)
+
+
+def _censoring_rate(times: np.ndarray, target: float) -> float:
+    """Exponential censoring rate r with mean(P(C < T)) = mean(1 - exp(-r T)) = target."""
+    lo, hi = 1e-9, 1.0
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        if np.mean(-np.expm1(-mid * times)) < target:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
+
+
+def _tables(seed_seq: np.random.SeedSequence, patients: int, conflict: float, n_tumour: int,
+            n_tme: int) -> dict[str, object]:
+    """Clinical labels, latents and expression from their own stream (independent of patches)."""
+    rng = np.random.default_rng(seed_seq)
+    diag = rng.choice(4, size=patients, p=PREVALENCE)
+    z_t = TUMOUR_CENTROIDS[diag] + rng.normal(0.0, TUMOUR_NOISE, (patients, 4))
+    grade = np.where(diag <= 1, 4, np.where(z_t[:, 2] + rng.normal(0, 0.4, patients)
+                                            > TUMOUR_CENTROIDS[2, 2], 3, 2))
+    order = rng.permutation(patients)
+    other = (diag + rng.integers(1, 4, patients)) % 4
+    is_conflict = np.zeros(patients, dtype=bool)
+    is_conflict[order[:round(conflict * patients)]] = True
+    tme_src = np.where(is_conflict, other, diag)
+    z_m = TME_CENTROIDS[tme_src] + rng.normal(0.0, TME_NOISE, (patients, 4))
+    scale = MEDIAN_DAYS[diag] / math.log(2) ** (1 / WEIBULL_SHAPE)
+    scale = scale * np.exp(-(z_m @ HAZARD_TME) / WEIBULL_SHAPE)
+    event_time = scale * rng.exponential(1.0, patients) ** (1 / WEIBULL_SHAPE)
+    censor_time = rng.exponential(1.0, patients) / _censoring_rate(event_time, CENSORING)
+    event = (event_time <= censor_time).astype(np.int64)
+    days = np.maximum(np.round(np.minimum(event_time, censor_time), 1), 1.0)
+    expr = np.concatenate([_genes(rng, z_t, n_tumour), _genes(rng, z_m, n_tme),
+                           _genes(rng, rng.normal(0, 1, (patients, 2)), N_BACKGROUND)], axis=1)
+    n_slides = 1 + (rng.random(patients) < TWO_SLIDES)
+    return dict(diag=diag, grade=grade, z_t=z_t, z_m=z_m, tme_src=tme_src,
+                conflict=is_conflict, days=days, event=event, expr=expr, n_slides=n_slides)
+
+
+def _bag_sizes(rng: np.random.Generator, patients: int, patches: int | tuple[int, int],
+               n_slides: np.ndarray) -> np.ndarray:
+    lo, hi = ((max(1, math.ceil(patches / 2)), max(1, (3 * patches) // 2))
+              if isinstance(patches, int) else (int(patches[0]), int(patches[1])))
+    if lo < 1 or hi < lo:
+        raise ValueError(f"patches must be N >= 1 or (min, max) with 1 <= min <= max, "
+                         f"got {patches!r}")
+    return np.maximum(rng.integers(lo, hi + 1, patients), n_slides)
+
+
+def _slide(rng: np.random.Generator, n: int, z_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coords (x, y) in scan order and patch types for one slide of n patches."""
+    side = 2 * math.ceil(math.sqrt(n)) + 3
+    gy, gx = np.divmod(np.arange(side * side), side)
+    aniso = rng.uniform(0.6, 1.6)
+    dist = (np.hypot((gx - side / 2) * aniso, (gy - side / 2) / aniso)
+            + rng.random(side * side) * 1.5)
+    cells = np.sort(np.argpartition(dist, n - 1)[:n])  # contiguous tissue blob, scan order
+    x, y = gx[cells], gy[cells]
+    centre = rng.integers(n)
+    d = np.hypot(x - x[centre], y - y[centre]) + rng.random(n)
+    rank = np.argsort(np.argsort(d))
+    n_tum = max(1, round(rng.uniform(0.25, 0.6) * n))
+    necrosis_frac = 0.4 / (1.0 + np.exp(-(1.5 * z_m[2] - 1.0)))
+    # non-tumour tissue: immune (favoured near the tumour border) / stroma / normal brain
+    radius = np.sort(d)[n_tum - 1]
+    near = np.exp(-np.maximum(d - radius, 0.0) / 2.0)
+    logits = np.stack([z_m[0] - 1.0 + 1.5 * near, z_m[1] - 0.5 + 0.5 * near, np.zeros(n)], 1)
+    gumbel = -np.log(-np.log(rng.random((n, 3))))
+    types = 2 + np.argmax(logits + gumbel, axis=1)
+    types[rank < n_tum] = 0
+    types[rank < round(necrosis_frac * n_tum)] = 1
+    origin = rng.integers(0, 40, 2) * PATCH_PX
+    coords = np.stack([x, y], 1).astype(np.int64) * PATCH_PX + origin
+    return coords, types
+
+
+def _write_table(df: pd.DataFrame, path: Path) -> None:
+    if path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path,
+                       compression="snappy", write_statistics=False)
+    else:
+        df.to_csv(path, index=False, lineterminator="\n")
+
+
+def _clear(out: Path, overwrite: bool) -> None:
+    ours = [p for p in ("clinical.parquet", "clinical.csv", "expression.parquet",
+                        "expression.csv", "gene_sets.csv", "cohort.json", "features")
+            if (out / p).exists()]
+    if ours and not overwrite:
+        raise FileExistsError(f"{out} already holds a cohort ({', '.join(ours)}); choose another "
+                              f"--out or pass --overwrite")
+    for name in ours:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
+def generate(out: str | Path, *, patients: int = 400, patches: int | tuple[int, int] = (100, 400),
+             dim: int = 384, seed: int = 0, conflict: float = 0.0, n_tumour: int = 59,
+             n_tme: int = 361, fmt: str = "parquet", overwrite: bool = False,
+             quiet: bool = False) -> Path:
+    """Write a synthetic cohort to ``out`` and return its path.
+
+    ``patches``: (min, max) patches per patient, uniform; an int N means mean N, i.e.
+    (ceil(N/2), 3N/2). A patient with two slides splits its patches between them.
+    ``fmt``: "parquet" or "csv" for the clinical and expression tables.
+    """
+    if patients < 8:
+        raise ValueError(f"patients must be >= 8, got {patients}")
+    if not 0.0 <= conflict <= 1.0:
+        raise ValueError(f"conflict must be in [0, 1], got {conflict}")
+    if dim < 1 or n_tumour < 1 or n_tme < 1:
+        raise ValueError("dim, n_tumour and n_tme must be >= 1")
+    if fmt not in ("parquet", "csv"):
+        raise ValueError(f"fmt must be parquet or csv, got {fmt!r}")
+    start = time.perf_counter()
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear(out, overwrite)
+    (out / "features").mkdir()
+
+    table_seq, patch_seq = np.random.SeedSequence(seed).spawn(2)
+    t = _tables(table_seq, patients, conflict, n_tumour, n_tme)
+    rng = np.random.default_rng(patch_seq)
+    sizes = _bag_sizes(rng, patients, patches, t["n_slides"])
+    prototypes = rng.normal(0.0, 1.0, (len(PATCH_TYPES), dim)).astype(np.float32)
+    m_tumour = rng.normal(0.0, 0.1, (4, dim))
+    m_tme = rng.normal(0.0, 0.1, (4, dim))
+
+    case_ids = [f"SYN-{i + 1:04d}" for i in range(patients)]
+    rows, n_files, n_bytes = [], 0, 0
+    step = max(1, patients // 10)
+    # H&E shows the molecular state only in part: patches see a noisy copy of each latent
+    seen_t = t["z_t"] + rng.normal(0.0, HISTOLOGY_NOISE, t["z_t"].shape)
+    seen_m = t["z_m"] + rng.normal(0.0, HISTOLOGY_NOISE, t["z_m"].shape)
+    for i, case in enumerate(case_ids):
+        shift_t = (seen_t[i] @ m_tumour).astype(np.float32)
+        shift_m = (seen_m[i] @ m_tme).astype(np.float32)
+        k = int(t["n_slides"][i])
+        parts = np.diff(np.linspace(0, sizes[i], k + 1).round().astype(int))
+        for s, n in enumerate(parts):
+            slide = f"{case}-{s + 1:02d}"
+            coords, types = _slide(rng, int(n), t["z_m"][i])
+            feats = prototypes[types] + rng.standard_normal((int(n), dim), dtype=np.float32)
+            stain = rng.normal(0.0, STAIN_SHIFT, dim).astype(np.float32)  # per-slide batch effect
+            feats += np.where((types == 0)[:, None], shift_t, shift_m) + stain
+            path = out / "features" / f"{slide}.h5"
+            with h5py.File(path, "w", libver="earliest") as f:
+                f.create_dataset("features", data=feats, track_times=False)
+                f.create_dataset("coords", data=coords, track_times=False)
+            n_files += 1
+            n_bytes += path.stat().st_size
+            rows.append((case, slide))
+        if not quiet and ((i + 1) % step == 0 or i + 1 == patients):
+            say(f"  {i + 1}/{patients} patients ({time.perf_counter() - start:.1f} s)")
+
+    by_case = {c: j for j, c in enumerate(case_ids)}
+    idx = np.array([by_case[c] for c, _ in rows])
+    clinical = pd.DataFrame({
+        "case_id": [c for c, _ in rows], "slide_id": [s for _, s in rows],
+        "diagnosis": t["diag"][idx].astype(np.int64), "grade": t["grade"][idx].astype(np.int64),
+        "survival_days": t["days"][idx], "event": t["event"][idx],
+        "diagnosis_name": [DIAGNOSES[d] for d in t["diag"][idx]],
+        "synthetic_conflict": t["conflict"][idx].astype(np.int64),
+        "tme_source_diagnosis": t["tme_src"][idx].astype(np.int64)})
+    genes = ([f"TUM_{j + 1:03d}" for j in range(n_tumour)] + [f"TME_{j + 1:03d}" for j in
+             range(n_tme)] + [f"BG_{j + 1:03d}" for j in range(N_BACKGROUND)])
+    expression = pd.DataFrame(t["expr"], columns=genes)
+    expression = expression[sorted(genes)]  # loaders must pick and order the set genes
+    expression.insert(0, "case_id", case_ids)
+    _write_table(clinical, out / f"clinical.{fmt}")
+    _write_table(expression, out / f"expression.{fmt}")
+    gene_sets = pd.DataFrame({"gene": genes[:n_tumour + n_tme],
+                              "subspace": ["tumour"] * n_tumour + ["tme"] * n_tme})
+    _write_table(gene_sets, out / "gene_sets.csv")
+    meta = {"generator": "ksmodel.synthetic", "format_version": 1, "seed": seed,
+            "patients": patients, "patches": list(patches) if isinstance(patches, tuple)
+            else patches, "dim": dim, "conflict": conflict, "n_tumour": n_tumour, "n_tme": n_tme,
+            "n_background": N_BACKGROUND, "diagnoses": list(DIAGNOSES),
+            "prevalence": PREVALENCE.tolist(), "censoring_target": CENSORING,
+            "grade_rule": "diagnosis 0,1 -> 4; 2,3 -> 3 if proliferation latent high else 2",
+            "patch_types": list(PATCH_TYPES), "patch_px": PATCH_PX,
+            "conflict_cases": int(t["conflict"].sum())}
+    (out / "cohort.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    seconds = time.perf_counter() - start
+    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    counts = np.bincount(t["diag"], minlength=4)
+    say(f"synthetic cohort -> {out}")
+    say("  diagnosis: " + ", ".join(f"{c} x {DIAGNOSES[d]}" for d, c in enumerate(counts)))
+    say(f"  grade 2/3/4: {', '.join(str(int((t['grade'] == g).sum())) for g in (2, 3, 4))}; "
+        f"censored {1 - t['event'].mean():.1%}; conflict patients {int(t['conflict'].sum())}")
+    say(f"  {n_files} feature files ({n_bytes / 1e6:.1f} MB), {sizes.sum()} patches x D={dim}; "
+        f"total {total / 1e6:.1f} MB in {seconds:.1f} s")
+    return out
+
+
+def ensure_synthetic(out: str | Path, **params: object) -> Path:
+    """Generate the cohort into ``out`` once; reuse it while its parameters match.
+
+    Studies and the trainer CLI call this so a synthetic cohort is written once per folder and
+    every later run (and every trial) reads the same files.
+    """
+    out = Path(out)
+    meta_path = out / "cohort.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()
+                  if k not in ("quiet", "overwrite", "fmt")}
+        differ = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
+        if not differ:
+            return out
+        raise FileExistsError(
+            f"{out} holds a synthetic cohort made with other parameters "
+            f"({', '.join(f'{k}: {a} != {b}' for k, (a, b) in differ.items())}); "
+            "remove it or choose another folder")
+    return generate(out, **params)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ksmodel.synthetic",
+        description="Write a synthetic glioma cohort (clinical, expression, gene sets, "
+                    "features/<slide_id>.h5) with planted tumour/TME structure.",
+        epilog="The tumour latent drives TUM_* genes, diagnosis, grade and tumour patches; the "
+               "TME latent drives TME_* genes, immune/stroma/necrosis patches and part of the "
+               "hazard. Same arguments -> byte-identical files.")
+    parser.add_argument("--out", required=True, type=Path, help="output cohort directory")
+    parser.add_argument("--patients", type=int, default=400, help="number of patients (400)")
+    parser.add_argument("--patches", type=int, default=None,
+                        help="mean patches per patient: sizes uniform in [N/2, 3N/2] "
+                             "(default: uniform 100..400)")
+    parser.add_argument("--dim", type=int, default=384, help="patch feature dimension D (384)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument("--conflict", type=float, default=0.0,
+                        help="fraction in [0, 1] of patients whose TME genes/patches/hazard are "
+                             "drawn as if from a different diagnosis, so the TME and tumour "
+                             "subspaces disagree (0 = none)")
+    parser.add_argument("--format", choices=("parquet", "csv"), default="parquet",
+                        help="table format for clinical and expression (parquet)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a cohort already in --out")
+    args = parser.parse_args(argv)
+    try:
+        generate(args.out, patients=args.patients,
+                 patches=(100, 400) if args.patches is None else args.patches, dim=args.dim,
+                 seed=args.seed, conflict=args.conflict, fmt=args.format,
+                 overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as exc:
+        parser.error(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The synthetic cohort: format, determinism, planted signal, conflict knob, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from ksmodel.cohort import Cohort, load_bags, load_cohort
+from ksmodel.splits import ExpressionScaler, fold_case_ids, make_splits
+from ksmodel.synthetic import generate, main
+
+TINY = dict(patients=30, patches=(6, 12), dim=8, quiet=True)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def _auc(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> float:
+    model = LogisticRegression(C=0.1, max_iter=3000).fit(x[train], y[train])
+    return float(roc_auc_score(y[val], model.predict_proba(x[val]), multi_class="ovr",
+                               average="macro"))
+
+
+def _gene_aucs(cohort: Cohort, fold: int = 0,
+               subspaces: tuple[str, ...] = ("tumour", "tme")) -> dict[str, float]:
+    """Diagnosis macro OvR AUC of a logistic regression on each gene subspace (log1p + z)."""
+    splits = make_splits(cohort, "diagnosis", seed=0)
+    train, val = fold_case_ids(splits, fold)
+    idx = cohort.expression.index
+    y = cohort.targets("diagnosis")["label"]
+    out = {}
+    for name in subspaces:
+        genes = cohort.gene_sets[name]
+        expr = cohort.expression[genes]
+        scaler = ExpressionScaler.fit(expr.loc[train], log1p=True)
+        x = np.zeros((len(idx), len(genes)), np.float32)
+        x[idx.get_indexer(train)] = scaler.transform(expr.loc[train])
+        x[idx.get_indexer(val)] = scaler.transform(expr.loc[val])
+        out[name] = _auc(x, y, idx.get_indexer(train), idx.get_indexer(val))
+    return out
+
+
+def test_same_seed_byte_identical(tmp_path: Path) -> None:
+    a = _files(generate(tmp_path / "a", seed=5, **TINY))
+    b = _files(generate(tmp_path / "b", seed=5, **TINY))
+    assert a.keys() == b.keys() and any(k.endswith(".h5") for k in a)
+    assert a == b
+    c = _files(generate(tmp_path / "c", seed=6, **TINY))
+    assert c["clinical.parquet"] != a["clinical.parquet"]
+    assert c["expression.parquet"] != a["expression.parquet"]
+
+
+def test_tables_do_not_depend_on_bag_parameters(tmp_path: Path) -> None:
+    a = _files(generate(tmp_path / "a", seed=2, **TINY))
+    b = _files(generate(tmp_path / "b", seed=2, **{**TINY, "patches": 40, "dim": 3}))
+    for name in ("clinical.parquet", "expression.parquet", "gene_sets.csv"):
+        assert a[name] == b[name]
+
+
+def test_format_and_planted_labels(small_cohort: Path) -> None:
+    cohort = load_cohort(small_cohort)  # validates everything
+    clinical = pd.read_parquet(small_cohort / "clinical.parquet")
+    assert list(clinical.columns[:6]) == ["case_id", "slide_id", "diagnosis", "grade",
+                                          "survival_days", "event"]
+    sets = pd.read_csv(small_cohort / "gene_sets.csv")
+    assert sets["subspace"].value_counts().to_dict() == {"tme": 361, "tumour": 59}
+    meta = json.loads((small_cohort / "cohort.json").read_text())
+    assert meta["patients"] == 60 and meta["dim"] == 32 and meta["seed"] == 7
+    cases = cohort.cases
+    grade4 = cases["diagnosis"].isin([0, 1])
+    assert (cases.loc[grade4, "grade"] == 4).all()
+    assert cases.loc[~grade4, "grade"].isin([2, 3]).all()
+    assert (cases["survival_days"] > 0).all()
+    for case, slides in cases["slide_ids"].items():
+        sizes = []
+        for slide in slides:
+            with h5py.File(small_cohort / "features" / f"{slide}.h5") as f:
+                sizes.append(f["features"].shape[0])
+                assert f["coords"].shape == (f["features"].shape[0], 2)
+                assert f["coords"].dtype == np.int64
+        assert 24 <= sum(sizes) <= 80, case
+
+
+def test_default_cohort_tables_carry_the_planted_signal(tmp_path: Path) -> None:
+    """The default cohort's tables (400 patients, seed 0): bag parameters do not change them, so
+    tiny bags keep this fast while testing exactly the default clinical/expression tables."""
+    cohort = load_cohort(generate(tmp_path / "c", patients=400, patches=(2, 3), dim=2,
+                                  seed=0, quiet=True))
+    counts = np.bincount(cohort.targets("diagnosis")["label"], minlength=4)
+    assert counts.argmax() == 0 and counts.min() >= 30  # GBM most common, no empty class
+    censored = 1 - cohort.targets("survival")["event"].mean()
+    assert 0.28 <= censored <= 0.42
+    auc = _gene_aucs(cohort)
+    assert auc["tumour"] >= 0.8, auc
+    assert 0.5 < auc["tme"] < auc["tumour"], auc
+
+
+def test_conflict_turns_tme_evidence_to_another_class(tmp_path: Path) -> None:
+    small = dict(patients=300, patches=(2, 3), dim=2, n_tme=80, quiet=True)
+    base = load_cohort(generate(tmp_path / "a", **small))
+    conf = load_cohort(generate(tmp_path / "b", conflict=0.75, **small))
+    # the tumour side (labels, tumour genes) is the same cohort; only the TME side moves
+    np.testing.assert_array_equal(base.targets("diagnosis")["label"],
+                                  conf.targets("diagnosis")["label"])
+    tum = base.gene_sets["tumour"]
+    pd.testing.assert_frame_equal(base.expression[tum], conf.expression[tum])
+    flagged = conf.cases["synthetic_conflict"] == 1
+    assert flagged.sum() == 225 and base.cases["synthetic_conflict"].sum() == 0
+    assert (conf.cases.loc[flagged, "tme_source_diagnosis"]
+            != conf.cases.loc[flagged, "diagnosis"]).all()
+    # a TME-gene classifier trained without conflict reads the conflict patients' TME as the
+    # other class: probability moves from their diagnosis to the TME source class
+    tme = base.gene_sets["tme"]
+    scaler = ExpressionScaler.fit(base.expression[tme])
+    model = LogisticRegression(C=0.1, max_iter=3000).fit(
+        scaler.transform(base.expression[tme]), base.targets("diagnosis")["label"])
+    rows = np.arange(int(flagged.sum()))
+    true = conf.cases.loc[flagged, "diagnosis"].to_numpy()
+    source = conf.cases.loc[flagged, "tme_source_diagnosis"].to_numpy()
+    p_base, p_conf = (model.predict_proba(scaler.transform(c.expression.loc[flagged, tme]))
+                      for c in (base, conf))
+    assert p_conf[rows, true].mean() < p_base[rows, true].mean() - 0.15
+    assert p_conf[rows, source].mean() > p_base[rows, source].mean() + 0.1
+
+
+def test_patches_carry_histology_and_spatial_structure(tmp_path: Path) -> None:
+    cohort = load_cohort(generate(tmp_path / "c", patients=200, patches=(30, 50), dim=48,
+                                  quiet=True))
+    bags = load_bags(cohort, (5, 6))
+    x = bags.tensor.mean(dim=1).numpy()
+    x = (x - x.mean(0)) / x.std(0)
+    y = cohort.targets("diagnosis")["label"]
+    train, val = fold_case_ids(make_splits(cohort, "diagnosis"), 0)
+    idx = cohort.cases.index
+    assert _auc(x, y, idx.get_indexer(train), idx.get_indexer(val)) > 0.7
+    # spatial structure: a patch resembles its nearest spatial neighbour more than a random patch
+    near, rand = [], []
+    rng = np.random.default_rng(0)
+    for slide in [s[0] for s in cohort.cases["slide_ids"].iloc[:40]]:
+        with h5py.File(cohort.root / "features" / f"{slide}.h5") as f:
+            feats, coords = f["features"][()], f["coords"][()]
+        d = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        nn = d.argmin(axis=1)
+        unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+        near.append((unit * unit[nn]).sum(1).mean())
+        rand.append((unit * unit[rng.permutation(len(unit))]).sum(1).mean())
+    assert np.mean(near) > np.mean(rand) + 0.05
+
+
+def test_csv_format(tmp_path: Path) -> None:
+    root = generate(tmp_path / "c", fmt="csv", **TINY)
+    assert (root / "clinical.csv").is_file() and not (root / "clinical.parquet").exists()
+    assert len(load_cohort(root).cases) == 30
+
+
+def test_refuses_to_overwrite(tmp_path: Path) -> None:
+    generate(tmp_path / "c", **TINY)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        generate(tmp_path / "c", **TINY)
+    generate(tmp_path / "c", overwrite=True, **{**TINY, "patients": 12})
+    assert len(list((tmp_path / "c" / "features").glob("*.h5"))) < 20  # old bags removed
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--out", str(tmp_path / "c"), "--patients", "20", "--patches", "10", "--dim",
+                 "6", "--seed", "3", "--conflict", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "20/20 patients" in out and "censored" in out and "conflict patients 10" in out
+    meta = json.loads((tmp_path / "c" / "cohort.json").read_text())
+    assert meta["patches"] == 10 and meta["conflict"] == 0.5 and meta["seed"] == 3
+    cohort = load_cohort(tmp_path / "c")
+    with h5py.File(tmp_path / "c" / "features" / f"{cohort.cases['slide_ids'].iloc[0][0]}.h5") as f:
+        assert f["features"].shape[1] == 6
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "c")])  # exists, no --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_module_entry_point_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "ksmodel.synthetic", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "--conflict" in result.stdout and "--patches" in result.stdout
+
+
+@pytest.mark.slow
+def test_default_cohort_under_60_seconds(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    root = generate(tmp_path / "default", quiet=True)
+    assert time.perf_counter() - start < 60
+    cohort = load_cohort(root)
+    assert len(cohort.cases) == 400 and cohort.feature_dim == 384
+    auc = _gene_aucs(cohort)
+    assert auc["tumour"] >= 0.8 and 0.5 < auc["tme"] < auc["tumour"]
