@@ -1,0 +1,281 @@
+"""Paired statistics for method comparisons (pure functions on numpy / pandas).
+
+Every trial of a study sees the same patient-level folds (DESIGN §4), so methods are compared on
+identical (seed, fold) keys: difference = candidate − baseline (all metrics are maximised, so > 0
+means the candidate did better). Keys present for one method and not the other are reported,
+never silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+KEY = ["seed", "fold"]
+#: Trial states whose metrics are usable (STOPPED_EARLY = cut short by the ASHA scheduler).
+USABLE_STATUSES = ("COMPLETED", "STOPPED_EARLY")
+#: Below this many non-zero paired differences the Wilcoxon test cannot reach p < 0.05
+#: (two-sided exact test: smallest attainable p = 2 / 2**n).
+WILCOXON_MIN_SIGNIFICANT = 6
+
+
+def usable(folds: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows with a finite ``metric`` value from runs that completed or were stopped early."""
+    if metric not in folds:
+        return folds.iloc[0:0]
+    ok = folds["status"].isin(USABLE_STATUSES) & np.isfinite(folds[metric].astype(float))
+    return folds[ok]
+
+
+def describe_methods(folds: pd.DataFrame, trials: pd.DataFrame, metric: str,
+                     task: str) -> pd.DataFrame:
+    """Per arm: trials (by their latest attempt: completed / stopped early / failed or
+    unfinished) and mean, sd (ddof=1), median, min, max of ``metric`` over all usable
+    (seed, fold) values."""
+    t = trials[(trials["task"] == task) & ~trials["superseded"]]
+    f = usable(folds[folds["task"] == task], metric)
+    counts = t.groupby("arm")["status"].agg(
+        trials="size",
+        completed=lambda s: int((s == "COMPLETED").sum()),
+        stopped_early=lambda s: int((s == "STOPPED_EARLY").sum()),
+        failed=lambda s: int((~s.isin(USABLE_STATUSES)).sum()))
+    values = f.groupby("arm")[metric].agg(
+        n_values="size", mean="mean", sd=lambda v: v.std(ddof=1) if len(v) > 1 else np.nan,
+        median="median", min="min", max="max")
+    out = counts.join(values, how="left")
+    out["n_values"] = out["n_values"].fillna(0).astype(int)
+    out = out.reset_index()
+    out.insert(0, "metric", metric)
+    out.insert(0, "task", task)
+    methods = t.drop_duplicates("arm").set_index("arm")["method"]
+    out.insert(3, "method", out["arm"].map(methods))
+    return out
+
+
+def holm(p: np.ndarray | list[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values; NaNs are left out of the family and stay NaN."""
+    p = np.asarray(p, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def wilcoxon_test(diff: np.ndarray) -> tuple[float, float, str]:
+    """Two-sided Wilcoxon signed-rank test of the paired differences (scipy defaults: zero
+    differences dropped). Returns (statistic, p, note); NaN and a note when it cannot run."""
+    diff = np.asarray(diff, dtype=float)
+    nonzero = int(np.count_nonzero(diff))
+    if diff.size == 0:
+        return np.nan, np.nan, "no complete pairs"
+    if nonzero == 0:
+        return np.nan, np.nan, "all paired differences are zero (the methods tie on every pair)"
+    if nonzero < 2:
+        return np.nan, np.nan, f"only {nonzero} non-zero paired difference: too few to test"
+    res = sps.wilcoxon(diff)
+    note = ""
+    if nonzero < WILCOXON_MIN_SIGNIFICANT:
+        note = (f"only {nonzero} non-zero pairs: the smallest attainable p is "
+                f"{2 / 2 ** nonzero:.3g}")
+    return float(res.statistic), float(res.pvalue), note
+
+
+def bootstrap_mean_ci(diff: np.ndarray, *, n_boot: int = 10_000, level: float = 0.95,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean difference.
+
+    Exactly: ``rng = np.random.default_rng(seed)``; ``idx = rng.integers(0, n, size=(n_boot, n))``;
+    ``means = diff[idx].mean(axis=1)``; CI = ``np.quantile(means, [(1-level)/2, (1+level)/2])``.
+    Pairs are in (seed, fold) order, so the result is reproducible from the CSV's inputs.
+    """
+    diff = np.asarray(diff, dtype=float)
+    n = diff.size
+    if n == 0:
+        return np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    means = diff[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+@dataclass
+class Paired:
+    """Values of two arms on their common (seed, fold) keys, in (seed, fold) order."""
+
+    keys: pd.DataFrame  # seed, fold
+    candidate: np.ndarray
+    baseline: np.ndarray
+    only_candidate: pd.DataFrame  # keys with a candidate value and no baseline value
+    only_baseline: pd.DataFrame
+
+    @property
+    def diff(self) -> np.ndarray:
+        return self.candidate - self.baseline
+
+
+def arm_values(folds: pd.DataFrame, metric: str, arm: str) -> pd.Series:
+    """``metric`` of one arm indexed by (seed, fold); raises if a key has several runs."""
+    f = usable(folds[folds["arm"] == arm], metric)
+    s = f.set_index(KEY)[metric].astype(float).sort_index()
+    if s.index.has_duplicates:
+        raise ValueError(f"arm '{arm}' has several runs for the same (seed, fold)")
+    return s
+
+
+def pair(folds: pd.DataFrame, metric: str, candidate: str, baseline: str) -> Paired:
+    a = arm_values(folds, metric, candidate)
+    b = arm_values(folds, metric, baseline)
+    common = a.index.intersection(b.index).sort_values()
+    keys = common.to_frame(index=False)
+    return Paired(keys=keys, candidate=a.loc[common].to_numpy(), baseline=b.loc[common].to_numpy(),
+                  only_candidate=a.index.difference(b.index).to_frame(index=False),
+                  only_baseline=b.index.difference(a.index).to_frame(index=False))
+
+
+def duplicated_arms(folds: pd.DataFrame, metric: str) -> list[str]:
+    """Arms with more than one usable run per (seed, fold): a search, not a paired design."""
+    f = usable(folds, metric)
+    dup = f.duplicated(["arm", *KEY], keep=False)
+    return sorted(f.loc[dup, "arm"].unique())
+
+
+def missing_keys(folds: pd.DataFrame, trials: pd.DataFrame, metric: str,
+                 task: str) -> pd.DataFrame:
+    """Every (arm, seed, fold) of the full grid (all arms × all seeds × all folds seen in the task)
+    without a usable value, with the reason (no run logged / run failed / not logged)."""
+    f = folds[folds["task"] == task]
+    t = trials[trials["task"] == task]
+    cols = ["task", "metric", "arm", "seed", "fold", "reason", "run_id"]
+    if f.empty:
+        return pd.DataFrame(columns=cols)
+    grid = pd.MultiIndex.from_product(
+        [sorted(t["arm"].unique()), sorted(f["seed"].unique()), sorted(f["fold"].unique())],
+        names=["arm", *KEY]).to_frame(index=False)
+    good = usable(f, metric)[["arm", *KEY]].drop_duplicates()
+    merged = grid.merge(good, how="left", indicator=True)
+    miss = merged[merged["_merge"] == "left_only"].drop(columns="_merge")
+    # Why: look at the runs of that (arm, seed).
+    runs = t.loc[~t["superseded"], ["arm", "seed", "run_id", "status", "error"]]
+    rows = []
+    for rec in miss.itertuples(index=False):
+        r = runs[(runs["arm"] == rec.arm) & (runs["seed"] == rec.seed)]
+        run_id = ",".join(r["run_id"])
+        status = set(r["status"])
+        if r.empty:
+            reason = "no run logged"
+        elif status <= {"FAILED"}:
+            err = next((e for e in r["error"] if isinstance(e, str) and e), "")
+            reason = "run failed" + (f": {err.strip().splitlines()[-1][:200]}" if err else "")
+        elif status <= {"RUNNING"}:
+            reason = "run unfinished (status RUNNING)"
+        elif status <= {"STOPPED_EARLY"}:
+            reason = "stopped early by the scheduler (no final fold metrics)"
+        elif not status & set(USABLE_STATUSES):
+            reason = "run " + "/".join(sorted(status)).lower()
+        else:
+            reason = f"fold_{rec.fold}_{metric} not logged"
+        rows.append((task, metric, rec.arm, int(rec.seed), int(rec.fold), reason, run_id))
+    return pd.DataFrame(rows, columns=cols)
+
+
+COMPARISON_COLUMNS = [
+    "task", "metric", "method", "baseline", "n_pairs", "mean_method", "mean_baseline",
+    "mean_diff", "median_diff", "sd_diff", "ci_low", "ci_high", "wilcoxon_stat", "wilcoxon_p",
+    "holm_p", "win_rate", "n_wins", "n_ties", "n_losses", "n_missing_pairs", "note"]
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame  # COMPARISON_COLUMNS, one row per (task, metric, baseline)
+    pairs: dict[tuple[str, str, str], Paired] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def compare_arms(folds: pd.DataFrame, metric: str, task: str, *, candidate: str = "cgcoord",
+                 baselines: list[str] | None = None, n_boot: int = 10_000,
+                 seed: int = 0) -> Comparison:
+    """Candidate vs each baseline on identical (seed, fold) keys; Holm over this (task, metric)
+    family. ``baselines`` are arm labels or method names (default: every other arm)."""
+    f = folds[folds["task"] == task]
+    arms = sorted(f["arm"].unique())
+    notes: list[str] = []
+    empty = Comparison(pd.DataFrame(columns=COMPARISON_COLUMNS), notes=notes)
+    if len(arms) < 2:
+        notes.append(f"{task}: only one method ({', '.join(arms) or 'none'}): no paired comparison")
+        return empty
+    if candidate not in arms:
+        notes.append(f"{task}: method '{candidate}' not in the study (methods: {', '.join(arms)}): "
+                     f"no paired comparison")
+        return empty
+    if baselines:
+        chosen: list[str] = []
+        for name in baselines:
+            match = [a for a in arms if a == name] or [a for a in arms if a.split(" ")[0] == name
+                                                       and a != candidate]
+            if not match:
+                notes.append(f"{task}: baseline '{name}' not in the study (methods: "
+                             f"{', '.join(arms)})")
+            chosen += [m for m in match if m not in chosen]
+    else:
+        chosen = [a for a in arms if a != candidate]
+    dups = duplicated_arms(f, metric)
+    if candidate in dups:
+        notes.append(f"{task}: '{candidate}' has several runs per (seed, fold) (a search study, "
+                     f"not an ablation grid): no paired comparison")
+        return empty
+    rows, pairs = [], {}
+    for base in chosen:
+        if base in dups:
+            notes.append(f"{task}: '{base}' has several runs per (seed, fold): not paired")
+            continue
+        p = pair(f, metric, candidate, base)
+        d = p.diff
+        stat, pval, note = wilcoxon_test(d)
+        lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed)
+        n = d.size
+        rows.append({
+            "task": task, "metric": metric, "method": candidate, "baseline": base, "n_pairs": n,
+            "mean_method": p.candidate.mean() if n else np.nan,
+            "mean_baseline": p.baseline.mean() if n else np.nan,
+            "mean_diff": d.mean() if n else np.nan,
+            "median_diff": float(np.median(d)) if n else np.nan,
+            "sd_diff": d.std(ddof=1) if n > 1 else np.nan,
+            "ci_low": lo, "ci_high": hi, "wilcoxon_stat": stat, "wilcoxon_p": pval,
+            "win_rate": float((d > 0).mean()) if n else np.nan,
+            "n_wins": int((d > 0).sum()), "n_ties": int((d == 0).sum()),
+            "n_losses": int((d < 0).sum()),
+            "n_missing_pairs": len(p.only_candidate) + len(p.only_baseline), "note": note})
+        pairs[(task, metric, base)] = p
+    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    table["holm_p"] = holm(table["wilcoxon_p"].to_numpy(dtype=float))
+    return Comparison(table, pairs, notes)
+
+
+def failed_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """Runs that failed or never finished (FAILED, INTERRUPTED, RUNNING, ...); ``retried`` marks
+    earlier attempts of a trial that was run again."""
+    bad = trials[~trials["status"].isin(USABLE_STATUSES)]
+    out = bad[["task", "arm", "seed", "trial_id", "run_id", "status", "error", "superseded"]]
+    return out.rename(columns={"superseded": "retried"}).reset_index(drop=True)
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) t-interval of the mean; low/high NaN for fewer than two values."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return np.nan, np.nan, np.nan
+    m = float(v.mean())
+    if v.size < 2:
+        return m, np.nan, np.nan
+    half = float(sps.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return m, m - half, m + half

@@ -1,0 +1,106 @@
+"""Log a fake-but-real study into an MLflow store, in the layout ``study/`` writes.
+
+Real MLflow (client API, SQLite store, file artifacts), known numbers: tests of the analysis (and
+anything else that reads studies) can build the runs they need without training a model.
+
+Each row of ``table`` is one trial::
+
+    {"method": "cgcoord", "seed": 0,
+     "folds": {0: 0.81, 1: 0.77, ...},          # fold -> value of `metric` (NaN = not logged),
+                                                 # or fold -> {metric name: value}
+     "status": "COMPLETED",                      # or STOPPED_EARLY / FAILED / INTERRUPTED
+     "error": "...",                             # FAILED only
+     "trial_id": "t1", "attempt": 2,             # optional; a retry reuses the trial id
+     "params": {"alpha": 0.5, "lam": 0.1},       # more trial params (strings in MLflow)
+     "history": {"val_auc": [...], "coord_conflict_rate": [...]},   # per epoch, step 1..E
+     "predictions": pd.DataFrame(...)}          # logged as predictions.parquet
+
+Like the study runner, a STOPPED_EARLY trial logs only its per-epoch history (no fold_<k>_* /
+final_<metric>), and a FAILED / INTERRUPTED one no final metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+DEFAULT_PARAMS = {"alpha": 0.5, "lam": 0.1, "tau_cos": 0.0, "tau_rho": 0.0, "lr": 1e-3,
+                  "weight_decay": 1e-4, "dropout": 0.25, "decompose": True, "teacher": True,
+                  "modality": "both", "epochs": 4}
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """``<dir of mlflow.db>/mlartifacts`` for a sqlite URI (the study layout), else None."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(urlparse(tracking_uri).path)
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def log_study(tracking_uri: str, name: str, table: Iterable[Mapping] | pd.DataFrame, *,
+              task: str = "grade", metric: str = "auc", n_folds: int = 5,
+              node_id: str = "node-0", searched: str = "") -> str:
+    """Create experiment ``name`` (if needed), one parent run and one child run per row of
+    ``table``; returns the parent run id."""
+    rows = table.to_dict("records") if isinstance(table, pd.DataFrame) else list(table)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        name, artifact_location=artifact_root_for(tracking_uri))
+    parent = client.create_run(exp_id, run_name=name, tags={
+        "ks.role": "study", "ks.study": name, "ks.task": task, "ks.metric": metric,
+        "ks.mode": "max", "ks.searched": searched}).info.run_id
+    fold_tag = ",".join(str(k) for k in range(n_folds))
+    best = -math.inf
+    for i, row in enumerate(rows):
+        status = row.get("status", "COMPLETED")
+        params = {**DEFAULT_PARAMS, "coordination": row["method"], "seed": row["seed"],
+                  "seeds": str(row["seed"]), "folds": n_folds, "task": task,
+                  **row.get("params", {})}
+        trial_id = row.get("trial_id", f"trial_{i:03d}")
+        run = client.create_run(exp_id, run_name=f"trial-{trial_id}", tags={
+            "mlflow.parentRunId": parent, "ks.role": "trial", "ks.trial_id": trial_id,
+            "ks.attempt": str(row.get("attempt", 1)), "ks.method": row["method"],
+            "ks.task": task, "ks.metric": metric, "ks.node_id": node_id, "ks.status": status,
+            "ks.folds": fold_tag, "ks.seed": str(row["seed"])})
+        rid = run.info.run_id
+        metrics: list[Metric] = []
+        tags: list[RunTag] = []
+        if status == "FAILED":
+            tags.append(RunTag("ks.error", row.get("error", "RuntimeError: trial failed")))
+        finished = status == "COMPLETED"
+        for key, values in row.get("history", {}).items():
+            metrics += [Metric(key, float(v), 0, step) for step, v in enumerate(values, 1)]
+        primary = []
+        for fold, value in (row.get("folds", {}) if finished else {}).items():
+            named = value if isinstance(value, Mapping) else {metric: value}
+            for mname, v in named.items():
+                if v is None or (isinstance(v, float) and math.isnan(v)):
+                    continue
+                metrics.append(Metric(f"fold_{fold}_{mname}", float(v), 0, 0))
+            primary.append(named.get(metric, math.nan))
+        if finished and primary and all(not math.isnan(float(v)) for v in primary):
+            final = float(row.get("final", sum(primary) / len(primary)))
+            metrics.append(Metric(f"final_{metric}", final, 0, 0))
+            metrics.append(Metric("epochs_run", float(row.get("epochs_run", 4)), 0, 0))
+            best = max(best, final)
+        client.log_batch(rid, metrics=metrics,
+                         params=[Param(k, str(v)) for k, v in params.items()], tags=tags)
+        if row.get("predictions") is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "predictions.parquet"
+                row["predictions"].to_parquet(path, index=False)
+                client.log_artifact(rid, str(path))
+        client.set_terminated(rid, {"FAILED": "FAILED", "INTERRUPTED": "KILLED"}.get(
+            status, "FINISHED"))
+    if best > -math.inf:
+        client.log_metric(parent, f"best_{metric}", best)
+    client.set_terminated(parent, "FINISHED")
+    return parent
