@@ -1,0 +1,342 @@
+"""`python -m study.run --space FILE`: a cross-validated hyper-parameter or ablation study.
+
+Order of work: validate the study file, the cohort and the folds (all before Ray starts), set
+up the study folder and the MLflow parent run, then hand the trials to a Ray Tune `Tuner`
+(Optuna through `OptunaSearch`, or a grid; ASHA for early stopping) and finally write
+`summary.csv` and `best_config.yaml`. The exit status is non-zero when no trial completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ksmodel.cohort import Cohort, CohortError, load_bags, load_cohort
+from ksmodel.config import ModelConfig, parse_overrides
+from ksmodel.splits import check_folds, load_splits, make_splits, save_splits
+from study.space import SpaceError, StudyConfig, dump_study, load_study
+
+STATE_FILE = "study.json"
+
+
+class StudyError(RuntimeError):
+    """The study cannot start (folder conflict, cohort incompatible with the study)."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m study.run",
+        description="Run a cross-validated KS-Fusion study: Ray Tune schedules the trials "
+                    "(locally, or on a Ray cluster with --address), Optuna proposes the "
+                    "configurations, ASHA stops bad ones early, MLflow records every trial, "
+                    "fold and epoch.",
+        epilog="Examples:\n"
+               "  python -m study.run --space search_spaces/alpha.yaml\n"
+               "  python -m study.run --space search_spaces/smoke.yaml --num-samples 4\n"
+               "  python -m study.run --space search_spaces/ablation.yaml --address auto \\\n"
+               "      --storage /shared/ray --tracking-uri http://mlflow-host:5000\n"
+               "Afterwards: mlflow ui --backend-store-uri sqlite:///studies/<name>/mlflow.db\n"
+               "            python -m analysis.compare --experiment <name> "
+               "--tracking-uri sqlite:///studies/<name>/mlflow.db",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", required=True, type=Path, help="study YAML (see search_spaces/)")
+    p.add_argument("--out", type=Path, help="study folder (default studies/<name>)")
+    p.add_argument("--name", help="study / MLflow experiment name (default: name: in the YAML)")
+    p.add_argument("--address", help="join a running Ray cluster: 'auto' or HOST:PORT "
+                                     "(default: start Ray locally)")
+    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--storage", help="shared path or URI for Ray results (default <out>/ray; "
+                                     "required to be shared storage on a multi-node cluster)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                          "else sqlite:///<out>/mlflow.db)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted study in --out without redoing finished trials")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: run failed trials again as well")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a folder that holds a study (the old folder is kept, "
+                        "renamed with a timestamp)")
+    p.add_argument("--num-samples", type=int, help="override num_samples")
+    p.add_argument("--epochs", type=int, help="override epochs")
+    p.add_argument("--cohort", help="override cohort: a folder, or 'synthetic'")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any study key (num_samples=4, scheduler.grace_period=1) or "
+                        "fix a model/training parameter (lam=0.2); repeatable")
+    return p.parse_args(argv)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out = parse_overrides(args.overrides)
+    for key in ("num_samples", "epochs", "cohort", "name"):
+        value = getattr(args, key)
+        if value is not None:
+            out[key] = str(Path(value).resolve()) if key == "cohort" and value != "synthetic" \
+                else value
+    return out
+
+
+def prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two studies in one folder; never delete a finished one."""
+    state = out / STATE_FILE
+    if resume:
+        if not state.is_file():
+            raise StudyError(f"--resume: {out} holds no study to resume ({STATE_FILE} missing); "
+                             "drop --resume to start one")
+        return
+    if state.is_file():
+        if not overwrite:
+            raise StudyError(f"{out} already holds a study; use --resume to continue it, "
+                             "--overwrite to start afresh (the old one is kept aside), or --out")
+        aside = out.with_name(f"{out.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(out), str(aside))
+        print(f"previous study moved to {aside}")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def resolve_cohort(cfg: StudyConfig, out: Path) -> Path:
+    if cfg.cohort != "synthetic":
+        return Path(cfg.cohort)
+    from ksmodel.synthetic import ensure_synthetic
+
+    s = cfg.synthetic
+    return ensure_synthetic(out / "cohort", patients=s.patients, patches=s.patches, dim=s.dim,
+                            seed=s.seed, conflict=s.conflict)
+
+
+def _modalities(cfg: StudyConfig) -> set[str]:
+    for p in cfg.search:
+        if p.name == "modality":
+            return set(p.values)
+    return {cfg.fixed.get("modality", ModelConfig.modality)}
+
+
+def load_data(cfg: StudyConfig, out: Path, resume: bool) -> tuple[Cohort, pd.DataFrame, Any]:
+    """Cohort, the study's folds (made once, reused on resume) and the bags on the token grid."""
+    if any(p.name == "grid" for p in cfg.search):
+        raise SpaceError(f"{cfg.source}: key 'search.grid': the token grid is laid out once per "
+                         "study; fix it in 'fixed' instead")
+    root = resolve_cohort(cfg, out)
+    needs_features = _modalities(cfg) != {"genomics"}
+    cohort = load_cohort(root, tasks=[cfg.task], require_features=False)
+    if needs_features and cohort.feature_dim is None:
+        raise CohortError(f"{root}: the cohort has no feature files, so only modality=genomics "
+                          f"can run on it; set fixed.modality: genomics in {cfg.source}")
+    split_file = out / "splits.parquet"
+    if resume and split_file.is_file():
+        splits = load_splits(split_file, cohort)
+    elif (root / "splits.parquet").is_file():  # published folds shipped with the cohort
+        splits = load_splits(root / "splits.parquet", cohort)
+        save_splits(splits, split_file)
+    else:
+        splits = make_splits(cohort, cfg.task, k=cfg.folds, seed=cfg.split_seed)
+        save_splits(splits, split_file)
+    check_folds(cohort, splits, cfg.task)
+    bags = None
+    if needs_features:
+        grid = tuple(cfg.fixed.get("grid", ModelConfig.grid))
+        print(f"reading bags of {len(cohort.cases)} cases onto a {grid[0]}x{grid[1]} grid ...",
+              flush=True)
+        bags = load_bags(cohort, grid, seed=cfg.split_seed).tensor.numpy()
+    return cohort, splits, bags
+
+
+def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
+    """(search_alg, param_space, num_samples) for the Tuner."""
+    from ray import tune
+
+    if cfg.sampler == "grid":
+        return None, {p.name: tune.grid_search(p.grid_values()) for p in cfg.search}, 1
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    seed = cfg.sampler_seed
+    sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+               "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+               "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed)}[cfg.sampler]()
+    search = OptunaSearch(space=cfg.optuna_space(), metric=f"val_{cfg.metric}", mode=cfg.mode,
+                          sampler=sampler)
+    return ConcurrencyLimiter(search, max_concurrent=cfg.max_concurrent), {}, cfg.num_samples
+
+
+def make_scheduler(cfg: StudyConfig) -> Any:
+    if cfg.scheduler.type == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
+                         grace_period=min(cfg.scheduler.grace_period, cfg.epochs),
+                         reduction_factor=cfg.scheduler.reduction_factor)
+
+
+def start_parent(client: Any, experiment_id: str, cfg: StudyConfig, out: Path) -> str:
+    from study.tracking import PARENT_TAG, ROLE, log_batched, retry  # noqa: F401
+
+    run = retry(lambda: client.create_run(
+        experiment_id, run_name=f"study-{cfg.name}",
+        tags={ROLE: "study", "ks.study": cfg.name, "ks.task": cfg.task, "ks.metric": cfg.metric,
+              "ks.mode": cfg.mode, "ks.sampler": cfg.sampler, "ks.out": str(out.resolve()),
+              "ks.searched": ",".join(cfg.searched)}))
+    run_id = run.info.run_id
+    retry(lambda: client.log_artifact(run_id, str(out / "config.yaml")))
+    retry(lambda: client.log_artifact(run_id, str(out / "splits.parquet")))
+    return run_id
+
+
+def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
+    """One row per trial: id, status, searched params, final metric."""
+    key = f"val_{cfg.metric}"
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        iters = metrics.get("training_iteration", 0) or 0
+        if result.error is not None:
+            status = "FAILED"
+        elif metrics.get("completed"):
+            status = "COMPLETED"
+        else:
+            status = "STOPPED_EARLY" if iters else "NOT_RUN"
+        trial_id = metrics.get("trial_id") or Path(result.path).name.split("_")[2]
+        rows.append({"trial_id": trial_id, "status": status,
+                     **{f"param.{k}": v for k, v in (result.config or {}).items()},
+                     key: metrics.get(key), "epochs": iters,
+                     "mlflow_run_id": metrics.get("mlflow_run_id"),
+                     "node_id": metrics.get("node_id"),
+                     "error": str(result.error).splitlines()[0][:200] if result.error else ""})
+    return pd.DataFrame(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_study(args.space, _overrides(args))
+    except SpaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = (args.out or Path("studies") / cfg.name).resolve()
+    try:
+        prepare_folder(out, args.resume, args.overwrite)
+        if args.resume:
+            saved = json.loads((out / STATE_FILE).read_text())
+            cfg = load_study(out / "config.yaml") if (out / "config.yaml").is_file() else cfg
+        else:
+            saved = {}
+            dump_study(cfg, out / "config.yaml")
+        cohort, splits, bags = load_data(cfg, out, args.resume)
+    except (StudyError, SpaceError, CohortError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run_study(cfg, out, cohort, splits, bags, args, saved)
+
+
+def run_study(cfg: StudyConfig, out: Path, cohort: Cohort, splits: pd.DataFrame, bags: Any,
+              args: argparse.Namespace, saved: dict[str, Any]) -> int:
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # resume loses at most ~1 s of state
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from study.tracking import (
+        TrialStatusCallback,
+        default_tracking_uri,
+        ensure_experiment,
+        log_frame,
+        retry,
+    )
+    from study.trial import TrialContext, run_trial
+
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+        default_tracking_uri(out)
+    client = MlflowClient(tracking_uri)
+    experiment_id = saved.get("experiment_id") or ensure_experiment(
+        client, cfg.name, out / "mlartifacts" if tracking_uri.startswith("sqlite") else None)
+    parent = saved.get("parent_run_id") or start_parent(client, experiment_id, cfg, out)
+    (out / STATE_FILE).write_text(json.dumps(
+        {"name": cfg.name, "experiment_id": experiment_id, "parent_run_id": parent,
+         "tracking_uri": tracking_uri}, indent=2))
+    storage = args.storage or saved.get("storage") or str(out / "ray")
+    state = json.loads((out / STATE_FILE).read_text())
+    (out / STATE_FILE).write_text(json.dumps({**state, "storage": storage}, indent=2))
+
+    if args.address:
+        ray.init(address=args.address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=True)
+    folds = sorted(int(f) for f in splits["fold"].unique())
+    ctx = TrialContext(task=cfg.task, metric=cfg.metric, epochs=cfg.epochs, folds=folds,
+                       seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=cohort, splits=splits,
+                       bags=bags, tracking_uri=tracking_uri, experiment_id=experiment_id,
+                       parent_run_id=parent, cpus=cfg.resources["cpu"],
+                       tags={"ks.study": cfg.name})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                    {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
+    search_alg, param_space, num_samples = make_search(cfg)
+    run_config = tune.RunConfig(
+        name=cfg.name, storage_path=storage,
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        callbacks=[TrialStatusCallback(tracking_uri, experiment_id, cfg.epochs)], verbose=1)
+    path = f"{storage.rstrip('/')}/{cfg.name}"
+    start = time.time()
+    if args.resume and tune.Tuner.can_restore(path):
+        print(f"resuming {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=args.retry_failed,
+                                   restart_errored=args.retry_failed, param_space=param_space)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=f"val_{cfg.metric}", mode=cfg.mode, num_samples=num_samples,
+                search_alg=search_alg, scheduler=make_scheduler(cfg),
+                max_concurrent_trials=cfg.max_concurrent),
+            run_config=run_config)
+    grid = tuner.fit()
+    summary = summarise(grid, cfg)
+    summary.to_csv(out / "summary.csv", index=False)
+    log_frame(client, parent, summary, "summary.csv")
+    key = f"val_{cfg.metric}"
+    done = summary[summary["status"] == "COMPLETED"]
+    print(f"\n{cfg.name}: {len(summary)} trials in {time.time() - start:.0f} s — "
+          f"{(summary['status'] == 'COMPLETED').sum()} completed, "
+          f"{(summary['status'] == 'STOPPED_EARLY').sum()} stopped early by ASHA, "
+          f"{(summary['status'] == 'FAILED').sum()} failed")
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        cols = [c for c in summary.columns if c not in ("mlflow_run_id", "node_id")]
+        print(summary[cols].sort_values(key, ascending=False, na_position="last")
+              .to_string(index=False))
+    if done.empty:
+        print("no trial completed; see the errors above and in MLflow", file=sys.stderr)
+        retry(lambda: client.set_terminated(parent, "FAILED"))
+        return 1
+    best = done.loc[done[key].idxmax()]
+    best_params = {k.removeprefix("param."): _plain(v) for k, v in best.items()
+                   if k.startswith("param.") and pd.notna(v)}
+    best_cfg = {"study": cfg.name, "trial_id": best["trial_id"], cfg.metric: float(best[key]),
+                "params": {**cfg.fixed, **best_params}}
+    (out / "best_config.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
+    retry(lambda: client.log_artifact(parent, str(out / "best_config.yaml")))
+    retry(lambda: client.log_metric(parent, f"best_{cfg.metric}", float(best[key])))
+    retry(lambda: client.set_terminated(parent, "FINISHED"))
+    print(f"best {cfg.metric} {float(best[key]):.4f} (trial {best['trial_id']}): "
+          f"{best_params} -> {out / 'best_config.yaml'}")
+    print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri}")
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

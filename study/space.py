@@ -1,0 +1,373 @@
+"""Search-space YAML -> one validated, typed `StudyConfig` -> Optuna distributions / Ray grid.
+
+A study file names the task, the folds and seeds every trial is evaluated on, the fixed model
+and training parameters, the searched ones, the sampler and scheduler and the resources.
+Everything is checked here, once, before Ray starts: an unknown key, a wrong type, an empty
+or inverted range, or a parameter value the model would reject is a `SpaceError` naming the
+file and the key. Paths in the file are relative to the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from ksmodel.config import (
+    MODEL_KEYS,
+    TASK_METRIC,
+    TASKS,
+    TRAIN_KEYS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    split_params,
+)
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes")
+SCHEDULERS = ("asha", "none")
+PARAM_TYPES = ("float", "loguniform", "int", "categorical")
+DATA_KEYS = frozenset({"feature_dim", "n_tumour_genes", "n_tme_genes", "n_outputs", "task"})
+TRIAL_KEYS = (MODEL_KEYS | TRAIN_KEYS) - DATA_KEYS
+"""Parameters a study may fix or search (data-derived sizes and the task are set elsewhere)."""
+
+
+class SpaceError(ValueError):
+    """A study file is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched parameter."""
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    values: tuple[Any, ...] = ()
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        if self.type == "float":
+            return optuna.distributions.FloatDistribution(self.low, self.high)
+        if self.type == "loguniform":
+            return optuna.distributions.FloatDistribution(self.low, self.high, log=True)
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(self.low, self.high)
+        return optuna.distributions.CategoricalDistribution(self.values)
+
+    def grid_values(self) -> list[Any]:
+        if self.type == "categorical":
+            return list(self.values)
+        if self.type == "int":
+            return list(range(int(self.low), int(self.high) + 1))
+        raise ValueError(f"{self.name}: a {self.type} parameter has no grid")
+
+    def extremes(self) -> list[Any]:
+        """Values that must all be acceptable to the model (checked at load time)."""
+        return list(self.values) if self.type == "categorical" else [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    type: str = "asha"
+    grace_period: int = 2
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Parameters of the synthetic cohort generated when `cohort: synthetic`."""
+
+    patients: int = 400
+    patches: int = 250  # mean patches per patient (uniform in [N/2, 3N/2])
+    dim: int = 384
+    seed: int = 0
+    conflict: float = 0.3
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    task: str
+    cohort: str  # 'synthetic' or an absolute path
+    metric: str = ""
+    mode: str = "max"
+    folds: int = 5
+    split_seed: int = 0
+    seeds: tuple[int, ...] = (0,)
+    epochs: int = 10
+    fixed: dict[str, Any] = field(default_factory=dict)
+    search: tuple[ParamSpec, ...] = ()
+    sampler: str = "tpe"
+    sampler_seed: int = 0
+    scheduler: SchedulerSpec = SchedulerSpec()
+    num_samples: int = 8
+    max_concurrent: int = 2
+    max_failures: int = 1
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    synthetic: SyntheticSpec = SyntheticSpec()
+    source: str = ""  # the YAML file this came from
+
+    @property
+    def searched(self) -> list[str]:
+        return [p.name for p in self.search]
+
+    def optuna_space(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {p.name: p.distribution() for p in self.search}
+
+    def grid_size(self) -> int:
+        size = 1
+        for p in self.search:
+            size *= len(p.grid_values())
+        return size
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The effective config, in the file format (so it can be re-run as is)."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        out["seeds"] = list(self.seeds)
+        out["search"] = {
+            p.name: ({"type": p.type, "values": list(p.values)} if p.type == "categorical"
+                     else {"type": p.type, "low": p.low, "high": p.high})
+            for p in self.search}
+        out["fixed"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.fixed.items()}
+        if self.cohort != "synthetic":
+            out.pop("synthetic")
+        return out
+
+
+_TOP_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"source"}
+_NESTED = {"scheduler": SchedulerSpec, "synthetic": SyntheticSpec}
+
+
+def _err(where: str, key: str, msg: str) -> SpaceError:
+    return SpaceError(f"{where}: key '{key}': {msg}")
+
+
+def _typed(where: str, key: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and bool not in kinds:
+        raise _err(where, key, f"expected {kind}, got a boolean")
+    if not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise _err(where, key, f"expected {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _param(where: str, name: str, spec: Any) -> ParamSpec:
+    key = f"search.{name}"
+    if name not in TRIAL_KEYS:
+        raise _err(where, key, f"unknown parameter; searchable: {', '.join(sorted(TRIAL_KEYS))}")
+    if not isinstance(spec, dict):
+        raise _err(where, key, "expected a mapping like {type: float, low: 0, high: 1}")
+    unknown = set(spec) - {"type", "low", "high", "values"}
+    if unknown:
+        raise _err(where, f"{key}.{sorted(unknown)[0]}",
+                   "unknown key (use type, low, high, values)")
+    kind = spec.get("type")
+    if kind not in PARAM_TYPES:
+        raise _err(where, f"{key}.type", f"must be one of {', '.join(PARAM_TYPES)}, got {kind!r}")
+    if kind == "categorical":
+        values = spec.get("values")
+        if not isinstance(values, list) or not values:
+            raise _err(where, f"{key}.values", "a categorical parameter needs a non-empty list")
+        if "low" in spec or "high" in spec:
+            raise _err(where, key, "categorical takes values, not low/high")
+        return ParamSpec(name, kind, values=tuple(values))
+    for bound in ("low", "high"):
+        if bound not in spec:
+            raise _err(where, f"{key}.{bound}", f"a {kind} parameter needs low and high")
+    num = int if kind == "int" else float
+    low = _typed(where, f"{key}.low", spec["low"], num)
+    high = _typed(where, f"{key}.high", spec["high"], num)
+    if not low < high:
+        raise _err(where, key, f"empty or inverted range: low={low} must be < high={high}")
+    if kind == "loguniform" and low <= 0:
+        raise _err(where, f"{key}.low", f"loguniform needs low > 0, got {low}")
+    return ParamSpec(name, kind, low=low, high=high)
+
+
+def _check_values(where: str, task: str, params: dict[str, Any], key: str) -> None:
+    """Build the model/training configs once so out-of-range values fail here, not in a trial."""
+    try:
+        model_kw, train_kw = split_params(params)
+        ModelConfig(**model_kw)
+        TrainConfig(task=task, **train_kw)
+    except (ConfigError, TypeError) as exc:
+        raise _err(where, key, str(exc)) from None
+
+
+def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
+    """Validate a study mapping (as loaded from YAML) into a `StudyConfig`."""
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise _err(where, sorted(unknown)[0],
+                   f"unknown key; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    for key in ("name", "task"):
+        if key not in raw:
+            raise _err(where, key, "required")
+    kw: dict[str, Any] = {}
+    kw["name"] = _typed(where, "name", raw["name"], str)
+    if not kw["name"] or any(c in kw["name"] for c in "/\\ "):
+        raise _err(where, "name", "must be a non-empty name without slashes or spaces")
+    task = raw["task"]
+    if task not in TASKS:
+        raise _err(where, "task", f"must be one of {', '.join(TASKS)}, got {task!r}")
+    kw["task"] = task
+    metric = raw.get("metric", TASK_METRIC[task])
+    if metric != TASK_METRIC[task]:
+        raise _err(where, "metric", f"task {task} is selected on {TASK_METRIC[task]!r}, "
+                                    f"got {metric!r}")
+    kw["metric"] = metric
+    kw["mode"] = raw.get("mode", "max")
+    if kw["mode"] != "max":
+        raise _err(where, "mode", f"{metric} is maximised; mode must be max")
+    for key in ("folds", "split_seed", "epochs", "num_samples", "max_concurrent", "max_failures",
+                "sampler_seed"):
+        if key in raw:
+            kw[key] = _typed(where, key, raw[key], int)
+    if kw.get("folds", 5) < 2:
+        raise _err(where, "folds", "needs at least 2 folds")
+    for key in ("epochs", "num_samples", "max_concurrent"):
+        if kw.get(key, 1) < 1:
+            raise _err(where, key, "must be >= 1")
+    if kw.get("max_failures", 0) < 0:
+        raise _err(where, "max_failures", "must be >= 0")
+    if "seeds" in raw:
+        seeds = raw["seeds"]
+        if not isinstance(seeds, list) or not seeds or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise _err(where, "seeds", f"expected a non-empty list of integers, got {seeds!r}")
+        kw["seeds"] = tuple(seeds)
+
+    cohort = raw.get("cohort", "synthetic")
+    cohort = _typed(where, "cohort", cohort, str)
+    kw["cohort"] = cohort if cohort == "synthetic" else str((base_dir / cohort).resolve())
+
+    sampler = raw.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise _err(where, "sampler", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    kw["sampler"] = sampler
+
+    for key, spec_cls in _NESTED.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if key == "scheduler" and isinstance(value, str):
+            value = {"type": value}
+        if not isinstance(value, dict):
+            raise _err(where, key, "expected a mapping")
+        allowed = {f.name: f for f in dataclasses.fields(spec_cls)}
+        for sub, v in value.items():
+            if sub not in allowed:
+                raise _err(where, f"{key}.{sub}", f"unknown key; allowed: {', '.join(allowed)}")
+            want = type(getattr(spec_cls(), sub))
+            value[sub] = _typed(where, f"{key}.{sub}", v, want)
+        kw[key] = spec_cls(**value)
+    sched: SchedulerSpec = kw.get("scheduler", SchedulerSpec())
+    if sched.type not in SCHEDULERS:
+        raise _err(where, "scheduler.type", f"must be one of {', '.join(SCHEDULERS)}, "
+                                            f"got {sched.type!r}")
+    if sched.grace_period < 1 or sched.reduction_factor < 2:
+        raise _err(where, "scheduler", "grace_period must be >= 1 and reduction_factor >= 2")
+
+    resources = raw.get("resources", {})
+    if not isinstance(resources, dict):
+        raise _err(where, "resources", "expected a mapping like {cpu: 1, gpu: 0.25}")
+    for key in resources:
+        if key not in ("cpu", "gpu"):
+            raise _err(where, f"resources.{key}", "unknown resource; use cpu and gpu")
+    res = {k: _typed(where, f"resources.{k}", resources.get(k, d), float)
+           for k, d in (("cpu", 1.0), ("gpu", 0.0))}
+    if res["cpu"] <= 0 or res["gpu"] < 0:
+        raise _err(where, "resources", f"cpu must be > 0 and gpu >= 0, got {res}")
+    if res["gpu"] > 1 and res["gpu"] != int(res["gpu"]):
+        raise _err(where, "resources.gpu",
+                   "fractions are for sharing one GPU: use <= 1 or a whole number")
+    kw["resources"] = res
+
+    fixed = raw.get("fixed", {}) or {}
+    if not isinstance(fixed, dict):
+        raise _err(where, "fixed", "expected a mapping of parameter: value")
+    for name in fixed:
+        if name not in TRIAL_KEYS:
+            raise _err(where, f"fixed.{name}", f"unknown parameter; allowed: "
+                                               f"{', '.join(sorted(TRIAL_KEYS))}")
+    kw["fixed"] = dict(fixed)
+    search = raw.get("search", {}) or {}
+    if not isinstance(search, dict):
+        raise _err(where, "search", "expected a mapping of parameter: {type, ...}")
+    params = tuple(_param(where, name, spec) for name, spec in search.items())
+    for p in params:
+        if p.name in fixed:
+            raise _err(where, f"search.{p.name}", "is also in fixed; keep it in one place")
+    if "seed" in fixed or any(p.name == "seed" for p in params):
+        if "seeds" in raw:
+            raise _err(where, "seeds", "seed is set in fixed/search; drop the seeds list")
+        kw["seeds"] = ()
+    kw["search"] = params
+
+    _check_values(where, task, dict(fixed), "fixed")
+    for p in params:
+        for value in p.extremes():
+            _check_values(where, task, {**fixed, p.name: value}, f"search.{p.name}")
+    if sampler == "grid":
+        for p in params:
+            if p.type not in ("categorical", "int"):
+                raise _err(where, f"search.{p.name}", "sampler grid takes categorical or int "
+                                                      "parameters only")
+    elif not params:
+        raise _err(where, "search", f"sampler {sampler} needs at least one searched parameter "
+                                    "(or use sampler: grid)")
+    if sampler == "cmaes" and any(p.type == "categorical" for p in params):
+        raise _err(where, "sampler", "cmaes cannot sample categorical parameters; use tpe")
+    return StudyConfig(**kw, source=where)
+
+
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read, override and validate a study file. Overrides use top-level keys, dotted keys
+    (`scheduler.grace_period`), or bare model/training parameters (which go to `fixed`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(f"{path}: no such study file (see search_spaces/ for examples)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{path}: not valid YAML: {exc}") from None
+    raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides or {}) if \
+        isinstance(raw, dict) else raw
+    return parse_study(raw, str(path), path.resolve().parent)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for key, value in overrides.items():
+        head, _, tail = key.partition(".")
+        if tail:
+            section = out.setdefault(head, {})
+            if not isinstance(section, dict):
+                raise SpaceError(f"--set {key}: '{head}' is not a mapping in the study file")
+            section[tail] = value
+        elif key in _TOP_KEYS:
+            out[key] = value
+        elif key in TRIAL_KEYS:
+            out.setdefault("fixed", {})
+            out["fixed"] = {**(out["fixed"] or {}), key: value}
+            if isinstance(out.get("search"), dict):
+                out["search"] = {k: v for k, v in out["search"].items() if k != key}
+        else:
+            raise SpaceError(f"--set {key}: unknown key; use a study key "
+                             f"({', '.join(sorted(_TOP_KEYS))}) or a parameter name")
+    return out
+
+
+def dump_study(cfg: StudyConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=False))

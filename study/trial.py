@@ -1,0 +1,160 @@
+"""The Ray Tune trainable: one configuration, cross-validated over all folds (and seeds).
+
+The folds are trained in lock-step and the trial reports the mean validation metric across
+folds after every epoch, so ASHA compares trials at equal training budgets on equal data.
+Everything a trial needs (cohort tables, bags already on the token grid, the study's split
+file) arrives once through Ray's object store (`tune.with_parameters`), so no trial re-reads
+the h5 files and every trial sees identical folds.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from ksmodel.cohort import Cohort
+from ksmodel.config import TrainConfig, split_params
+from ksmodel.train import (
+    TELEMETRY_KEYS,
+    FoldTrainer,
+    build_model_config,
+    prepare_fold,
+    resolve_device,
+)
+from study.tracking import TrialLogger, close_completed, completed_run
+
+
+@dataclass
+class TrialContext:
+    """Plain data shared by every trial of a study (shipped once through the object store)."""
+
+    task: str
+    metric: str
+    epochs: int
+    folds: list[int]
+    seeds: tuple[int, ...]
+    fixed: dict[str, Any]
+    cohort: Cohort
+    splits: pd.DataFrame
+    bags: np.ndarray | None
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    cpus: float = 1.0
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def method_name(params: dict[str, Any]) -> str:
+    """The label analysis groups by: the coordination rule, or 'single' without decomposition."""
+    if not params.get("decompose", True):
+        return "single"
+    return str(params.get("coordination", TrainConfig.coordination))
+
+
+def _replay(run: Any, client: MlflowClient, metric: str) -> None:
+    """Report a trial that an earlier attempt already finished, without training it again."""
+    history = sorted(client.get_metric_history(run.info.run_id, f"val_{metric}"),
+                     key=lambda m: m.step)
+    for m in history:
+        tune.report({f"val_{metric}": m.value, "epoch": m.step, "mlflow_run_id": run.info.run_id,
+                     "completed": m.step == history[-1].step, "replayed": True})
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Train `config` on every (seed, fold), report fold means per epoch, log to MLflow."""
+    trial_id = tune.get_context().get_trial_id()
+    client = MlflowClient(ctx.tracking_uri)
+    done = completed_run(client, ctx.experiment_id, trial_id)
+    if done is not None:
+        close_completed(client, done)
+        _replay(done, client, ctx.metric)
+        return
+
+    params = {**ctx.fixed, **config, "task": ctx.task, "epochs": ctx.epochs}
+    seeds = [params["seed"]] if "seed" in params else list(ctx.seeds)
+    node_id = ray.get_runtime_context().get_node_id()
+    logged = {**params, "seeds": ",".join(map(str, seeds)), "folds": len(ctx.folds)}
+    logger = TrialLogger(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id,
+                         logged, {"ks.method": method_name(params), "ks.task": ctx.task,
+                                  "ks.metric": ctx.metric, "ks.node_id": node_id,
+                                  "ks.folds": ",".join(map(str, ctx.folds)),
+                                  "ks.seed": seeds[0] if len(seeds) == 1 else "mean", **ctx.tags})
+    try:
+        _train(params, seeds, ctx, logger, node_id)
+    except Exception as exc:  # a stop by the scheduler (SystemExit) is closed by the driver
+        logger.fail(exc)
+        raise
+
+
+def _train(params: dict[str, Any], seeds: list[int], ctx: TrialContext, logger: TrialLogger,
+           node_id: str) -> None:
+    setup_start = time.perf_counter()
+    torch.set_num_threads(max(1, int(ctx.cpus)))
+    model_kw, train_kw = split_params({k: v for k, v in params.items() if k != "seed"})
+    base_model = build_model_config(ctx.cohort, ctx.task, **model_kw)
+    base_train = TrainConfig(**train_kw)
+    device = resolve_device(base_train.device)
+    bags = _shared_tensor(ctx.bags).to(device) if ctx.bags is not None else None
+    folds = {f: prepare_fold(ctx.cohort, bags, ctx.splits, f, ctx.task, log1p=base_train.log1p)
+             for f in ctx.folds}
+    trainers = [FoldTrainer(folds[f], base_model, TrainConfig(**{**train_kw, "seed": s}), device)
+                for s in seeds for f in ctx.folds]
+    metric = ctx.metric
+    start = time.perf_counter()
+    timing = {"setup_seconds": start - setup_start, "train_seconds": 0.0}
+    for epoch in range(1, ctx.epochs + 1):
+        epoch_start = time.perf_counter()
+        results = [t.fit_epoch() for t in trainers if not t.done]
+        timing["train_seconds"] += time.perf_counter() - epoch_start
+        current = [t.result if t.done else t.history[-1] for t in trainers]
+        per_fold = _by_fold(trainers, [c.metrics[metric] for c in current])
+        values = {f"val_{metric}": float(np.mean([c.metrics[metric] for c in current])),
+                  "train_loss": float(np.mean([r.train_loss for r in results])),
+                  **{f"fold{f}_val_{metric}": v for f, v in per_fold.items()}}
+        tele = [r.telemetry for r in results if r.telemetry]
+        values.update({f"coord_{k}": float(np.mean([t[k] for t in tele]))
+                       for k in TELEMETRY_KEYS if tele})
+        logger.log_epoch(epoch, values)
+        finished = all(t.done for t in trainers)
+        if finished:  # log completion before the last report: the scheduler may stop us there
+            _complete(trainers, metric, logger, time.perf_counter() - start)
+        tune.report({**values, **timing, "epoch": epoch, "completed": finished,
+                     "mlflow_run_id": logger.run_id, "node_id": node_id})
+        if finished:
+            return
+
+
+def _complete(trainers: list[FoldTrainer], metric: str, logger: TrialLogger,
+              seconds: float) -> None:
+    """Final per-fold metrics (each fold at its selected epoch) and predictions to MLflow."""
+    final: dict[str, float] = {}
+    for name in trainers[0].result.metrics:
+        for f, v in _by_fold(trainers, [t.result.metrics[name] for t in trainers]).items():
+            final[f"fold_{f}_{name}"] = v
+    final[f"final_{metric}"] = float(np.mean([t.result.metrics[metric] for t in trainers]))
+    final["epochs_run"] = float(max(t.epoch for t in trainers))
+    predictions = pd.concat([t.predictions().assign(seed=t.train_cfg.seed) for t in trainers],
+                            ignore_index=True)
+    logger.complete(final, predictions, {"ks.wall_seconds": round(seconds, 2)})
+
+
+def _shared_tensor(array: np.ndarray) -> torch.Tensor:
+    """View the object store's read-only bag array without copying (nothing writes to it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def _by_fold(trainers: list[FoldTrainer], values: list[float]) -> dict[int, float]:
+    """Per-fold values, averaged over seeds when a trial trains several."""
+    frame = pd.DataFrame({"fold": [t.data.fold for t in trainers], "v": values})
+    return frame.groupby("fold")["v"].mean().to_dict()

@@ -1,0 +1,59 @@
+"""Helpers for tests that run real studies (real Ray, real MLflow SQLite store)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+
+
+def study_env(**extra: str) -> dict[str, str]:
+    """The environment a study subprocess gets: this one, minus any exported MLflow store
+    (mlflow.set_tracking_uri in the test process exports MLFLOW_TRACKING_URI)."""
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**base, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def run_study(out: Path, *args: str, space: Path = SMOKE, timeout: float = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m study.run` as a user runs it, in a subprocess."""
+    cmd = [sys.executable, "-m", "study.run", "--space", str(space), "--out", str(out),
+           "--num-cpus", "2", *args]
+    if any(a.startswith("--address") for a in args):
+        cmd.remove("--num-cpus")
+        cmd.remove("2")
+    full_env = study_env(**(env or {}))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=full_env)
+    if proc.returncode != 0:
+        print(proc.stdout[-6000:], proc.stderr[-6000:], sep="\n---stderr---\n")
+    return proc
+
+
+def write_space(path: Path, base: Path = SMOKE, **changes: object) -> Path:
+    """A copy of a study file with top-level keys changed (None deletes a key)."""
+    raw = yaml.safe_load(base.read_text())
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def runs(out: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(parent runs, child runs) of a study, read back through mlflow.search_runs."""
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    frame = mlflow.search_runs(experiment_names=[name], max_results=10_000)
+    parents = frame[frame["tags.ks.role"] == "study"]
+    children = frame[frame["tags.ks.role"] == "trial"]
+    return parents, children

@@ -1,0 +1,152 @@
+"""Faults a real cluster throws at a study: a killed driver, failing trials, a lost node."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.study_helpers import ROOT, SMOKE, run_study, runs, study_env, write_space
+
+TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+
+
+def _store_counts(out: Path) -> tuple[int, int]:
+    """(completed, running) child runs in the study's MLflow store, 0s while it is not there."""
+    if not (out / "mlflow.db").is_file():
+        return 0, 0
+    try:
+        _, children = runs(out, "smoke")
+    except Exception:  # noqa: BLE001 - the store is being created
+        return 0, 0
+    if children.empty:
+        return 0, 0
+    return (int((children["tags.ks.status"] == "COMPLETED").sum()),
+            int((children["status"] == "RUNNING").sum()))
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", scheduler={"type": "none"}, num_samples=6,
+                        epochs=6)
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "study.run", "--space", str(space), "--out", str(out),
+           "--num-cpus", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True,
+                            env=study_env())
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done, running = _store_counts(out)
+        if done >= 2 and running >= 1:
+            break
+        assert proc.poll() is None, "the study ended before it could be interrupted"
+        time.sleep(0.5)
+    else:
+        pytest.fail("no two trials completed within 300 s")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    _, before = runs(out, "smoke")
+    finished = before[before["tags.ks.status"] == "COMPLETED"].set_index("run_id")
+    assert len(finished) >= 2
+
+    resumed = run_study(out, "--resume", space=space, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, after = runs(out, "smoke")
+    completed = after[after["tags.ks.status"] == "COMPLETED"]
+    assert len(completed) == 6  # exactly the requested number, no duplicates
+    assert completed["tags.ks.trial_id"].is_unique
+    assert set(after["status"]) <= TERMINAL, after["status"].tolist()
+    # the trials finished before the kill were not re-run: same runs, same numbers
+    kept = after.set_index("run_id").loc[finished.index]
+    assert (kept["tags.ks.status"] == "COMPLETED").all()
+    assert kept["metrics.final_auc"].tolist() == finished["metrics.final_auc"].tolist()
+    assert kept["start_time"].tolist() == finished["start_time"].tolist()
+    per_trial = after.groupby("tags.ks.trial_id").size()
+    assert (per_trial[finished["tags.ks.trial_id"]] == 1).all()  # no second attempt
+    # interrupted attempts are closed and linked to their retry
+    killed = after[after["status"] == "KILLED"]
+    retries = after.dropna(subset=["tags.ks.retry_of"]) if "tags.ks.retry_of" in after else []
+    assert len(killed) == len(retries)
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary["status"] == "COMPLETED").sum() == 6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="uses device=cuda as a failing config")
+def test_failing_and_nan_trials_do_not_stop_the_study(tmp_path: Path) -> None:
+    # a 2 x 2 grid: device=cuda raises on a CPU machine; lam=1e39 overflows the loss to inf
+    fixed = {k: v for k, v in yaml.safe_load(SMOKE.read_text())["fixed"].items() if k != "lam"}
+    space = write_space(
+        tmp_path / "space.yaml", sampler="grid", scheduler={"type": "none"}, epochs=2,
+        max_failures=1, fixed=fixed,
+        search={"device": {"type": "categorical", "values": ["cpu", "cuda"]},
+                "lam": {"type": "categorical", "values": [0.1, 1.0e39]}})
+    out = tmp_path / "study"
+    proc = run_study(out, space=space, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # one trial completed
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["status"]) == ["COMPLETED", "FAILED", "FAILED", "FAILED"]
+    _, children = runs(out, "smoke")
+    assert set(children["status"]) <= TERMINAL
+    final = children.sort_values("start_time").groupby("tags.ks.trial_id").last()
+    assert sorted(final["tags.ks.status"]) == ["COMPLETED", "FAILED", "FAILED", "FAILED"]
+    failed = final[final["tags.ks.status"] == "FAILED"]
+    assert (failed["status"] == "FAILED").all()
+    errors = " ".join(failed["tags.ks.error"])
+    assert "NonFiniteLossError" in errors and "CUDA" in errors
+    # each failing trial was retried once (max_failures: 1), and the retry links its attempt
+    assert (children.groupby("tags.ks.trial_id").size()[failed.index] == 2).all()
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    run_id = failed["run_id"].iloc[0]
+    assert "error.txt" in {a.path for a in client.list_artifacts(run_id)}
+
+
+@pytest.mark.cluster
+def test_lost_worker_node_trials_retried_elsewhere(tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        keep = cluster.add_node(num_cpus=1)
+        doomed = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        space = write_space(tmp_path / "space.yaml", scheduler={"type": "none"}, num_samples=4,
+                            epochs=8, max_failures=2)
+        out = tmp_path / "study"
+        cmd = [sys.executable, "-m", "study.run", "--space", str(space), "--out", str(out),
+               "--address", cluster.address]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=study_env())
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            _, running = _store_counts(out)
+            if running >= 2:  # both nodes busy
+                break
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("trials never ran on both nodes")
+        cluster.remove_node(doomed)
+        stdout, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stdout[-3000:]
+        summary = pd.read_csv(out / "summary.csv")
+        assert (summary["status"] == "COMPLETED").sum() == 4
+        _, children = runs(out, "smoke")
+        assert set(children["status"]) <= TERMINAL
+        final = children.sort_values("start_time").groupby("tags.ks.trial_id").last()
+        assert (final["tags.ks.status"] == "COMPLETED").all()
+        assert (final["tags.ks.node_id"] == keep.node_id).any()
+        # the trial that lost its node left a closed run and was retried on the kept node
+        assert (children["status"] != "FINISHED").any()
+    finally:
+        cluster.shutdown()

@@ -1,0 +1,113 @@
+"""End-to-end studies through `python -m study.run` on real Ray and a real MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.study_helpers import run_study, runs, write_space
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("smoke") / "study"
+    proc = run_study(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_smoke_study_writes_everything(smoke: Path) -> None:
+    for name in ("config.yaml", "splits.parquet", "summary.csv", "best_config.yaml", "mlflow.db",
+                 "study.json"):
+        assert (smoke / name).is_file(), name
+    assert (smoke / "cohort" / "clinical.parquet").is_file()  # synthetic cohort made once
+    summary = pd.read_csv(smoke / "summary.csv")
+    assert len(summary) == 4
+    assert set(summary["status"]) <= {"COMPLETED", "STOPPED_EARLY"}
+    best = yaml.safe_load((smoke / "best_config.yaml").read_text())
+    assert best["auc"] == pytest.approx(summary["val_auc"].max())
+    assert {"lr", "alpha", "lam", "coordination"} <= set(best["params"])
+
+
+def test_smoke_study_mlflow_layout(smoke: Path) -> None:
+    parents, children = runs(smoke, "smoke")
+    assert len(parents) == 1 and len(children) == 4
+    parent_id = parents["run_id"].iloc[0]
+    assert (children["tags.mlflow.parentRunId"] == parent_id).all()
+    assert set(children["status"]) == {"FINISHED"}
+    assert children["params.alpha"].notna().all() and children["params.lr"].notna().all()
+    assert (children["tags.ks.method"] == "cgcoord").all()
+    client = MlflowClient(f"sqlite:///{smoke / 'mlflow.db'}")
+    for _, row in children.iterrows():
+        history = client.get_metric_history(row["run_id"], "val_auc")
+        stopped = row["tags.ks.status"] == "STOPPED_EARLY"
+        assert len(history) == (int(row["tags.ks.stopped_at_epoch"]) if stopped else 4)
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(
+            range(1, len(history) + 1))
+        assert len(client.get_metric_history(row["run_id"], "coord_conflict_rate")) == len(history)
+        # final per-fold metrics exist exactly for the trials that ran to completion
+        assert pd.notna(row["metrics.fold_1_auc"]) == (not stopped)
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"config.yaml", "splits.parquet", "summary.csv", "best_config.yaml"} <= artifacts
+
+
+def test_asha_stops_bad_trials_early(smoke: Path) -> None:
+    _, children = runs(smoke, "smoke")
+    status = children["tags.ks.status"]
+    assert (status == "STOPPED_EARLY").sum() >= 1, status.tolist()
+    assert (status == "COMPLETED").sum() >= 1
+    stopped = children[status == "STOPPED_EARLY"]
+    completed = children[status == "COMPLETED"]
+    # the trials ASHA kept are not worse than the ones it stopped at the rung they shared
+    assert completed["metrics.val_auc"].max() >= stopped["metrics.val_auc"].max()
+
+
+def test_every_trial_saw_identical_folds(smoke: Path) -> None:
+    splits = pd.read_parquet(smoke / "splits.parquet").set_index("case_id")["fold"]
+    assert splits.nunique() == 2
+    _, children = runs(smoke, "smoke")
+    assert children["tags.ks.folds"].nunique() == 1
+    mlflow.set_tracking_uri(f"sqlite:///{smoke / 'mlflow.db'}")
+    completed = children[children["tags.ks.status"] == "COMPLETED"]
+    assert len(completed) >= 1
+    for run_id in completed["run_id"]:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                   artifact_path="predictions.parquet")
+        pred = pd.read_parquet(path)
+        assert sorted(pred["case_id"]) == sorted(splits.index)  # every case validated once
+        assert (pred.set_index("case_id")["fold"] == splits.loc[pred["case_id"]].values).all()
+
+
+def test_existing_study_folder_is_not_overwritten(smoke: Path) -> None:
+    before = (smoke / "summary.csv").read_bytes()
+    proc = run_study(smoke, timeout=120)
+    assert proc.returncode == 2
+    assert "--resume" in proc.stderr and str(smoke) in proc.stderr
+    assert (smoke / "summary.csv").read_bytes() == before
+
+
+@pytest.mark.cluster
+def test_multi_node_cluster_study(tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        space = write_space(tmp_path / "space.yaml", scheduler={"type": "none"}, num_samples=4)
+        out = tmp_path / "study"
+        proc = run_study(out, "--address", cluster.address, space=space, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        parents, children = runs(out, "smoke")
+        assert len(parents) == 1 and len(children) == 4
+        assert (children["tags.ks.status"] == "COMPLETED").all()
+        nodes = set(children["tags.ks.node_id"])
+        assert len(nodes) >= 2, nodes
+        assert nodes <= {w.node_id for w in workers}  # the head has no CPU for trials
+    finally:
+        cluster.shutdown()
