@@ -141,8 +141,7 @@ class FoldTrainer:
         n_train = len(self.data.train_idx)
         steps = cfg.epochs * max(1, math.ceil(n_train / cfg.batch_size))
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=steps)
-        coordinate = self.model_cfg.decompose and self.model_cfg.modality != "histology"
-        rule = cfg.coordination if coordinate else "uniform"
+        rule = cfg.coordination if self.model_cfg.decompose else "uniform"
         self.coordinator = make_coordinator(rule, tau_cos=cfg.tau_cos, tau_rho=cfg.tau_rho)
         self._amp = self.device.type == "cuda" and cfg.amp
         d = self.data
