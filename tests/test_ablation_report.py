@@ -1,0 +1,46 @@
+"""'Does CG-Coord help on my cohort?': ablation.yaml then analysis.compare, in one go."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.study_helpers import ROOT, run_study, runs, study_env
+
+ABLATION = ROOT / "search_spaces" / "ablation.yaml"
+
+
+@pytest.mark.slow
+def test_ablation_study_then_report(tmp_path: Path) -> None:
+    out = tmp_path / "ablation"
+    # the shipped grid (3 methods x 3 seeds x 5 folds) on a CPU-test-sized cohort and budget
+    proc = run_study(out, "--set", "epochs=2", "--set", "synthetic.patients=160",
+                     space=ABLATION, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parents, children = runs(out, "ablation")
+    assert len(children) == 9 and (children["tags.ks.status"] == "COMPLETED").all()
+    assert sorted(children["tags.ks.method"].unique()) == ["cgcoord", "pcgrad", "uniform"]
+
+    report = tmp_path / "report"
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, "-m", "analysis.compare", "--experiment", "ablation",
+                           "--tracking-uri", uri, "--out", str(report)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=study_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    comparison = pd.read_csv(report / "comparison.csv")
+    rows = comparison.set_index("baseline")
+    assert {"uniform", "pcgrad"} <= set(rows.index)
+    assert (rows.loc[["uniform", "pcgrad"], "n_pairs"] == 15).all()  # 3 seeds x 5 folds
+    assert rows.loc[["uniform", "pcgrad"], "wilcoxon_p"].between(0, 1).all()
+    text = (report / "report.md").read_text()
+    assert "cgcoord" in text and "pcgrad" in text and "uniform" in text
+    pngs = sorted(p.name for p in report.glob("*.png"))
+    assert pngs, "no figures written"
+    parent = parents["run_id"].iloc[0]
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, "report")}
+    assert "report/report.md" in logged and "report/comparison.csv" in logged
