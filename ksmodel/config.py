@@ -48,7 +48,7 @@ class ModelConfig:
     heads: int = 4
     head_dim: int = 32
     offset_groups: int = 4
-    downsample: int = 4  # r: reference grid is ceil(H/r) x ceil(W/r)
+    downsample: int = 4  # r: reference grid is floor(H/r) x floor(W/r), at least 1 x 1
     offset_kernel: int = 6
     offset_scale: float = 4.0
     rpb_hidden: int = 32  # relative-position-bias MLP width

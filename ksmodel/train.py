@@ -177,12 +177,12 @@ class FoldTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         telemetry = None
-        if out.logits_t is not None:
-            conf_t = subspace_confidence(self.data.task, out.logits_t.detach().float(), tgt)
-            conf_m = subspace_confidence(self.data.task, out.logits_m.detach().float(), tgt)
-            grad = self.model.classifier.weight.grad
-            new_grad, telemetry = self.coordinator(grad, conf_t, conf_m)
-            grad.copy_(new_grad)
+        if out.logits_t is not None:  # two subspace streams: coordinate their gradients
+            conf_t = conf_m = None
+            if self.coordinator.needs_confidence:
+                conf_t = subspace_confidence(self.data.task, out.logits_t.detach().float(), tgt)
+                conf_m = subspace_confidence(self.data.task, out.logits_m.detach().float(), tgt)
+            telemetry = self.coordinator.apply_(self.model.classifier, conf_t, conf_m)
         self.opt.step()
         self.sched.step()
         return loss.item(), telemetry

@@ -1,0 +1,294 @@
+"""Shapes, gradients and the fast-vs-oracle check of the KS-Fusion modules."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ksmodel.config import ModelConfig
+from ksmodel.losses import consistency_total
+from ksmodel.model import (
+    DeformableCrossAttention,
+    GeneEncoder,
+    KSFusion,
+    PatchProjection,
+    Teacher,
+    rpb_bias,
+)
+from ksmodel.model.deform_attention import reference_size
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference_attention import ReferenceDeformableAttention  # noqa: E402
+
+SMALL = dict(feature_dim=384, n_tumour_genes=5, n_tme_genes=7, n_outputs=4, dim=32, gene_hidden=16,
+             grid=(10, 13), heads=2, head_dim=8, offset_groups=2, rpb_hidden=8)
+
+
+def small_cfg(**kw) -> ModelConfig:
+    return ModelConfig(**{**SMALL, **kw})
+
+
+def inputs(cfg: ModelConfig, b: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, cfg.n_tokens, cfg.feature_dim, generator=g),
+            torch.randn(b, cfg.n_tumour_genes, generator=g),
+            torch.randn(b, cfg.n_tme_genes, generator=g))
+
+
+# --- geometry --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("size", "want"), [(50, 12), (16, 4), (10, 2), (13, 3), (4, 1), (3, 1),
+                                            (1, 1)])
+def test_reference_grid_is_floor_size_over_r_and_never_empty(size, want):
+    assert reference_size(size, kernel=6, stride=4) == want
+
+
+def test_paper_config_samples_144_keys_per_group():
+    cfg = ModelConfig.paper()
+    att = DeformableCrossAttention(cfg.dim, cfg.grid, cfg.heads, cfg.head_dim, cfg.offset_groups,
+                                   cfg.downsample, cfg.offset_kernel, cfg.offset_scale,
+                                   cfg.rpb_hidden, cfg.rpb_depth)
+    pos = att.sample_positions(torch.randn(1, cfg.n_tokens, cfg.dim))
+    assert pos.shape == (cfg.offset_groups, 12, 12, 2)
+    # offsets are bounded by offset_scale half-cells around the reference centres
+    centres = (2 * torch.arange(12) + 1) / 12 - 1
+    assert (pos[..., 0] - centres[None, None, :]).abs().max() <= cfg.offset_scale / 12 + 1e-6
+
+
+# --- fast path vs straightforward oracle -----------------------------------------------------
+
+ATT = dict(dim=16, grid=(10, 13), heads=4, head_dim=8, groups=2, downsample=4, kernel=6,
+           offset_scale=4.0, rpb_hidden=8, rpb_depth=2)
+
+
+def _fast_and_oracle(chunk_elems=700, **kw):
+    args = {**ATT, **kw}
+    torch.manual_seed(0)
+    fast = DeformableCrossAttention(**args, chunk_elems=chunk_elems)
+    # make the offsets non-trivial so sampling leaves the reference points
+    torch.nn.init.normal_(fast.offset_pw.weight, std=2.0)
+    ref = ReferenceDeformableAttention(**args)
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref, args
+
+
+def _run(mod, q, x):
+    h, vgrid = mod(q, x)
+    w = torch.linspace(-1, 1, h.shape[1])
+    loss = (h * w).sum() + (vgrid * 0.3).sin().sum()
+    grads = torch.autograd.grad(loss, [q, x, *mod.parameters()])
+    return h, vgrid, grads
+
+
+@pytest.mark.parametrize("kw", [
+    {},  # several chunks per slice, last one partial
+    {"heads": 2, "groups": 4},  # more offset groups than heads
+    {"rpb_depth": 1}, {"rpb_depth": 3},
+    {"grid": (7, 5), "chunk_elems": 10**9},  # whole batch in one chunk
+    {"grid": (1, 1)},
+])
+@pytest.mark.parametrize("b", [1, 3])
+def test_fast_attention_matches_oracle_outputs_and_gradients(kw, b):
+    kw = dict(kw)
+    chunk = kw.pop("chunk_elems", 700)
+    fast, ref, args = _fast_and_oracle(chunk, **kw)
+    t = args["grid"][0] * args["grid"][1]
+    q = torch.randn(b, t, args["dim"], requires_grad=True)
+    x = torch.randn(b, t, args["dim"], requires_grad=True)
+    hf, vf, gf = _run(fast, q, x)
+    hr, vr, gr = _run(ref, q, x)
+    torch.testing.assert_close(hf, hr, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(vf, vr, rtol=1e-4, atol=1e-6)
+    names = ["queries", "tokens", *(n for n, _ in fast.named_parameters())]
+    for name, a, r in zip(names, gf, gr, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_rpb_kernel_gradcheck_float64():
+    g = torch.Generator().manual_seed(1)
+    s, h, w, n, r = 3, 3, 4, 5, 4
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+    ay, ax, wo = leaf(s, h, n, r), leaf(s, w, n, r), leaf(2, r)
+    mids = [leaf(r, r), leaf(r)]
+    assert torch.autograd.gradcheck(
+        lambda *t: rpb_bias(t[0], t[1], t[2], list(t[3:]), chunk_elems=w * n * r),
+        (ay, ax, wo, *mids))
+
+
+def test_rpb_kernel_independent_of_chunking():
+    g = torch.Generator().manual_seed(2)
+    ay, ax = torch.randn(4, 6, 9, 8, generator=g), torch.randn(4, 7, 9, 8, generator=g)
+    wo, mids = torch.randn(1, 8, generator=g), [torch.randn(8, 8, generator=g), torch.randn(8)]
+    outs = [rpb_bias(ay, ax, wo, mids, chunk_elems=c) for c in (1, 7 * 9 * 8 * 2, 10**9)]
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0])
+
+
+def test_rpb_kernel_threaded_chunks_equal_single_thread(monkeypatch):
+    from ksmodel.model import deform_attention as da
+
+    g = torch.Generator().manual_seed(4)
+    leaves = [torch.randn(*s, generator=g).requires_grad_()
+              for s in ((6, 8, 9, 8), (6, 5, 9, 8), (1, 8), (8, 8), (8,))]
+
+    def run():
+        out = rpb_bias(*leaves[:3], leaves[3:], chunk_elems=5 * 9 * 8 * 2)
+        return out, torch.autograd.grad((out * out).sum(), leaves)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(da, "THREADED_CHUNKS", False)
+        want, want_g = run()
+        monkeypatch.setattr(da, "THREADED_CHUNKS", True)
+        da._POOLS.clear()
+        got, got_g = run()
+        assert 2 in da._POOLS  # the worker pool really ran the chunks
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(got_g, want_g, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_rpb_kernel_bf16_autocast_is_close_to_fp32():
+    """The GPU path runs the bias MLP in the autocast dtype; checked here with CPU bf16."""
+    g = torch.Generator().manual_seed(3)
+    ay, ax = torch.randn(2, 5, 6, 8, generator=g), torch.randn(2, 4, 6, 8, generator=g)
+    wo, mids = torch.randn(1, 8, generator=g), [torch.randn(8, 8, generator=g) / 3, torch.randn(8)]
+    leaves = [t.requires_grad_() for t in (ay, ax, wo, *mids)]
+    full = rpb_bias(ay, ax, wo, mids)
+    gfull = torch.autograd.grad(full.sum(), leaves)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = rpb_bias(ay, ax, wo, mids)
+    assert half.dtype == torch.float32  # bias buffer stays in the input dtype
+    ghalf = torch.autograd.grad(half.sum(), leaves)
+    assert not torch.equal(half, full)  # really computed in bf16
+    torch.testing.assert_close(half, full, rtol=5e-2, atol=5e-2)
+    for a, b in zip(ghalf, gfull, strict=True):
+        assert a.dtype == b.dtype
+        assert (a - b).norm() <= 5e-2 * b.norm()
+
+
+# --- encoders --------------------------------------------------------------------------------
+
+def test_gene_encoder_shapes_and_self_normalising_init():
+    enc = GeneEncoder(361, 128, hidden=256, blocks=2, dropout=0.25).eval()
+    out = enc(torch.randn(512, 361))
+    assert out.shape == (512, 128)
+    assert isinstance(enc.net[1], torch.nn.ELU) and isinstance(enc.net[2], torch.nn.AlphaDropout)
+    first = enc.net[0].weight
+    assert abs(first.std().item() - 361**-0.5) < 0.1 * 361**-0.5
+    assert torch.all(enc.net[0].bias == 0)
+
+
+def test_patch_projection_and_teacher_match_their_definitions():
+    proj = PatchProjection(384, 16)
+    x = torch.randn(2, 5, 384)
+    p = proj(x)
+    assert p.shape == (2, 5, 16) and (p >= 0).all()
+    teacher = Teacher(16)
+    e = torch.randn(2, 16)
+    want = torch.nn.functional.linear(torch.cat([p, e[:, None].expand(-1, 5, -1)], -1),
+                                      teacher.weight, teacher.bias)
+    torch.testing.assert_close(teacher(p, e), want)
+
+
+# --- the full model --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_ksfusion_shapes_and_gradients_reach_every_parameter(b):
+    cfg = small_cfg()
+    model = KSFusion(cfg)
+    out = model(*inputs(cfg, b))
+    assert out.logits.shape == out.logits_t.shape == out.logits_m.shape == (b, 4)
+    assert [e.shape for e in out.gene_emb] == [(b, 32), (b, 32)]
+    assert [v.shape for v in out.vgrids] == [(b, 2, 2, 3, 2)] * 2
+    assert model.classifier.in_features == 64
+    # per-subspace logits split the classifier: W[:, :d] h_t + b/2 and W[:, d:] h_m + b/2
+    torch.testing.assert_close(out.logits_t + out.logits_m, out.logits)
+    d, w = cfg.dim, model.classifier.weight
+    torch.testing.assert_close(out.logits_t, out.features[0] @ w[:, :d].T
+                               + model.classifier.bias / 2)
+    loss = out.logits.square().sum() + consistency_total(out, 0.5) * (b > 1)
+    loss.backward()
+    # proj_k.bias shifts all logits of a query equally: softmax-invariant, gradient ~0 by design
+    missing = [n for n, p in model.named_parameters()
+               if not n.endswith("proj_k.bias") and (p.grad is None or not p.grad.any())]
+    assert missing == []
+
+
+def test_ksfusion_default_cpu_config_runs():
+    cfg = ModelConfig()
+    model = KSFusion(cfg)
+    out = model(*inputs(cfg, 2))
+    assert out.logits.shape == (2, cfg.n_outputs)
+    assert out.vgrids[0].shape == (2, cfg.offset_groups, 4, 4, 2)
+
+
+def test_genes_steer_the_attention_only_through_the_teacher():
+    cfg = small_cfg(dropout=0.0)
+    bags, gt, gm = inputs(cfg, 2)
+    for teacher, changes in ((True, True), (False, False)):
+        torch.manual_seed(0)
+        model = KSFusion(small_cfg(dropout=0.0, teacher=teacher)).eval()
+        a = model(bags, gt, gm)
+        b = model(bags, gt + 1.0, gm)
+        assert changes == (not torch.allclose(a.logits, b.logits))
+        assert changes == (not torch.allclose(a.vgrids[0], b.vgrids[0]))
+        assert (model.teachers is not None) == teacher
+
+
+def test_decompose_false_is_one_stream_on_all_genes():
+    cfg = small_cfg(decompose=False)
+    model = KSFusion(cfg)
+    out = model(*inputs(cfg, 2))
+    assert out.logits_t is None and out.logits_m is None
+    assert len(out.gene_emb) == 1 and len(out.vgrids) == 1
+    assert model.classifier.in_features == cfg.dim
+    assert model.gene_encoders["all"].net[0].in_features == 12
+
+
+def test_modality_genomics_needs_no_bags():
+    cfg = small_cfg(modality="genomics")
+    model = KSFusion(cfg)
+    _, gt, gm = inputs(cfg, 2)
+    out = model(None, gt, gm)
+    assert out.vgrids == () and len(out.gene_emb) == 2
+    assert out.logits.shape == (2, 4)
+    assert consistency_total(out, 0.5).item() == 0.0
+
+
+def test_modality_histology_needs_no_genes():
+    cfg = small_cfg(modality="histology")
+    model = KSFusion(cfg)
+    bags, _, _ = inputs(cfg, 2)
+    out = model(bags)
+    assert out.gene_emb == () and len(out.vgrids) == 2
+    assert model.gene_encoders is None and model.teachers is None
+    assert consistency_total(out, 0.5).item() == 0.0
+
+
+def test_bad_shapes_are_named():
+    cfg = small_cfg()
+    model = KSFusion(cfg)
+    bags, gt, gm = inputs(cfg, 2)
+    with pytest.raises(ValueError, match="bags must be"):
+        model(bags[:, :-1], gt, gm)
+    with pytest.raises(ValueError, match="genes_m"):
+        model(bags, gt, gm[:, :-1])
+
+
+def test_paper_config_forward_backward_batch_one():
+    cfg = ModelConfig.paper(n_outputs=4)
+    model = KSFusion(cfg)
+    out = model(*inputs(cfg, 1))
+    assert [v.shape for v in out.vgrids] == [(1, 8, 12, 12, 2)] * 2
+    out.logits.sum().backward()
+    assert model.attention["tumour"].rpb[2].weight.grad.abs().sum() > 0
