@@ -179,18 +179,10 @@ def make_scheduler(cfg: StudyConfig) -> Any:
                          reduction_factor=cfg.scheduler.reduction_factor)
 
 
-def start_parent(client: Any, experiment_id: str, cfg: StudyConfig, out: Path) -> str:
-    from study.tracking import PARENT_TAG, ROLE, log_batched, retry  # noqa: F401
-
-    run = retry(lambda: client.create_run(
-        experiment_id, run_name=f"study-{cfg.name}",
-        tags={ROLE: "study", "ks.study": cfg.name, "ks.task": cfg.task, "ks.metric": cfg.metric,
-              "ks.mode": cfg.mode, "ks.sampler": cfg.sampler, "ks.out": str(out.resolve()),
-              "ks.searched": ",".join(cfg.searched)}))
-    run_id = run.info.run_id
-    retry(lambda: client.log_artifact(run_id, str(out / "config.yaml")))
-    retry(lambda: client.log_artifact(run_id, str(out / "splits.parquet")))
-    return run_id
+def parent_tags(cfg: StudyConfig, out: Path) -> dict[str, str]:
+    return {"ks.study": cfg.name, "ks.task": cfg.task, "ks.metric": cfg.metric,
+            "ks.mode": cfg.mode, "ks.sampler": cfg.sampler, "ks.out": str(out),
+            "ks.searched": ",".join(cfg.searched)}
 
 
 def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
@@ -251,8 +243,7 @@ def run_study(cfg: StudyConfig, out: Path, cohort: Cohort, splits: pd.DataFrame,
         TrialStatusCallback,
         default_tracking_uri,
         ensure_experiment,
-        log_frame,
-        retry,
+        start_parent_run,
     )
     from study.trial import TrialContext, run_trial
 
@@ -261,13 +252,13 @@ def run_study(cfg: StudyConfig, out: Path, cohort: Cohort, splits: pd.DataFrame,
     client = MlflowClient(tracking_uri)
     experiment_id = saved.get("experiment_id") or ensure_experiment(
         client, cfg.name, out / "mlartifacts" if tracking_uri.startswith("sqlite") else None)
-    parent = saved.get("parent_run_id") or start_parent(client, experiment_id, cfg, out)
+    parent = saved.get("parent_run_id") or start_parent_run(
+        client, experiment_id, f"study-{cfg.name}", parent_tags(cfg, out),
+        [out / "config.yaml", out / "splits.parquet"])
+    storage = args.storage or saved.get("storage") or str(out / "ray")
     (out / STATE_FILE).write_text(json.dumps(
         {"name": cfg.name, "experiment_id": experiment_id, "parent_run_id": parent,
-         "tracking_uri": tracking_uri}, indent=2))
-    storage = args.storage or saved.get("storage") or str(out / "ray")
-    state = json.loads((out / STATE_FILE).read_text())
-    (out / STATE_FILE).write_text(json.dumps({**state, "storage": storage}, indent=2))
+         "tracking_uri": tracking_uri, "storage": storage}, indent=2))
 
     if args.address:
         ray.init(address=args.address, log_to_driver=True)
@@ -285,7 +276,7 @@ def run_study(cfg: StudyConfig, out: Path, cohort: Cohort, splits: pd.DataFrame,
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-        callbacks=[TrialStatusCallback(tracking_uri, experiment_id, cfg.epochs)], verbose=1)
+        callbacks=[TrialStatusCallback(tracking_uri, experiment_id)], verbose=1)
     path = f"{storage.rstrip('/')}/{cfg.name}"
     start = time.time()
     if args.resume and tune.Tuner.can_restore(path):
@@ -299,22 +290,32 @@ def run_study(cfg: StudyConfig, out: Path, cohort: Cohort, splits: pd.DataFrame,
             tune_config=tune.TuneConfig(
                 metric=f"val_{cfg.metric}", mode=cfg.mode, num_samples=num_samples,
                 search_alg=search_alg, scheduler=make_scheduler(cfg),
-                max_concurrent_trials=cfg.max_concurrent),
+                # Optuna's proposals are already limited by its ConcurrencyLimiter
+                max_concurrent_trials=cfg.max_concurrent if search_alg is None else None),
             run_config=run_config)
     grid = tuner.fit()
+    return finish_study(grid, cfg, out, client, parent, time.time() - start)
+
+
+def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: str,
+                 seconds: float) -> int:
+    """summary.csv, the terminal table, best_config.yaml; close the parent run."""
+    from study.tracking import log_frame, retry
+
     summary = summarise(grid, cfg)
     summary.to_csv(out / "summary.csv", index=False)
     log_frame(client, parent, summary, "summary.csv")
     key = f"val_{cfg.metric}"
-    done = summary[summary["status"] == "COMPLETED"]
-    print(f"\n{cfg.name}: {len(summary)} trials in {time.time() - start:.0f} s — "
-          f"{(summary['status'] == 'COMPLETED').sum()} completed, "
-          f"{(summary['status'] == 'STOPPED_EARLY').sum()} stopped early by ASHA, "
-          f"{(summary['status'] == 'FAILED').sum()} failed")
+    counts = summary["status"].value_counts()
+    print(f"\n{cfg.name}: {len(summary)} trials in {seconds:.0f} s — "
+          f"{counts.get('COMPLETED', 0)} completed, "
+          f"{counts.get('STOPPED_EARLY', 0)} stopped early by ASHA, "
+          f"{counts.get('FAILED', 0)} failed")
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         cols = [c for c in summary.columns if c not in ("mlflow_run_id", "node_id")]
         print(summary[cols].sort_values(key, ascending=False, na_position="last")
               .to_string(index=False))
+    done = summary[summary["status"] == "COMPLETED"]
     if done.empty:
         print("no trial completed; see the errors above and in MLflow", file=sys.stderr)
         retry(lambda: client.set_terminated(parent, "FAILED"))
@@ -330,7 +331,7 @@ def run_study(cfg: StudyConfig, out: Path, cohort: Cohort, splits: pd.DataFrame,
     retry(lambda: client.set_terminated(parent, "FINISHED"))
     print(f"best {cfg.metric} {float(best[key]):.4f} (trial {best['trial_id']}): "
           f"{best_params} -> {out / 'best_config.yaml'}")
-    print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri}")
+    print(f"MLflow: mlflow ui --backend-store-uri {client.tracking_uri}")
     return 0
 
 

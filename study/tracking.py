@@ -22,7 +22,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import mlflow
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -63,6 +62,16 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | Non
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def start_parent_run(client: MlflowClient, experiment_id: str, name: str,
+                     tags: dict[str, str], artifacts: list[Path]) -> str:
+    """The study's parent run: the trials' runs point at it through `mlflow.parentRunId`."""
+    run = retry(lambda: client.create_run(experiment_id, run_name=name,
+                                          tags={ROLE: "study", **tags}))
+    for path in artifacts:
+        retry(lambda p=path: client.log_artifact(run.info.run_id, str(p)))
+    return run.info.run_id
 
 
 def _params(params: dict[str, Any]) -> list[Param]:
@@ -173,8 +182,8 @@ class TrialLogger:
 class TrialStatusCallback(tune.Callback):
     """Driver side: close the child runs that their trial could not close itself."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, epochs: int) -> None:
-        self.tracking_uri, self.experiment_id, self.epochs = tracking_uri, experiment_id, epochs
+    def __init__(self, tracking_uri: str, experiment_id: str) -> None:
+        self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
 
     def _open_run(self, trial: Any) -> Any | None:
         runs = trial_runs(MlflowClient(self.tracking_uri), self.experiment_id, trial.trial_id)
@@ -210,4 +219,5 @@ def log_frame(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str)
 
 
 __all__ = ["TrialLogger", "TrialStatusCallback", "ensure_experiment", "default_tracking_uri",
-           "completed_run", "log_batched", "log_frame", "retry", "mlflow"]
+           "completed_run", "close_completed", "start_parent_run", "log_batched", "log_frame",
+           "retry"]
