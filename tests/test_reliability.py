@@ -21,8 +21,11 @@ TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 
 
 def _store_counts(out: Path) -> tuple[int, int]:
-    """(completed, running) child runs in the study's MLflow store, 0s while it is not there."""
-    if not (out / "mlflow.db").is_file():
+    """(completed, running) child runs in the study's MLflow store, 0s while it is not there.
+
+    study.json is written once the driver has created the store; opening the SQLite file any
+    earlier would race the driver's schema migration."""
+    if not (out / "study.json").is_file():
         return 0, 0
     try:
         _, children = runs(out, "smoke")
