@@ -117,3 +117,10 @@ def test_cli_reaches_the_planted_signal(tmp_path: Path, task: str, metric: str,
     print(f"{task}: {metric}={metrics[metric]:.3f} in {metrics['wall_seconds']:.0f} s")
     assert metrics[metric] >= floor
     assert metrics["wall_seconds"] < 300
+
+
+def test_config_accepts_exactly_the_registered_coordination_rules() -> None:
+    from ksmodel.config import COORDINATION_RULES
+    from ksmodel.coordination import RULES
+
+    assert set(COORDINATION_RULES) == set(RULES)
