@@ -348,7 +348,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, help="save the final model state here")
     parser.add_argument("--metrics-json", type=Path, help="write the final metrics as JSON")
     args = parser.parse_args(argv)
+    try:
+        return _run_cli(args)
+    except (ValueError, FileExistsError) as exc:  # CohortError, ConfigError: bad input
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
+
+def _run_cli(args: argparse.Namespace) -> int:
     from ksmodel.synthetic import ensure_synthetic
 
     params = {**parse_overrides(args.overrides), "task": args.task, "epochs": args.epochs,

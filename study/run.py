@@ -221,11 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume:
             saved = json.loads((out / STATE_FILE).read_text())
             cfg = load_study(out / "config.yaml") if (out / "config.yaml").is_file() else cfg
+            if _overrides(args):
+                print(f"--resume continues with the saved {out / 'config.yaml'}; the command-line "
+                      "overrides are not applied", file=sys.stderr)
         else:
             saved = {}
             dump_study(cfg, out / "config.yaml")
         cohort, splits, bags = load_data(cfg, out, args.resume)
-    except (StudyError, SpaceError, CohortError, ValueError) as exc:
+    except (StudyError, SpaceError, CohortError, ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return run_study(cfg, out, cohort, splits, bags, args, saved)

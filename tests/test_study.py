@@ -111,3 +111,14 @@ def test_multi_node_cluster_study(tmp_path: Path) -> None:
         assert nodes <= {w.node_id for w in workers}  # the head has no CPU for trials
     finally:
         cluster.shutdown()
+
+
+def test_mismatched_synthetic_cohort_is_a_clear_error(tmp_path: Path) -> None:
+    from ksmodel.synthetic import ensure_synthetic
+
+    out = tmp_path / "study"
+    ensure_synthetic(out / "cohort", patients=40, patches=20, dim=8, seed=1, quiet=True)
+    proc = run_study(out, timeout=120)  # smoke.yaml asks for 80 patients, dim 32
+    assert proc.returncode == 2
+    assert "other parameters" in proc.stderr and "patients" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -101,6 +101,19 @@ def test_ablation_switches_train(small_cohort: Path, switch: dict) -> None:
     assert bool(trainer.history[0].telemetry) == switch.get("decompose", True)
 
 
+def test_cli_reports_bad_cohort_without_traceback(small_cohort: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "cohort"
+    shutil.copytree(small_cohort, bad)
+    (bad / "gene_sets.csv").write_text("gene,subspace\nNOT_A_GENE,tumour\nTME_001,tme\n")
+    proc = subprocess.run([sys.executable, "-m", "ksmodel.train", "--cohort", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and "NOT_A_GENE" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task,metric,floor", [("diagnosis", "auc", 0.85),
                                                ("survival", "cindex", 0.65)])
