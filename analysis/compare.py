@@ -23,7 +23,6 @@ from mlflow import MlflowClient
 from analysis import figures as figs
 from analysis import stats
 from analysis.load import (
-    TELEMETRY_KEYS,
     AnalysisError,
     Study,
     load_predictions,
@@ -31,6 +30,7 @@ from analysis.load import (
     metric_histories,
 )
 from analysis.stats import USABLE_STATUSES
+from study.record import telemetry_metric, val_metric
 
 SENSITIVITY_PARAMS = ("alpha", "lam", "tau_cos", "tau_rho")
 MIN_TRIALS_IMPORTANCE = 4
@@ -209,22 +209,22 @@ def _task_figures(result: Report, task: str, fold_metric: str, candidate: str, s
         result.skipped.append(f"{task}: Kaplan–Meier skipped: not a survival task")
     run_ids = t.loc[t["task"] == task, "run_id"]
     progress(f"{task}: metric histories")
-    hist = metric_histories(study, ["coord_conflict_rate", "coord_cos_mean", f"val_{metric}"],
-                            run_ids)
-    tele = hist[hist["key"].isin(TELEMETRY_KEYS)]
+    conflict, cosine = telemetry_metric("conflict_rate"), telemetry_metric("cos_mean")
+    hist = metric_histories(study, [conflict, cosine, val_metric(metric)], run_ids)
+    tele = hist[hist["key"].isin([conflict, cosine])]
     if len(tele):
         result.figures[f"{task}_telemetry"] = figs.epoch_curves(
-            tele, [("coord_conflict_rate", "gradient-conflict rate (share of class rows)"),
-                   ("coord_cos_mean", "mean cosine(g_t, g_m)")],
+            tele, [(conflict, "gradient-conflict rate (share of class rows)"),
+                   (cosine, "mean cosine(g_t, g_m)")],
             task, "Gradient-conflict telemetry per method (fold means per epoch)",
             out / f"{task}_telemetry.png")
     else:
         result.skipped.append(f"{task}: gradient-conflict telemetry skipped: no run logged "
                               f"coord_conflict_rate / coord_cos_mean")
-    curves = hist[hist["key"] == f"val_{metric}"]
+    curves = hist[hist["key"] == val_metric(metric)]
     if len(curves):
         result.figures[f"{task}_learning"] = figs.epoch_curves(
-            curves, [(f"val_{metric}", f"validation {metric} (mean over folds)")], task,
+            curves, [(val_metric(metric), f"validation {metric} (mean over folds)")], task,
             "Validation curves per method", out / f"{task}_learning_curves.png")
 
 

@@ -21,18 +21,26 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
+from study.record import (
+    EPOCHS_RUN,
+    Artifacts,
+    Roles,
+    Status,
+    Tags,
+    final_metric,
+    parse_fold_metric,
+    val_metric,
+)
+
 
 class AnalysisError(RuntimeError):
     """The study cannot be read or analysed; the message says what was looked for and where."""
 
 
-TELEMETRY_KEYS = ("coord_conflict_rate", "coord_cos_mean", "coord_projected_t",
-                  "coord_projected_m", "coord_proj_norm")
 #: Ablation switches (DESIGN §3.9) and their default values; a non-default value becomes part of
 #: the arm label so that e.g. ``cgcoord teacher=False`` is compared with ``cgcoord``.
 ABLATION_DEFAULTS: dict[str, object] = {"teacher": True, "modality": "both", "consistency": True}
 
-_FOLD_METRIC = re.compile(r"^fold_(\d+)_(.+)$")
 _INT = re.compile(r"^[+-]?\d+$")
 _MLFLOW_TO_KS = {"FINISHED": "COMPLETED", "FAILED": "FAILED", "KILLED": "FAILED",
                  "RUNNING": "RUNNING", "SCHEDULED": "RUNNING"}
@@ -86,10 +94,9 @@ class Study:
 
     @property
     def fold_metric_names(self) -> list[str]:
-        """Metric names logged per fold (``fold_<k>_<name>``), e.g. auc, accuracy, f1."""
-        names = {m.group(2) for keys in self.metric_keys.values() for k in keys
-                 if (m := _FOLD_METRIC.match(k))}
-        return sorted(names)
+        """Final metric names logged per fold (``fold_<k>/final_<name>``): auc, f1, cindex..."""
+        return sorted({name for keys in self.metric_keys.values() for k in keys
+                       if (name := _final_fold_name(k)) is not None})
 
     @property
     def tasks(self) -> list[str]:
@@ -100,17 +107,25 @@ class Study:
         values = self.trials.loc[self.trials["task"] == task, "metric"].dropna().unique()
         if len(values):
             return str(values[0])
-        return self.parent_tags.get("ks.metric", "auc")
+        return self.parent_tags.get(Tags.METRIC, "auc")
 
     @property
     def searched(self) -> list[str]:
         """Names of the searched params (parent tag ``ks.searched``), empty when unknown."""
-        raw = self.parent_tags.get("ks.searched", "")
+        raw = self.parent_tags.get(Tags.SEARCHED, "")
         return [p.strip() for p in raw.split(",") if p.strip()]
 
     @property
     def param_columns(self) -> list[str]:
         return [c for c in self.trials.columns if c.startswith("params.")]
+
+
+def _final_fold_name(metric_key: str) -> str | None:
+    """``auc`` for ``fold_3/final_auc``; None for any other metric name."""
+    parsed = parse_fold_metric(metric_key)
+    if parsed is None or not parsed[1].startswith(final_metric("")):
+        return None
+    return parsed[1][len(final_metric("")):]
 
 
 def parse_param_column(values: pd.Series) -> pd.Series:
@@ -154,21 +169,22 @@ def _tidy_trials(runs: pd.DataFrame) -> pd.DataFrame:
     params = pd.DataFrame({c: parse_param_column(runs[c]) for c in runs.columns
                            if c.startswith("params.")}, index=runs.index)
     trials = pd.DataFrame({"run_id": runs["run_id"]}, index=runs.index)
-    trials["trial_id"] = tag("ks.trial_id").fillna(runs["run_id"].str[:8])
-    trials["task"] = tag("ks.task").fillna("unknown")
-    trials["metric"] = tag("ks.metric")
-    method = tag("ks.method")
+    trials["trial_id"] = tag(Tags.TRIAL_ID).fillna(runs["run_id"].str[:8])
+    trials["task"] = tag(Tags.TASK).fillna("unknown")
+    trials["metric"] = tag(Tags.METRIC)
+    method = tag(Tags.METHOD)
     if "params.coordination" in params:
         method = method.fillna(params["params.coordination"].astype("string"))
     trials["method"] = method.fillna("unknown").astype(str)
     mlflow_status = runs["status"].astype(str)
-    trials["status"] = tag("ks.status").fillna(mlflow_status.map(_MLFLOW_TO_KS)).fillna("RUNNING")
+    trials["status"] = tag(Tags.STATUS).fillna(mlflow_status.map(_MLFLOW_TO_KS)).fillna(
+        Status.RUNNING)
     trials["mlflow_status"] = mlflow_status
-    trials["error"] = tag("ks.error")
-    trials["node_id"] = tag("ks.node_id")
+    trials["error"] = tag(Tags.ERROR)
+    trials["node_id"] = tag(Tags.NODE_ID)
     # seed: the searched/fixed param, else tag ks.seed; -1 when a trial averaged several seeds
     seed = params.get("params.seed", pd.Series([pd.NA] * len(runs), index=runs.index))
-    seed = pd.to_numeric(seed, errors="coerce").fillna(pd.to_numeric(tag("ks.seed"),
+    seed = pd.to_numeric(seed, errors="coerce").fillna(pd.to_numeric(tag(Tags.SEED),
                                                                        errors="coerce"))
     trials["seed"] = seed.fillna(-1).astype(int)
     # final: final_<metric>; a trial stopped early by the scheduler never logs it, so it gets
@@ -177,25 +193,27 @@ def _tidy_trials(runs: pd.DataFrame) -> pd.DataFrame:
     source = pd.Series(None, index=runs.index, dtype=object)
     for m in trials["metric"].dropna().unique():
         sel = trials["metric"] == m
-        if f"metrics.final_{m}" in runs:
-            final[sel] = runs.loc[sel, f"metrics.final_{m}"].astype(float)
-            source[sel & final.notna()] = f"final_{m}"
-        if f"metrics.val_{m}" in runs:
-            last = sel & final.isna() & (trials["status"] == "STOPPED_EARLY")
-            final[last] = runs.loc[last, f"metrics.val_{m}"].astype(float)
-            source[last & final.notna()] = f"last val_{m}"
+        done, last_val = f"metrics.{final_metric(m)}", f"metrics.{val_metric(m)}"
+        if done in runs:
+            final[sel] = runs.loc[sel, done].astype(float)
+            source[sel & final.notna()] = final_metric(m)
+        if last_val in runs:
+            last = sel & final.isna() & (trials["status"] == Status.STOPPED_EARLY)
+            final[last] = runs.loc[last, last_val].astype(float)
+            source[last & final.notna()] = f"last {val_metric(m)}"
     trials["final"] = final
     trials["final_source"] = source
-    trials["epochs_run"] = runs.get("metrics.epochs_run", pd.Series(np.nan, index=runs.index))
+    trials["epochs_run"] = runs.get(f"metrics.{EPOCHS_RUN}",
+                                    pd.Series(np.nan, index=runs.index))
     trials["start_time"] = runs["start_time"]
     # Retries of one trial share ks.trial_id; only the latest attempt speaks for the trial.
-    attempt = pd.to_numeric(tag("ks.attempt"), errors="coerce")
+    attempt = pd.to_numeric(tag(Tags.ATTEMPT), errors="coerce")
     order = runs.groupby(trials["trial_id"])["start_time"].rank(method="first")
     trials["attempt"] = attempt.fillna(order).astype(int)
     latest = trials.groupby("trial_id")["attempt"].transform("max")
     trials["superseded"] = trials["attempt"] < latest
     trials["folds"] = [sorted(int(f) for f in str(v).split(",") if f.strip().isdigit())
-                       if isinstance(v, str) else [] for v in tag("ks.folds")]
+                       if isinstance(v, str) else [] for v in tag(Tags.FOLDS)]
     # Ablation switches: consistency off == lam exactly 0.
     switches = pd.DataFrame(index=runs.index)
     for key in ("teacher", "modality"):
@@ -210,15 +228,15 @@ def _tidy_trials(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _tidy_folds(runs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    cols = {c: _FOLD_METRIC.match(c[len("metrics."):]) for c in runs.columns
-            if c.startswith("metrics.")}
-    cols = {c: m for c, m in cols.items() if m}
+    cols = {c: (parse_fold_metric(c[len("metrics."):]), _final_fold_name(c[len("metrics."):]))
+            for c in runs.columns if c.startswith("metrics.")}
+    cols = {c: (parsed[0], name) for c, (parsed, name) in cols.items() if name is not None}
     base_cols = ["run_id", "trial_id", "task", "metric", "method", "arm", "seed", "status"]
     if cols:
         long = runs[["run_id", *cols]].melt(id_vars="run_id", var_name="col", value_name="value")
         long = long.dropna(subset=["value"])
-        long["fold"] = long["col"].map(lambda c: int(cols[c].group(1)))
-        long["name"] = long["col"].map(lambda c: cols[c].group(2))
+        long["fold"] = long["col"].map(lambda c: cols[c][0])
+        long["name"] = long["col"].map(lambda c: cols[c][1])
         wide = long.pivot_table(index=["run_id", "fold"], columns="name", values="value",
                                 aggfunc="first")
         wide.columns.name = None
@@ -256,11 +274,11 @@ def load_study(experiment: str, tracking_uri: str | None = None, *,
         runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], max_results=100000)
     if runs.empty:
         raise AnalysisError(f"experiment '{experiment}' at '{uri}' has no runs")
-    role = runs.get("tags.ks.role", pd.Series([None] * len(runs), index=runs.index))
-    parent_col = runs.get("tags.mlflow.parentRunId",
+    role = runs.get(f"tags.{Tags.ROLE}", pd.Series([None] * len(runs), index=runs.index))
+    parent_col = runs.get(f"tags.{Tags.PARENT}",
                           pd.Series([None] * len(runs), index=runs.index))
     notes: list[str] = []
-    parents = runs[role == "study"].sort_values("start_time", ascending=False)
+    parents = runs[role == Roles.STUDY].sort_values("start_time", ascending=False)
     if parent_run_id is not None:
         if parent_run_id not in set(runs["run_id"]):
             raise AnalysisError(f"run '{parent_run_id}' is not in experiment '{experiment}' at "
@@ -280,7 +298,7 @@ def load_study(experiment: str, tracking_uri: str | None = None, *,
                        if c.startswith("tags.") and isinstance(v, str)}
         parent_id: str | None = str(parent["run_id"])
     else:
-        children = runs[role == "trial"]
+        children = runs[role == Roles.TRIAL]
         parent_tags, parent_id = {}, None
         notes.append("no parent run tagged ks.role=study; analysed the runs tagged ks.role=trial "
                      "and did not log the report to MLflow")
@@ -336,10 +354,10 @@ def has_artifact(study: Study, run_id: str, path: str) -> bool:
 
 def load_predictions(study: Study, run_id: str) -> pd.DataFrame | None:
     """The run's ``predictions.parquet`` artifact, or None when the run did not log one."""
-    if not has_artifact(study, run_id, "predictions.parquet"):
+    if not has_artifact(study, run_id, Artifacts.PREDICTIONS):
         return None
     with tempfile.TemporaryDirectory(prefix="ks-pred-") as tmp:
         local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path="predictions.parquet", dst_path=tmp,
+            run_id=run_id, artifact_path=Artifacts.PREDICTIONS, dst_path=tmp,
             tracking_uri=study.tracking_uri)
         return pd.read_parquet(Path(local))

@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from study.record import Status
+
 KEY = ["seed", "fold"]
 #: Trial states whose metrics are usable (STOPPED_EARLY = cut short by the ASHA scheduler).
-USABLE_STATUSES = ("COMPLETED", "STOPPED_EARLY")
+USABLE_STATUSES = Status.USABLE
 #: Below this many non-zero paired differences the Wilcoxon test cannot reach p < 0.05
 #: (two-sided exact test: smallest attainable p = 2 / 2**n).
 WILCOXON_MIN_SIGNIFICANT = 6

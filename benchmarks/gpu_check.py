@@ -1,10 +1,10 @@
-"""GPU path check (issue 7): CUDA + bf16 vs CPU fp32, step time, memory, GPU sharing.
+"""GPU path check: CUDA + bf16 vs CPU fp32, step time, memory, GPU sharing.
 
 On a CUDA machine, in well under 5 minutes:
 1. the same model and batch on CPU (fp32) and on CUDA (bf16 autocast, as trials run it):
    relative error of the logits and of the gradients, against bf16 tolerance;
-2. one full training step at B = 8 of the original configuration (2,500 tokens, D = 1024):
-   median time and peak CUDA memory;
+2. one full training step (``ksmodel.train.train_step``, the trainer's own) at B = 8 of the
+   original configuration (2,500 tokens, D = 1024): median time and peak CUDA memory;
 3. 1, 2 and 4 concurrent trials on one GPU, as Ray schedules them with fractional GPUs
    (`num_gpus = 1/k` per task): total training steps per second, i.e. the sharing speed-up.
 Without CUDA it says so and exits 0.
@@ -26,30 +26,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import diagnosis_objective, random_batch  # noqa: E402
 from ksmodel.config import ModelConfig  # noqa: E402
-from ksmodel.coordination import make_coordinator, subspace_confidence  # noqa: E402
-from ksmodel.losses import classification_loss, consistency_total  # noqa: E402
+from ksmodel.coordination.coordinator import make_coordinator  # noqa: E402
 from ksmodel.model import KSFusion  # noqa: E402
+from ksmodel.train import train_step  # noqa: E402
 
 BF16_RTOL = 5e-2
 
 
-def batch(cfg: ModelConfig, b: int, device: torch.device, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {"bags": torch.randn(b, cfg.n_tokens, cfg.feature_dim, generator=g).to(device),
-            "genes_t": torch.randn(b, cfg.n_tumour_genes, generator=g).to(device),
-            "genes_m": torch.randn(b, cfg.n_tme_genes, generator=g).to(device),
-            "label": (torch.arange(b) % cfg.n_outputs).to(device)}
-
-
-def loss_and_grads(model: KSFusion, data: dict, amp: bool) -> tuple[torch.Tensor, list]:
+def loss_and_grads(model: KSFusion, cfg: ModelConfig, device: torch.device, amp: bool
+                   ) -> tuple[torch.Tensor, list]:
+    """Logits and gradients of the training objective (no optimiser step), fp32 or bf16."""
+    batch = random_batch(cfg, 4, device)
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        out = model(data["bags"], data["genes_t"], data["genes_m"])
-    weights = torch.ones(out.logits.shape[1], device=out.logits.device)
-    loss = classification_loss(out.logits.float(), data["label"], weights) + \
-        0.1 * consistency_total(out, 0.5)
-    loss.backward()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(batch.bags, batch.genes_t, batch.genes_m)
+    diagnosis_objective(cfg, batch)(out, batch).backward()
     return out.logits.float().detach().cpu(), [p.grad.float().cpu() for p in model.parameters()
                                                if p.grad is not None]
 
@@ -64,8 +57,8 @@ def check_agreement() -> dict:
     cpu_model = KSFusion(cfg).eval()
     gpu_model = KSFusion(cfg).cuda().eval()
     gpu_model.load_state_dict(cpu_model.state_dict())
-    logits_c, grads_c = loss_and_grads(cpu_model, batch(cfg, 4, torch.device("cpu")), amp=False)
-    logits_g, grads_g = loss_and_grads(gpu_model, batch(cfg, 4, torch.device("cuda")), amp=True)
+    logits_c, grads_c = loss_and_grads(cpu_model, cfg, torch.device("cpu"), amp=False)
+    logits_g, grads_g = loss_and_grads(gpu_model, cfg, torch.device("cuda"), amp=True)
     grad_c, grad_g = torch.cat([g.flatten() for g in grads_c]), torch.cat(
         [g.flatten() for g in grads_g])
     out = {"logits_rel_err": rel(logits_g, logits_c), "grad_rel_err": rel(grad_g, grad_c),
@@ -80,24 +73,14 @@ def time_steps(cfg: ModelConfig, b: int, steps: int, rule: str = "cgcoord") -> d
     model = KSFusion(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     coord = make_coordinator(rule)
-    data = batch(cfg, b, device)
+    batch = random_batch(cfg, b, device)
+    objective = diagnosis_objective(cfg, batch)
     times = []
     torch.cuda.reset_peak_memory_stats()
     for i in range(steps + 2):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(data["bags"], data["genes_t"], data["genes_m"])
-        loss = classification_loss(out.logits.float(), data["label"],
-                                   torch.ones(cfg.n_outputs, device=device)) + \
-            0.1 * consistency_total(out, 0.5)
-        loss.backward()
-        conf_t = subspace_confidence("diagnosis", out.logits_t.detach().float(), data["label"])
-        conf_m = subspace_confidence("diagnosis", out.logits_m.detach().float(), data["label"])
-        grad = model.classifier.weight.grad
-        grad.copy_(coord(grad, conf_t, conf_m)[0])
-        opt.step()
+        train_step(model, batch, objective, opt, coord, amp=True)
         torch.cuda.synchronize()
         if i >= 2:
             times.append(time.perf_counter() - t0)

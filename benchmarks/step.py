@@ -1,9 +1,11 @@
-"""Time one full KS-Fusion training step per coordination rule (issue 7).
+"""Time one full KS-Fusion training step per coordination rule.
 
-One step = forward, diagnosis cross-entropy + lam * consistency, backward, subspace confidences
-and coordination of the classifier gradient, AdamW step. Configurations: the original study
-(``ModelConfig.paper()``: 2,500 tokens on 50x50, D = 1024, 59/361 genes, d = 128, 8 heads x 64,
-8 offset groups, r = 4, kernel 6, RPB MLP 32 x 2) and the default CPU config, at each ``--batch``.
+One step = ``ksmodel.train.train_step``, the trainer's own step: forward, diagnosis
+cross-entropy + lam * consistency, backward, subspace confidences and coordination of the
+gradient, AdamW step (profiled: each phase synchronised and timed). Configurations: the
+original study (``ModelConfig.paper()``: 2,500 tokens on 50x50, D = 1024, 59/361 genes, d = 128,
+8 heads x 64, 8 offset groups, r = 4, kernel 6, RPB MLP 32 x 2) and the default CPU config, at
+each ``--batch``.
 
 Each (config, batch) runs in its own subprocess so its peak RSS (``ru_maxrss``) is its own.
 ``--oracle`` also times the paper config with the straightforward reference attention of
@@ -28,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RULES = ("uniform", "pcgrad", "cgcoord", "cgcoord_ref")
+from ksmodel.coordination import RULES  # noqa: E402
+
 REFERENCE = {2: {"step_s": (8.5, 14.2), "gflop": 100.7, "rss_gb": 5.6},
              8: {"step_s": (75.7, 75.7), "gflop": 402.8, "rss_gb": 20.1}}
 
@@ -81,10 +84,11 @@ def worker(spec: dict) -> dict:
     """Build the model for one (config, batch) and time every rule. Runs in a subprocess."""
     import torch
 
+    from benchmarks.common import diagnosis_objective, random_batch
     from ksmodel.config import ModelConfig
-    from ksmodel.coordination import make_coordinator, subspace_confidence
-    from ksmodel.losses import classification_loss, consistency_total
+    from ksmodel.coordination.coordinator import make_coordinator
     from ksmodel.model import KSFusion
+    from ksmodel.train import train_step
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -102,39 +106,18 @@ def worker(spec: dict) -> dict:
                 cfg.offset_kernel, cfg.offset_scale, cfg.rpb_hidden, cfg.rpb_depth).to(device)
             ref.load_state_dict(mod.state_dict())
             model.attention[name] = ref
-    bags = torch.randn(b, cfg.n_tokens, cfg.feature_dim, device=device)
-    genes_t = torch.randn(b, cfg.n_tumour_genes, device=device)
-    genes_m = torch.randn(b, cfg.n_tme_genes, device=device)
-    label = torch.arange(b, device=device) % cfg.n_outputs
-    weights = torch.ones(cfg.n_outputs, device=device)
+    batch = random_batch(cfg, b, device)
+    objective = diagnosis_objective(cfg, batch)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     model.train()
     rss_model = _rss_gb()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def step(coord) -> tuple[float, float, float]:
-        sync()
+        """The trainer's own step, profiled: (wall s, coordination s, process CPU s)."""
         cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        out = model(bags, genes_t, genes_m)
-        loss = classification_loss(out.logits, label, weights) + 0.1 * consistency_total(out, 0.5)
-        loss.backward()
-        sync()
-        c0 = time.perf_counter()
-        conf_t = conf_m = None
-        if coord.needs_confidence:
-            conf_t = subspace_confidence("diagnosis", out.logits_t, label)
-            conf_m = subspace_confidence("diagnosis", out.logits_m, label)
-        coord.apply_(model.classifier, conf_t, conf_m)
-        sync()
-        c1 = time.perf_counter()
-        opt.step()
-        sync()
-        return time.perf_counter() - t0, c1 - c0, time.process_time() - cpu0
+        result = train_step(model, batch, objective, opt, coord, profile=True)
+        return (sum(result.seconds.values()), result.seconds["coordinate"],
+                time.process_time() - cpu0)
 
     flop = None
     if spec["flops"]:

@@ -1,9 +1,10 @@
-"""Cohort loading, validation and the in-memory bag cache (DESIGN §4 and §7).
+"""Cohort loading, validation and the in-memory bag cache (format: docs/cohort-format.md).
 
 A cohort directory holds::
 
-    clinical.parquet|csv   one row per slide: case_id, slide_id, diagnosis (0..3), grade (2..4),
-                           survival_days (>= 0), event (0/1); extra columns are kept
+    clinical.parquet|csv   one row per slide: case_id, slide_id and the label columns of the
+                           tasks (ksmodel.tasks: diagnosis 0..3, grade 2..4, idh_mutant 0/1,
+                           survival_days >= 0 + event 0/1); extra columns are kept
     expression.parquet|csv one row per case_id (column ``case_id``), one column per gene
     gene_sets.csv          columns gene, subspace (tumour|tme); or one *.gmt with sets tumour, tme
     features/<slide_id>.h5 dataset "features" [N, D], optional "coords" [N, 2] as (x, y)
@@ -42,30 +43,23 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 import pandas as pd
 import torch
 
-from ksmodel.config import TASKS, ConfigError
+from ksmodel.config import check_grid
+from ksmodel.errors import CohortError, few
+from ksmodel.tasks import LABEL_COLUMNS, get_task, get_tasks
+
+if TYPE_CHECKING:
+    from ksmodel.tasks import Task
 
 SUBSPACES = ("tumour", "tme")
-LABEL_COLUMNS = {"diagnosis": ("diagnosis",), "grade": ("grade",),
-                 "survival": ("survival_days", "event")}
-GRADE_OFFSET = 2  # WHO grade 2..4 -> model class 0..2
 _FMT = "parquet or csv"
-
-
-class CohortError(ValueError):
-    """Bad cohort data; the message names the file and row/case/gene/key and says how to fix it."""
-
-
-def _few(items: Iterable[object], n: int = 5) -> str:
-    """'a, b, c (and 7 more)' -- names the first few culprits without flooding the message."""
-    items = list(items)
-    head = ", ".join(str(i) for i in items[:n])
-    return head + (f" (and {len(items) - n} more)" if len(items) > n else "")
+_few = few  # the name other modules import
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,17 +81,11 @@ class Cohort:
         return self.cases.index.tolist()
 
     def targets(self, task: str) -> dict[str, np.ndarray]:
-        """Model targets: {"label"} (int64 class) or {"time" (float64 days), "event" (int64)}.
+        """Model targets of ``task`` (see ``Task.targets``), in case order.
 
         Labels of tasks not named in ``load_cohort(tasks=...)`` are validated here, on first use.
         """
-        if task not in TASKS:
-            raise ConfigError(f"config key 'task': must be one of {', '.join(TASKS)}, got {task!r}")
-        values = _check_labels(self.cases, task, f"clinical table in {self.root}")
-        if task == "survival":
-            return {"time": values["survival_days"], "event": values["event"]}
-        label = values[task]
-        return {"label": label - GRADE_OFFSET if task == "grade" else label}
+        return get_task(task).targets(self.cases, f"clinical table in {self.root}")
 
     def __repr__(self) -> str:
         sizes = {k: len(v) for k, v in self.gene_sets.items()}
@@ -116,7 +104,7 @@ def _find_table(root: Path, stem: str) -> Path:
         if path.is_file():
             return path
     raise CohortError(f"{root}: no {stem}.parquet or {stem}.csv found; write the {stem} table "
-                      f"({_FMT}) into the cohort directory (format: DESIGN §4)")
+                      f"({_FMT}) into the cohort directory (format: docs/cohort-format.md)")
 
 
 def _read_table(path: Path, id_columns: Sequence[str]) -> pd.DataFrame:
@@ -150,11 +138,15 @@ def _clean_ids(values: pd.Series, column: str, path: Path) -> pd.Series:
     return text.astype(str)
 
 
-def _read_clinical(root: Path, tasks: Sequence[str]) -> tuple[pd.DataFrame, Path]:
-    """Per-slide table -> per-case table (index case_id, sorted; slide_ids list column)."""
+def _read_clinical(root: Path, tasks: Sequence[Task] | None) -> tuple[pd.DataFrame, Path]:
+    """Per-slide table -> per-case table (index case_id, sorted; slide_ids list column).
+
+    ``tasks=None`` validates every task the table has (some of) the label columns of."""
     path = _find_table(root, "clinical")
     df = _read_table(path, ("case_id", "slide_id"))
-    required = ["case_id", "slide_id"] + [c for t in tasks for c in LABEL_COLUMNS[t]]
+    if tasks is None:
+        tasks = [t for t in get_tasks(None) if set(t.label_columns) & set(df.columns)]
+    required = ["case_id", "slide_id"] + [c for t in tasks for c in t.label_columns]
     _require_columns(df, required, path)
     if df.empty:
         raise CohortError(f"{path}: the table has no rows; add one row per slide")
@@ -170,10 +162,7 @@ def _read_clinical(root: Path, tasks: Sequence[str]) -> tuple[pd.DataFrame, Path
     if bad_name.any():
         raise CohortError(f"{path}: slide_id {_few(df.loc[bad_name, 'slide_id'])} contains a path "
                           f"separator; slide ids name files features/<slide_id>.h5")
-    for column in (c for cols in LABEL_COLUMNS.values() for c in cols):
-        if column not in df.columns:
-            df[column] = np.nan  # task not requested and not present
-    labels = [c for cols in LABEL_COLUMNS.values() for c in cols]
+    labels = [c for c in LABEL_COLUMNS if c in df.columns]
     for column in labels:
         n_values = df.groupby("case_id")[column].nunique(dropna=False)
         if (n_values > 1).any():
@@ -188,42 +177,9 @@ def _read_clinical(root: Path, tasks: Sequence[str]) -> tuple[pd.DataFrame, Path
     cases.insert(len(labels), "slide_ids", grouped["slide_id"].agg(list))
     cases.index.name = "case_id"
     for task in tasks:
-        for column, values in _check_labels(cases, task, str(path)).items():
+        for column, values in task.validate(cases, str(path)).items():
             cases[column] = values
     return cases, path
-
-
-def _check_labels(cases: pd.DataFrame, task: str, source: str) -> dict[str, np.ndarray]:
-    """Validated label arrays of one task (raw grade 2..4), or CohortError naming the cases."""
-
-    def fail(column: str, bad: np.ndarray, rule: str) -> None:
-        culprits = [f"{cid} ({raw!r})" for cid, raw in
-                    zip(cases.index[bad], cases[column].to_numpy()[bad], strict=True)]
-        raise CohortError(f"{source}: {column} must be {rule}; bad value for case(s) "
-                          f"{_few(culprits)}; fix or remove these rows")
-
-    out: dict[str, np.ndarray] = {}
-    if task in ("diagnosis", "grade"):
-        lo = 0 if task == "diagnosis" else GRADE_OFFSET
-        hi = lo + TASKS[task] - 1
-        v = pd.to_numeric(cases[task], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(v) | (v != np.round(v)) | (v < lo) | (v > hi)
-        if bad.any():
-            fail(task, bad, f"an integer in {lo}..{hi}")
-        out[task] = v.astype(np.int64)
-    elif task == "survival":
-        t = pd.to_numeric(cases["survival_days"], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(t) | (t < 0)
-        if bad.any():
-            fail("survival_days", bad, "a finite number of days >= 0")
-        e = pd.to_numeric(cases["event"], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isin(e, (0.0, 1.0))
-        if bad.any():
-            fail("event", bad, "0 (censored) or 1 (death observed)")
-        out["survival_days"], out["event"] = t, e.astype(np.int64)
-    else:
-        raise ConfigError(f"config key 'task': must be one of {', '.join(TASKS)}, got {task!r}")
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,18 +367,17 @@ def load_cohort(path: str | Path, *, tasks: Sequence[str] | None = None,
     """Load and validate a cohort directory; raise ``CohortError`` before any compute is spent.
 
     ``tasks`` limits label validation (and required label columns) to those tasks; ``None``
-    validates all three. ``strict`` turns "expression rows without a clinical row" from a warning
-    into an error. Feature files are checked by header only (existence, shape, consistent D).
+    validates every task of ``ksmodel.tasks.TASKS`` the table has label columns for (a task with
+    only some of its columns is an error naming the missing one).
+    ``strict`` turns "expression rows without a clinical row" from a warning into an error.
+    Feature files are checked by header only (existence, shape, consistent D).
     """
     root = Path(path)
     if not root.is_dir():
         raise CohortError(f"{root}: cohort directory not found; pass the folder that holds "
-                          f"clinical, expression, gene_sets and features/ (DESIGN §4)")
-    tasks = list(TASKS) if tasks is None else list(tasks)
-    for task in tasks:
-        if task not in TASKS:
-            raise ConfigError(f"config key 'task': must be one of {', '.join(TASKS)}, got {task!r}")
-    cases, _ = _read_clinical(root, tasks)
+                          f"clinical, expression, gene_sets and features/ "
+                          f"(docs/cohort-format.md)")
+    cases, _ = _read_clinical(root, None if tasks is None else get_tasks(tasks))
     gene_sets, gene_path = _read_gene_sets(root)
     genes = gene_sets["tumour"] + gene_sets["tme"]
     expression = _read_expression(root, cases, genes, gene_path, strict)
@@ -511,9 +466,7 @@ def _read_case(folder: Path, slide_ids: Sequence[str], dim: int) -> tuple[np.nda
 def load_bags(cohort: Cohort, grid: tuple[int, int], *, seed: int = 0,
               max_gb: float = 8.0) -> Bags:
     """Read every case's feature files once and bring each bag to the H x W token grid."""
-    h, w = (int(g) for g in grid)
-    if h < 1 or w < 1:
-        raise ConfigError(f"config key 'grid': must be two integers >= 1, got {grid!r}")
+    h, w = check_grid(tuple(grid))
     if cohort.feature_dim is None:
         raise CohortError(f"{cohort.root}: the cohort has no feature files; write features/"
                           f"<slide_id>.h5 or use modality=genomics")
@@ -548,4 +501,4 @@ def load_bags(cohort: Cohort, grid: tuple[int, int], *, seed: int = 0,
 
 
 __all__ = ["CohortError", "Cohort", "Bags", "load_cohort", "load_bags", "select_tokens",
-           "arrange_on_grid", "SUBSPACES", "GRADE_OFFSET"]
+           "arrange_on_grid", "SUBSPACES"]

@@ -1,30 +1,28 @@
-"""Typed configuration for the model, the task and one fold's training.
+"""Typed configuration: the model, one fold's training, the synthetic cohort.
 
 Every knob lives here, validated once in ``__post_init__``; the rest of the code reads plain
 attributes and never re-checks. ``ConfigError`` names the offending key so a study file or a
-``--set key=value`` override can be fixed without reading code.
+``--set key=value`` override can be fixed without reading code. Tasks live in ``ksmodel.tasks``
+and coordination rules (with their own hyper-parameters) in ``ksmodel.coordination``; both are
+read from their registries here. No torch import: study files are checked without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import yaml
 
-TASKS: dict[str, int] = {"diagnosis": 4, "grade": 3, "survival": 4}
-"""Task name -> number of model outputs (classes, or discrete-time hazard bins for survival)."""
+from ksmodel.coordination.registry import effective_params, get_rule, hyper_params
+from ksmodel.errors import ConfigError
+from ksmodel.tasks import get_task
 
-TASK_METRIC: dict[str, str] = {"diagnosis": "auc", "grade": "auc", "survival": "cindex"}
-"""The validation metric each task is selected on (always maximised)."""
-
-COORDINATION_RULES = ("uniform", "pcgrad", "cgcoord", "cgcoord_ref")
 MODALITIES = ("both", "genomics", "histology")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or out of range."""
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -32,9 +30,17 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"config key '{key}': {msg}")
 
 
+def check_grid(grid: Any) -> tuple[int, int]:
+    """The token grid (H, W) as a tuple of two integers >= 1."""
+    ok = (isinstance(grid, (list, tuple)) and len(grid) == 2
+          and all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid))
+    _check(ok, "grid", f"must be two integers >= 1, got {grid!r}")
+    return int(grid[0]), int(grid[1])
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """KS-Fusion architecture (DESIGN §3). Defaults are CPU-sized; `paper()` gives the original."""
+    """KS-Fusion architecture. Defaults are CPU-sized; `paper()` gives the original study's."""
 
     feature_dim: int = 384  # D of the patch embeddings (taken from the cohort)
     n_tumour_genes: int = 59
@@ -66,10 +72,7 @@ class ModelConfig:
                    f"must be an integer >= 1, got {value!r}")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         _check(self.offset_scale > 0, "offset_scale", f"must be > 0, got {self.offset_scale}")
-        grid = tuple(self.grid)
-        _check(len(grid) == 2 and all(isinstance(g, int) and g >= 1 for g in grid), "grid",
-               f"must be two integers >= 1, got {self.grid!r}")
-        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "grid", check_grid(self.grid))
         _check(self.dim % self.offset_groups == 0, "offset_groups",
                f"dim={self.dim} must be divisible by offset_groups={self.offset_groups}")
         _check(self.heads % self.offset_groups == 0 or self.offset_groups % self.heads == 0,
@@ -91,7 +94,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One fold's optimisation, loss weights and gradient coordination."""
+    """One fold's optimisation, loss weights and gradient coordination.
+
+    ``coord_params`` holds the coordination rule's own hyper-parameters (declared in the rule
+    registry); after validation it holds every one the rule uses, defaults included.
+    """
 
     task: str = "diagnosis"
     epochs: int = 20
@@ -101,8 +108,7 @@ class TrainConfig:
     alpha: float = 0.5  # tumour vs TME balance of the consistency loss
     lam: float = 0.1  # consistency weight lambda (0 disables it)
     coordination: str = "cgcoord"
-    tau_cos: float = 0.0
-    tau_rho: float = 0.0
+    coord_params: Mapping[str, float] = field(default_factory=dict)
     patience: int = 0  # early-stopping patience in epochs (0 = no early stopping)
     seed: int = 0
     log1p: bool = True  # log1p expression before the z-score (off for already-logged data)
@@ -111,9 +117,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
 
     def __post_init__(self) -> None:
-        _check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
-        _check(self.coordination in COORDINATION_RULES, "coordination",
-               f"must be one of {', '.join(COORDINATION_RULES)}, got {self.coordination!r}")
+        get_task(self.task)
+        get_rule(self.coordination)
+        object.__setattr__(self, "coord_params",
+                           effective_params(self.coordination, dict(self.coord_params)))
         for key in ("epochs", "batch_size"):
             value = getattr(self, key)
             _check(isinstance(value, int) and value >= 1, key,
@@ -123,36 +130,101 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
         _check(self.lam >= 0, "lam", f"must be >= 0, got {self.lam}")
-        _check(-1.0 <= self.tau_cos <= 1.0, "tau_cos", f"must be in [-1, 1], got {self.tau_cos}")
-        _check(0.0 <= self.tau_rho < 1.0, "tau_rho", f"must be in [0, 1), got {self.tau_rho}")
         _check(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
 
     @property
     def metric(self) -> str:
-        return TASK_METRIC[self.task]
+        return get_task(self.task).metric
 
 
 MODEL_KEYS = frozenset(f.name for f in fields(ModelConfig))
-TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
+TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig)) - {"coord_params"}
 
 
-def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a flat parameter dict (as a study trial sees it) into model and train kwargs."""
-    unknown = set(params) - MODEL_KEYS - TRAIN_KEYS
+def coordination_keys() -> frozenset[str]:
+    """The coordination rules' hyper-parameter names (flat keys in study files and --set)."""
+    return frozenset(hyper_params())
+
+
+def parameter_keys() -> frozenset[str]:
+    """Every flat parameter name a trial accepts: model, training and coordination keys."""
+    return MODEL_KEYS | TRAIN_KEYS | coordination_keys()
+
+
+def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a flat parameter dict (as a study trial sees it) into ModelConfig and TrainConfig
+    keyword arguments (coordination hyper-parameters go to ``coord_params``)."""
+    coord = coordination_keys()
+    unknown = set(params) - MODEL_KEYS - TRAIN_KEYS - coord
     if unknown:
         raise ConfigError(
             f"unknown parameter(s) {', '.join(sorted(unknown))}; model keys: "
-            f"{', '.join(sorted(MODEL_KEYS))}; training keys: {', '.join(sorted(TRAIN_KEYS))}")
+            f"{', '.join(sorted(MODEL_KEYS))}; training keys: {', '.join(sorted(TRAIN_KEYS))}; "
+            f"coordination keys: {', '.join(sorted(coord))}")
     model = {k: v for k, v in params.items() if k in MODEL_KEYS}
     train = {k: v for k, v in params.items() if k in TRAIN_KEYS}
+    coord_params = {k: v for k, v in params.items() if k in coord}
+    if coord_params:
+        train["coord_params"] = coord_params
     if "grid" in model:
         model["grid"] = tuple(model["grid"])
     return model, train
 
 
-def to_dict(cfg: ModelConfig | TrainConfig) -> dict[str, Any]:
-    """Plain-data view (tuples as lists) for YAML/JSON/MLflow."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+def to_dict(cfg: ModelConfig | TrainConfig | SyntheticConfig) -> dict[str, Any]:
+    """Flat plain-data view (tuples as lists, coordination parameters as top-level keys) for
+    YAML/JSON/MLflow: the keys are the ones study files and ``--set`` use."""
+    out: dict[str, Any] = {}
+    for k, v in asdict(cfg).items():
+        if k == "coord_params":
+            out.update(v)
+        else:
+            out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The synthetic cohort's parameters. These defaults are *the* synthetic default: study files
+    (``cohort: synthetic``), ``python -m ksmodel.train`` and ``python -m ksmodel.synthetic`` all
+    start from them, so they train on the same data unless told otherwise."""
+
+    patients: int = 400
+    patches: tuple[int, int] = (100, 400)  # (min, max) patches per patient; int N -> mean N
+    dim: int = 384
+    seed: int = 0
+    conflict: float = 0.3
+    n_tumour: int = 59
+    n_tme: int = 361
+
+    def __post_init__(self) -> None:
+        for key in ("patients", "dim", "n_tumour", "n_tme"):
+            value = getattr(self, key)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   f"synthetic.{key}", f"must be an integer >= 1, got {value!r}")
+        _check(self.patients >= 8, "synthetic.patients", f"must be >= 8, got {self.patients}")
+        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "synthetic.seed",
+               f"must be an integer, got {self.seed!r}")
+        _check(0.0 <= self.conflict <= 1.0, "synthetic.conflict",
+               f"must be in [0, 1], got {self.conflict}")
+        object.__setattr__(self, "patches", _patch_range(self.patches))
+
+    def key(self) -> str:
+        """Content hash of the parameters: one cached cohort per parameter set."""
+        text = json.dumps(to_dict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _patch_range(patches: Any) -> tuple[int, int]:
+    if isinstance(patches, int) and not isinstance(patches, bool):
+        _check(patches >= 1, "synthetic.patches", f"must be >= 1, got {patches}")
+        return max(1, math.ceil(patches / 2)), max(1, (3 * patches) // 2)
+    ok = (isinstance(patches, (list, tuple)) and len(patches) == 2
+          and all(isinstance(p, int) and not isinstance(p, bool) for p in patches)
+          and 1 <= patches[0] <= patches[1])
+    _check(ok, "synthetic.patches", f"must be N >= 1 or [min, max] with 1 <= min <= max, "
+                                    f"got {patches!r}")
+    return int(patches[0]), int(patches[1])
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -160,12 +232,15 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. --set lr=1e-3), got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({exc})") from None
     return out
 
 
-__all__ = ["TASKS", "TASK_METRIC", "COORDINATION_RULES", "MODALITIES", "ConfigError",
-           "ModelConfig", "TrainConfig", "MODEL_KEYS", "TRAIN_KEYS", "split_params", "to_dict",
-           "parse_overrides", "replace"]
+__all__ = ["MODALITIES", "ConfigError", "ModelConfig", "TrainConfig", "SyntheticConfig",
+           "MODEL_KEYS", "TRAIN_KEYS", "coordination_keys", "parameter_keys", "split_params",
+           "to_dict", "check_grid", "parse_overrides", "replace"]

@@ -1,9 +1,9 @@
-"""Patient-level cross-validation folds and fold-wise expression normalisation (DESIGN §4).
+"""Patient-level cross-validation folds and fold-wise expression normalisation.
 
 Folds are made once per study from a seed and saved, so every trial and every method sees the
 same folds -- the precondition for paired comparisons. Folds are over cases (patients), never
-slides, so no patient is in both the training and the validation part. Classification tasks are
-stratified on the label, survival on the event indicator.
+slides, so no patient is in both the training and the validation part. Folds are stratified on
+the task's strata (``Task.strata``: the class, or the event indicator for survival).
 
 ``ExpressionScaler`` is fit on the training rows only (optional log1p, then z-score); the
 validation rows are transformed with the training statistics.
@@ -11,7 +11,6 @@ validation rows are transformed with the training statistics.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,15 +18,17 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from ksmodel.cohort import Cohort, CohortError, _few
+from ksmodel.cohort import Cohort
+from ksmodel.errors import CohortError
+from ksmodel.errors import few as _few
+from ksmodel.tasks import get_task
 
 STD_FLOOR = 1e-6
 """Genes whose training std is below this are treated as std 1 (centred only), not divided by ~0."""
 
 
 def _strata(cohort: Cohort, task: str) -> np.ndarray:
-    targets = cohort.targets(task)
-    return targets["event"] if task == "survival" else targets["label"]
+    return get_task(task).strata(cohort.targets(task))
 
 
 def make_splits(cohort: Cohort, task: str, k: int = 5, seed: int = 0) -> pd.DataFrame:
@@ -35,7 +36,7 @@ def make_splits(cohort: Cohort, task: str, k: int = 5, seed: int = 0) -> pd.Data
     if not isinstance(k, int) or k < 2:
         raise CohortError(f"k must be an integer >= 2 folds, got {k!r}")
     strata = _strata(cohort, task)
-    what = "event" if task == "survival" else f"{task} class"
+    what = get_task(task).strata_name
     values, counts = np.unique(strata, return_counts=True)
     small = [f"{what} {v}: {c} case(s)" for v, c in zip(values, counts, strict=True) if c < k]
     if small:
@@ -120,34 +121,16 @@ def load_splits(path: str | Path, cohort: Cohort) -> pd.DataFrame:
 
 
 def check_folds(cohort: Cohort, splits: pd.DataFrame, task: str) -> None:
-    """Raise CohortError when a fold cannot be trained/evaluated for ``task``.
-
-    Survival: every fold's training and validation part needs at least one event.
-    Classification: every class present in the cohort must be in every training part; a class
-    missing from a validation part only warns (its one-vs-rest AUC is then undefined there).
-    """
+    """Raise CohortError when a fold cannot be trained/evaluated for ``task`` (the task's rule,
+    ``Task.check_fold``: e.g. survival needs events in both parts, classification every class in
+    every training part; a class missing from a validation part only warns)."""
     splits = _align(splits, cohort, "splits")
+    t = get_task(task)
     strata = _strata(cohort, task)
     fold = splits["fold"].to_numpy()
-    classes = np.unique(strata)
     for f in range(int(fold.max()) + 1):
         val = fold == f
-        if task == "survival":
-            for part, mask in (("validation", val), ("training", ~val)):
-                if strata[mask].sum() == 0:
-                    raise CohortError(f"fold {f}: the {part} part ({int(mask.sum())} cases) has no "
-                                      f"events, so survival cannot be evaluated; use fewer folds "
-                                      f"or another split seed")
-            continue
-        lacking = np.setdiff1d(classes, strata[~val])
-        if len(lacking):
-            raise CohortError(f"fold {f}: {task} class(es) {_few(lacking.tolist())} missing from "
-                              f"the training part; use fewer folds or stratified splits "
-                              f"(make_splits)")
-        lacking = np.setdiff1d(classes, strata[val])
-        if len(lacking):
-            warnings.warn(f"fold {f}: {task} class(es) {_few(lacking.tolist())} missing from the "
-                          f"validation part", UserWarning, stacklevel=2)
+        t.check_fold(f, strata[~val], strata[val], strata)
 
 
 def fold_case_ids(splits: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:

@@ -1,4 +1,4 @@
-"""Synthetic glioma cohort with planted structure, in the on-disk format of DESIGN §4.
+"""Synthetic glioma cohort with planted structure, in the cohort format (docs/cohort-format.md).
 
 It is the embedded default cohort (a new user runs a whole study with no data) and the ground
 truth the tests check the pipeline against. What is planted:
@@ -34,6 +34,9 @@ normalisation); 16 background genes ``BG_001..`` outside both gene sets are incl
 expression matrix would have. Tables and labels come from their own random stream, so the same
 seed gives identical clinical/expression tables whatever ``patches``/``dim`` are; same arguments
 give byte-identical files (h5 written without timestamps). ``cohort.json`` records the parameters.
+The parameters and their defaults are ``ksmodel.config.SyntheticConfig``: the one synthetic default
+of the project. ``ensure_synthetic`` builds a cohort beside its final folder and renames it into
+place, so concurrent runs asking for the same cohort never see a half-written one.
 """
 
 from __future__ import annotations
@@ -41,16 +44,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ksmodel.config import ConfigError, SyntheticConfig, to_dict
 
 DIAGNOSES = ("GBM, IDH-wildtype", "Astrocytoma, IDH-mutant, grade 4",
              "Astrocytoma, IDH-mutant, grade 2-3",
@@ -132,13 +140,10 @@ def _tables(seed_seq: np.random.SeedSequence, patients: int, conflict: float, n_
                 conflict=is_conflict, days=days, event=event, expr=expr, n_slides=n_slides)
 
 
-def _bag_sizes(rng: np.random.Generator, patients: int, patches: int | tuple[int, int],
+def _bag_sizes(rng: np.random.Generator, patients: int, patches: tuple[int, int],
                n_slides: np.ndarray) -> np.ndarray:
-    lo, hi = ((max(1, math.ceil(patches / 2)), max(1, (3 * patches) // 2))
-              if isinstance(patches, int) else (int(patches[0]), int(patches[1])))
-    if lo < 1 or hi < lo:
-        raise ValueError(f"patches must be N >= 1 or (min, max) with 1 <= min <= max, "
-                         f"got {patches!r}")
+    """Patches per patient, uniform in the (validated) [min, max] range."""
+    lo, hi = patches
     return np.maximum(rng.integers(lo, hi + 1, patients), n_slides)
 
 
@@ -192,22 +197,18 @@ def _clear(out: Path, overwrite: bool) -> None:
             target.unlink()
 
 
-def generate(out: str | Path, *, patients: int = 400, patches: int | tuple[int, int] = (100, 400),
-             dim: int = 384, seed: int = 0, conflict: float = 0.0, n_tumour: int = 59,
-             n_tme: int = 361, fmt: str = "parquet", overwrite: bool = False,
-             quiet: bool = False) -> Path:
+def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str = "parquet",
+             overwrite: bool = False, quiet: bool = False, **changes: Any) -> Path:
     """Write a synthetic cohort to ``out`` and return its path.
 
-    ``patches``: (min, max) patches per patient, uniform; an int N means mean N, i.e.
-    (ceil(N/2), 3N/2). A patient with two slides splits its patches between them.
+    ``params`` defaults to ``SyntheticConfig()``; keyword ``changes`` (patients=..., seed=...)
+    are applied on top. ``patches``: (min, max) patches per patient, uniform; an int N means mean
+    N, i.e. (ceil(N/2), 3N/2). A patient with two slides splits its patches between them.
     ``fmt``: "parquet" or "csv" for the clinical and expression tables.
     """
-    if patients < 8:
-        raise ValueError(f"patients must be >= 8, got {patients}")
-    if not 0.0 <= conflict <= 1.0:
-        raise ValueError(f"conflict must be in [0, 1], got {conflict}")
-    if dim < 1 or n_tumour < 1 or n_tme < 1:
-        raise ValueError("dim, n_tumour and n_tme must be >= 1")
+    params = replace(params or SyntheticConfig(), **changes)
+    patients, patches, dim, seed = params.patients, params.patches, params.dim, params.seed
+    conflict, n_tumour, n_tme = params.conflict, params.n_tumour, params.n_tme
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"fmt must be parquet or csv, got {fmt!r}")
     start = time.perf_counter()
@@ -271,10 +272,8 @@ def generate(out: str | Path, *, patients: int = 400, patches: int | tuple[int, 
     gene_sets = pd.DataFrame({"gene": genes[:n_tumour + n_tme],
                               "subspace": ["tumour"] * n_tumour + ["tme"] * n_tme})
     _write_table(gene_sets, out / "gene_sets.csv")
-    meta = {"generator": "ksmodel.synthetic", "format_version": 1, "seed": seed,
-            "patients": patients, "patches": list(patches) if isinstance(patches, tuple)
-            else patches, "dim": dim, "conflict": conflict, "n_tumour": n_tumour, "n_tme": n_tme,
-            "n_background": N_BACKGROUND, "diagnoses": list(DIAGNOSES),
+    meta = {"generator": "ksmodel.synthetic", "format_version": 1, **to_dict(params),
+            "key": params.key(), "n_background": N_BACKGROUND, "diagnoses": list(DIAGNOSES),
             "prevalence": PREVALENCE.tolist(), "censoring_target": CENSORING,
             "grade_rule": "diagnosis 0,1 -> 4; 2,3 -> 3 if proliferation latent high else 2",
             "patch_types": list(PATCH_TYPES), "patch_px": PATCH_PX,
@@ -293,58 +292,74 @@ def generate(out: str | Path, *, patients: int = 400, patches: int | tuple[int, 
     return out
 
 
-def ensure_synthetic(out: str | Path, **params: object) -> Path:
-    """Generate the cohort into ``out`` once; reuse it while its parameters match.
+def ensure_synthetic(out: str | Path, params: SyntheticConfig | None = None,
+                     quiet: bool = False) -> Path:
+    """The synthetic cohort of ``params`` in ``out``, generated on first use.
 
-    Studies and the trainer CLI call this so a synthetic cohort is written once per folder and
-    every later run (and every trial) reads the same files.
+    The cohort is written into a private folder beside ``out`` and renamed into place, so a
+    reader never sees a half-written cohort and two processes asking at once both end up
+    reading one complete copy (the loser of the rename discards its own).
     """
-    out = Path(out)
+    out, params = Path(out), params or SyntheticConfig()
+    if not (out / "cohort.json").is_file():
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        generate(tmp, params, quiet=quiet)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process renamed its copy first (or out is not empty)
+            shutil.rmtree(tmp, ignore_errors=True)
     meta_path = out / "cohort.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()
-                  if k not in ("quiet", "overwrite", "fmt")}
-        differ = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
-        if not differ:
-            return out
+    if not meta_path.is_file():
+        raise FileExistsError(f"{out} exists but holds no synthetic cohort (no cohort.json); "
+                              "remove it or choose another folder")
+    meta = json.loads(meta_path.read_text())
+    differ = {k: (meta.get(k), v) for k, v in to_dict(params).items() if meta.get(k) != v}
+    if differ:
         raise FileExistsError(
             f"{out} holds a synthetic cohort made with other parameters "
             f"({', '.join(f'{k}: {a} != {b}' for k, (a, b) in differ.items())}); "
             "remove it or choose another folder")
-    return generate(out, **params)  # type: ignore[arg-type]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    d = SyntheticConfig()
     parser = argparse.ArgumentParser(
         prog="python -m ksmodel.synthetic",
         description="Write a synthetic glioma cohort (clinical, expression, gene sets, "
-                    "features/<slide_id>.h5) with planted tumour/TME structure.",
+                    "features/<slide_id>.h5) with planted tumour/TME structure. The defaults are "
+                    "the project's synthetic default: the cohort `cohort: synthetic` in a study "
+                    "file and `python -m ksmodel.train` use.",
         epilog="The tumour latent drives TUM_* genes, diagnosis, grade and tumour patches; the "
                "TME latent drives TME_* genes, immune/stroma/necrosis patches and part of the "
                "hazard. Same arguments -> byte-identical files.")
     parser.add_argument("--out", required=True, type=Path, help="output cohort directory")
-    parser.add_argument("--patients", type=int, default=400, help="number of patients (400)")
+    parser.add_argument("--patients", type=int, default=d.patients,
+                        help=f"number of patients ({d.patients})")
     parser.add_argument("--patches", type=int, default=None,
                         help="mean patches per patient: sizes uniform in [N/2, 3N/2] "
-                             "(default: uniform 100..400)")
-    parser.add_argument("--dim", type=int, default=384, help="patch feature dimension D (384)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--conflict", type=float, default=0.0,
+                             f"(default: uniform {d.patches[0]}..{d.patches[1]})")
+    parser.add_argument("--dim", type=int, default=d.dim,
+                        help=f"patch feature dimension D ({d.dim})")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"random seed ({d.seed})")
+    parser.add_argument("--conflict", type=float, default=d.conflict,
                         help="fraction in [0, 1] of patients whose TME genes/patches/hazard are "
                              "drawn as if from a different diagnosis, so the TME and tumour "
-                             "subspaces disagree (0 = none)")
+                             f"subspaces disagree (default {d.conflict}; 0 = none)")
     parser.add_argument("--format", choices=("parquet", "csv"), default="parquet",
                         help="table format for clinical and expression (parquet)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a cohort already in --out")
     args = parser.parse_args(argv)
+    changes = {"patients": args.patients, "dim": args.dim, "seed": args.seed,
+               "conflict": args.conflict}
+    if args.patches is not None:
+        changes["patches"] = args.patches
     try:
-        generate(args.out, patients=args.patients,
-                 patches=(100, 400) if args.patches is None else args.patches, dim=args.dim,
-                 seed=args.seed, conflict=args.conflict, fmt=args.format,
-                 overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as exc:
+        generate(args.out, fmt=args.format, overwrite=args.overwrite, **changes)
+    except (ConfigError, ValueError, FileExistsError) as exc:
         parser.error(str(exc))
     return 0
 

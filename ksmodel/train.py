@@ -1,12 +1,14 @@
 """Train and evaluate KS-Fusion on one cross-validation fold.
 
-The unit of work is `FoldTrainer.fit_epoch()`, so a study trial can advance all its folds in
-lock-step and report the fold mean after every epoch (what ASHA needs to compare like with
-like). `train_fold` is the plain loop around it; `python -m ksmodel.train` is its CLI.
+``train_step`` is the one training step (forward, task + consistency loss, backward, gradient
+coordination, optimiser step): the fold trainer, the study trial and every benchmark run it.
+The unit of work above it is ``FoldTrainer.fit_epoch()``, so a study trial can advance all its
+folds in lock-step and report the fold mean after every epoch (what ASHA needs to compare like
+with like). ``train_fold`` is the plain loop around it; ``python -m ksmodel.train`` is its CLI.
 
-Selection rule: with `patience > 0` a fold stops after `patience` epochs without improvement
-and its result is its best epoch; with `patience = 0` it runs all epochs and its result is the
-last epoch. Either way `FoldTrainer.result` is what gets reported as the fold's final metrics.
+Selection rule: with ``patience > 0`` a fold stops after ``patience`` epochs without improvement
+and its result is its best epoch; with ``patience = 0`` it runs all epochs and its result is the
+last epoch. Either way ``FoldTrainer.result`` is what gets reported as the fold's final metrics.
 """
 
 from __future__ import annotations
@@ -26,27 +28,101 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ksmodel.cohort import Bags, Cohort, load_bags, load_cohort
-from ksmodel.config import TASKS, ModelConfig, TrainConfig, parse_overrides, split_params
-from ksmodel.coordination import make_coordinator, subspace_confidence
-from ksmodel.losses import (
-    class_weights,
-    classification_loss,
-    consistency_total,
-    discretise,
-    survival_bin_edges,
-    survival_nll,
-    survival_risk,
-)
-from ksmodel.metrics import classification_metrics, concordance
-from ksmodel.model import KSFusion
-from ksmodel.splits import ExpressionScaler, check_folds, fold_case_ids, make_splits
-
-TELEMETRY_KEYS = ("cos_mean", "conflict_rate", "projected_t", "projected_m", "proj_norm")
+from ksmodel.cohort import Cohort
+from ksmodel.config import ModelConfig, SyntheticConfig, TrainConfig, parse_overrides, split_params
+from ksmodel.coordination.coordinator import TELEMETRY_KEYS, Coordinator
+from ksmodel.errors import CohortError, ConfigError
+from ksmodel.losses import consistency_total
+from ksmodel.model import KSFusion, KSOutput
+from ksmodel.splits import ExpressionScaler, fold_case_ids
+from ksmodel.tasks import TASKS, FoldTargets, Task, get_task
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the trial is marked failed."""
+
+
+# --- one step --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch on the model's device; ``targets`` as ``FoldTargets.tensors`` rows."""
+
+    bags: Tensor | None  # [B, T, D]; None when no stream reads histology
+    genes_t: Tensor  # [B, n_t]
+    genes_m: Tensor  # [B, n_m]
+    targets: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The training loss: L = L_task + lam * (alpha * L_cons,t + (1 - alpha) * L_cons,m)."""
+
+    task: Task
+    fold: FoldTargets
+    lam: float = 0.0
+    alpha: float = 0.5
+
+    def __call__(self, out: KSOutput, batch: Batch) -> Tensor:
+        loss = self.task.loss(out.logits, batch.targets, self.fold)
+        if self.lam > 0:
+            loss = loss + self.lam * consistency_total(out, self.alpha)
+        return loss
+
+
+@dataclass
+class StepResult:
+    loss: float
+    telemetry: dict[str, float] | None  # None when there is no pair of subspaces to coordinate
+    seconds: dict[str, float] | None = None  # per phase, when profiled
+
+
+def train_step(model: KSFusion, batch: Batch, objective: Objective,
+               optimizer: torch.optim.Optimizer, coordinator: Coordinator, *, amp: bool = False,
+               profile: bool = False) -> StepResult:
+    """One optimisation step. ``amp``: bf16 autocast (CUDA). ``profile``: synchronise and time
+    the phases (forward, backward, coordinate, optimizer) - for benchmarks, it costs syncs."""
+    device = batch.genes_t.device
+    clock = _PhaseClock(device) if profile else None
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(batch.bags, batch.genes_t, batch.genes_m)
+    loss = objective(out, batch)
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"training loss is {loss.item()} (lower lr, or check the inputs)")
+    if clock:
+        clock.lap("forward")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clock:
+        clock.lap("backward")
+    telemetry = coordinator.step(model, out, batch.targets, objective.task)
+    if clock:
+        clock.lap("coordinate")
+    optimizer.step()
+    if clock:
+        clock.lap("optimizer")
+    return StepResult(loss.item(), telemetry, clock.laps if clock else None)
+
+
+class _PhaseClock:
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.laps = device, {}
+        self._sync()
+        self._last = time.perf_counter()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def lap(self, name: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self._last = now
+
+
+# --- one fold --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -54,21 +130,20 @@ class FoldData:
     """Everything one fold needs, as tensors indexed by position in the cohort's case order."""
 
     fold: int
-    task: str
+    task: Task
     case_ids: np.ndarray  # [n] all cases, cohort order
     train_idx: Tensor  # positions of training cases
     val_idx: Tensor
     bags: Tensor | None  # [n, T, D] (shared across folds; None for genomics-only)
     genes_t: Tensor  # [n, n_t], normalised with training-fold statistics
     genes_m: Tensor
-    targets: dict[str, Tensor]  # label | (bin, time, event), for all n cases
-    class_weights: Tensor | None = None
-    bin_edges: np.ndarray | None = None
+    targets: FoldTargets  # for all n cases, statistics from the training part
 
 
 def prepare_fold(cohort: Cohort, bags: Tensor | None, splits: pd.DataFrame, fold: int,
-                 task: str, *, log1p: bool = True) -> FoldData:
-    """Normalise expression and derive task targets using the training part of `fold` only."""
+                 task: str | Task, *, log1p: bool = True) -> FoldData:
+    """Normalise expression and derive task targets using the training part of ``fold`` only."""
+    task = get_task(task)
     case_ids = cohort.cases.index.to_numpy()
     position = pd.Series(np.arange(len(case_ids)), index=case_ids)
     train_ids, val_ids = fold_case_ids(splits, fold)
@@ -79,23 +154,10 @@ def prepare_fold(cohort: Cohort, bags: Tensor | None, splits: pd.DataFrame, fold
     scaler = ExpressionScaler.fit(cohort.expression.loc[train_ids, genes], log1p=log1p)
     expr = torch.as_tensor(scaler.transform(cohort.expression[genes]))
     n_t = len(cohort.gene_sets["tumour"])
-
-    raw = cohort.targets(task)
-    data = FoldData(fold=fold, task=task, case_ids=case_ids, train_idx=train_idx,
+    targets = task.fold_targets(cohort.targets(task.name), train_idx.numpy())
+    return FoldData(fold=fold, task=task, case_ids=case_ids, train_idx=train_idx,
                     val_idx=val_idx, bags=bags, genes_t=expr[:, :n_t], genes_m=expr[:, n_t:],
-                    targets={})
-    tr = train_idx.numpy()
-    if task == "survival":
-        edges = survival_bin_edges(raw["time"][tr], raw["event"][tr], n_bins=TASKS[task])
-        data.bin_edges = edges
-        data.targets = {"bin": discretise(torch.as_tensor(raw["time"]), edges),
-                        "time": torch.as_tensor(raw["time"], dtype=torch.float32),
-                        "event": torch.as_tensor(raw["event"], dtype=torch.float32)}
-    else:
-        label = torch.as_tensor(raw["label"], dtype=torch.long)
-        data.targets = {"label": label}
-        data.class_weights = class_weights(label[train_idx], TASKS[task])
-    return data
+                    targets=targets)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -142,50 +204,21 @@ class FoldTrainer:
         steps = cfg.epochs * max(1, math.ceil(n_train / cfg.batch_size))
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=steps)
         rule = cfg.coordination if self.model_cfg.decompose else "uniform"
-        self.coordinator = make_coordinator(rule, tau_cos=cfg.tau_cos, tau_rho=cfg.tau_rho)
+        self.coordinator = Coordinator(rule, cfg.coord_params if rule == cfg.coordination else {})
         self._amp = self.device.type == "cuda" and cfg.amp
         d = self.data
-        to = {"device": self.device}
-        self._bags = d.bags.to(**to) if d.bags is not None else None
-        self._genes_t, self._genes_m = d.genes_t.to(**to), d.genes_m.to(**to)
-        self._targets = {k: v.to(**to) for k, v in d.targets.items()}
-        self._weights = d.class_weights.to(**to) if d.class_weights is not None else None
+        self._bags = d.bags.to(self.device) if d.bags is not None else None
+        self._genes_t, self._genes_m = d.genes_t.to(self.device), d.genes_m.to(self.device)
+        self._targets = {k: v.to(self.device) for k, v in d.targets.tensors.items()}
+        self._objective = Objective(d.task, FoldTargets(
+            self._targets, _to(d.targets.class_weights, self.device), d.targets.bin_edges),
+            lam=cfg.lam, alpha=cfg.alpha)
 
-    # --- one step -------------------------------------------------------------------------
-    def _batch(self, idx: Tensor) -> tuple[Tensor | None, Tensor, Tensor, dict[str, Tensor]]:
+    def _batch(self, idx: Tensor) -> Batch:
         idx = idx.to(self.device)
         bags = self._bags[idx] if self._bags is not None else None
-        return bags, self._genes_t[idx], self._genes_m[idx], {
-            k: v[idx] for k, v in self._targets.items()}
-
-    def _task_loss(self, logits: Tensor, tgt: dict[str, Tensor]) -> Tensor:
-        if self.data.task == "survival":
-            return survival_nll(logits.float(), tgt["bin"], tgt["event"])
-        return classification_loss(logits.float(), tgt["label"], self._weights)
-
-    def _step(self, idx: Tensor) -> tuple[float, dict[str, float] | None]:
-        bags, g_t, g_m, tgt = self._batch(idx)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._amp):
-            out = self._forward(bags, g_t, g_m)
-        loss = self._task_loss(out.logits, tgt)
-        if self.train_cfg.lam > 0:
-            loss = loss + self.train_cfg.lam * consistency_total(out, self.train_cfg.alpha)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"fold {self.data.fold}, epoch {self.epoch + 1}: training loss is {loss.item()} "
-                "(lower lr, or check the inputs)")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        telemetry = None
-        if out.logits_t is not None:  # two subspace streams: coordinate their gradients
-            conf_t = conf_m = None
-            if self.coordinator.needs_confidence:
-                conf_t = subspace_confidence(self.data.task, out.logits_t.detach().float(), tgt)
-                conf_m = subspace_confidence(self.data.task, out.logits_m.detach().float(), tgt)
-            telemetry = self.coordinator.apply_(self.model.classifier, conf_t, conf_m)
-        self.opt.step()
-        self.sched.step()
-        return loss.item(), telemetry
+        return Batch(bags, self._genes_t[idx], self._genes_m[idx],
+                     {k: v[idx] for k, v in self._targets.items()})
 
     # --- epochs ---------------------------------------------------------------------------
     def fit_epoch(self) -> EpochResult:
@@ -201,10 +234,16 @@ class FoldTrainer:
             batches.pop()
         losses, tele = [], []
         for idx in batches:
-            loss, t = self._step(idx)
-            losses.append(loss)
-            if t is not None:
-                tele.append(t)
+            try:
+                step = train_step(self._forward, self._batch(idx), self._objective, self.opt,
+                                  self.coordinator, amp=self._amp)
+            except NonFiniteLossError as exc:
+                raise NonFiniteLossError(f"fold {self.data.fold}, epoch {self.epoch + 1}: "
+                                         f"{exc}") from None
+            self.sched.step()
+            losses.append(step.loss)
+            if step.telemetry is not None:
+                tele.append(step.telemetry)
         self.epoch += 1
         metrics, predictions = self.evaluate()
         telemetry = ({k: float(np.mean([t[k] for t in tele])) for k in TELEMETRY_KEYS}
@@ -216,7 +255,7 @@ class FoldTrainer:
         return result
 
     def _select(self, result: EpochResult, predictions: pd.DataFrame) -> None:
-        key = self.train_cfg.metric
+        key = self.data.task.metric
         patience = self.train_cfg.patience
         improved = self.best is None or result.metrics[key] > self.best.metrics[key]
         if patience == 0 or improved:
@@ -231,23 +270,16 @@ class FoldTrainer:
         self.model.eval()
         outs = []
         for idx in torch.split(self.data.val_idx, batch_size):
-            bags, g_t, g_m, _ = self._batch(idx)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._amp):
-                outs.append(self._forward(bags, g_t, g_m).logits.float())
+            b = self._batch(idx)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp):
+                outs.append(self._forward(b.bags, b.genes_t, b.genes_m).logits.float())
         logits = torch.cat(outs).cpu()
         val = self.data.val_idx
-        table = pd.DataFrame({"fold": self.data.fold, "case_id": self.data.case_ids[val.numpy()]})
-        if self.data.task == "survival":
-            risk = survival_risk(logits).numpy()
-            time_, event = (self.data.targets[k][val].numpy() for k in ("time", "event"))
-            table["time"], table["event"], table["risk"] = time_, event.astype(int), risk
-            return {"cindex": concordance(time_, event, risk)}, table
-        prob = torch.softmax(logits, dim=1).numpy()
-        label = self.data.targets["label"][val].numpy()
-        table["label"] = label
-        for c in range(prob.shape[1]):
-            table[f"prob_{c}"] = prob[:, c]
-        return classification_metrics(label, prob), table
+        targets = {k: v[val].numpy() for k, v in self.data.targets.tensors.items()}
+        metrics, columns = self.data.task.evaluate(logits, targets)
+        table = pd.DataFrame({"fold": self.data.fold, "case_id": self.data.case_ids[val.numpy()],
+                              **columns})
+        return metrics, table
 
     @property
     def result(self) -> EpochResult:
@@ -274,23 +306,17 @@ class FoldTrainer:
         self.epoch = int(state["epoch"])
 
 
-def build_model_config(cohort: Cohort, task: str, **overrides: Any) -> ModelConfig:
+def _to(t: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def build_model_config(cohort: Cohort, task: str | Task, **overrides: Any) -> ModelConfig:
     """Model config with the data-dependent sizes taken from the cohort and task."""
     sizes = {"n_tumour_genes": len(cohort.gene_sets["tumour"]),
-             "n_tme_genes": len(cohort.gene_sets["tme"]), "n_outputs": TASKS[task]}
+             "n_tme_genes": len(cohort.gene_sets["tme"]), "n_outputs": get_task(task).n_outputs}
     if cohort.feature_dim is not None:
         sizes["feature_dim"] = cohort.feature_dim
     return ModelConfig(**{**overrides, **sizes})
-
-
-def fold_bags(cohort: Cohort, model_cfg: ModelConfig, seed: int = 0) -> Bags | None:
-    """The cohort's bags on the model's token grid, or None when the model ignores histology."""
-    if model_cfg.modality == "genomics":
-        return None
-    if cohort.feature_dim is None:
-        raise ValueError(f"cohort {cohort.root} has no feature files; only modality=genomics can "
-                         f"run on it (asked for modality={model_cfg.modality})")
-    return load_bags(cohort, model_cfg.grid, seed=seed)
 
 
 @dataclass
@@ -315,6 +341,9 @@ def train_fold(trainer: FoldTrainer,
                       time.perf_counter() - start, trainer.predictions(), trainer.history)
 
 
+# --- CLI -------------------------------------------------------------------------------------
+
+
 def _progress(fold: int, total: int) -> Callable[[EpochResult], None]:
     def show(r: EpochResult) -> None:
         filled = int(20 * r.epoch / total)
@@ -324,60 +353,75 @@ def _progress(fold: int, total: int) -> Callable[[EpochResult], None]:
     return show
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    tasks = "; ".join(f"{t.name}: {t.description} (selected on {t.metric})"
+                      for t in TASKS.values())
     parser = argparse.ArgumentParser(
         prog="python -m ksmodel.train",
-        description="Train and evaluate KS-Fusion on one cross-validation fold of a cohort.",
-        epilog="Example: python -m ksmodel.train --cohort synthetic --task diagnosis --fold 0 "
-               "--epochs 15 --set coordination=pcgrad --metrics-json m.json")
+        description="Train and evaluate KS-Fusion on one cross-validation fold of a cohort: "
+                    "train on the other folds, report the validation metrics of this one.",
+        epilog="Example: python -m ksmodel.train --task diagnosis --fold 0 --epochs 15 "
+               "--set coordination=pcgrad --metrics-json m.json\n"
+               "Cohort format: docs/cohort-format.md. Parameter keys: docs/study-files.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cohort", default="synthetic",
-                        help="cohort folder (DESIGN §4 layout), or 'synthetic' to generate the "
-                             "default synthetic cohort once into --work (default: synthetic)")
-    parser.add_argument("--task", default="diagnosis", choices=sorted(TASKS))
-    parser.add_argument("--fold", type=int, default=0)
-    parser.add_argument("--folds", type=int, default=5, help="number of folds k (default 5)")
-    parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--splits", type=Path, help="load folds from this split file instead")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
+                        help="cohort folder (docs/cohort-format.md), or 'synthetic' for the "
+                             "project's default synthetic cohort (generated once and cached, the "
+                             "same one `cohort: synthetic` studies use; default)")
+    parser.add_argument("--task", default="diagnosis", choices=list(TASKS),
+                        help=f"what to predict - {tasks} (default: diagnosis)")
+    parser.add_argument("--fold", type=int, default=0,
+                        help="which fold is the validation part, 0..k-1 (default 0)")
+    parser.add_argument("--folds", type=int, default=5,
+                        help="number of folds k when the folds are made here (default 5); "
+                             "ignored when the cohort ships splits.parquet or --splits is given")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the stratified patient-level fold assignment and of the "
+                             "patch subsampling onto the token grid (default 0)")
+    parser.add_argument("--splits", type=Path,
+                        help="use the folds of this split file (case_id, fold) instead")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs,
+                        help=f"training epochs; the last epoch is reported unless --set "
+                             f"patience=N stops early (default {TrainConfig.epochs})")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed: model initialisation and batch order (default 0)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="any ModelConfig/TrainConfig field, repeatable "
-                        "(e.g. --set alpha=0.3 --set coordination=uniform --set grid=[8,8])")
-    parser.add_argument("--work", type=Path, default=Path("studies/_train"),
-                        help="folder for the generated synthetic cohort and checkpoints")
+                        metavar="KEY=VALUE", help="any model/training/coordination parameter, "
+                        "repeatable (e.g. --set alpha=0.3 --set coordination=uniform "
+                        "--set grid=[8,8])")
     parser.add_argument("--checkpoint", type=Path, help="save the final model state here")
     parser.add_argument("--metrics-json", type=Path, help="write the final metrics as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return _run_cli(args)
-    except (ValueError, FileExistsError) as exc:  # CohortError, ConfigError: bad input
+    except (CohortError, ConfigError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from ksmodel.synthetic import ensure_synthetic
+    from ksmodel.data import load_run_data, resolve_cohort
 
     params = {**parse_overrides(args.overrides), "task": args.task, "epochs": args.epochs,
               "seed": args.seed}
     model_kw, train_kw = split_params(params)
     train_cfg = TrainConfig(**train_kw)
-    root = ensure_synthetic(args.work / "cohort") if args.cohort == "synthetic" else args.cohort
-    cohort = load_cohort(root, tasks=[args.task], require_features=False)
-    model_cfg = build_model_config(cohort, args.task, **model_kw)
-    if args.splits is not None:
-        from ksmodel.splits import load_splits
-        splits = load_splits(args.splits, cohort)
-    else:
-        splits = make_splits(cohort, args.task, k=args.folds, seed=args.split_seed)
-    check_folds(cohort, splits, args.task)
-    bags = fold_bags(cohort, model_cfg, seed=args.split_seed)
-    data = prepare_fold(cohort, bags.tensor if bags is not None else None, splits, args.fold,
-                        args.task, log1p=train_cfg.log1p)
+    base = ModelConfig(**model_kw)
+    root = resolve_cohort(args.cohort, SyntheticConfig())
+    data = load_run_data(root, args.task, modalities=[base.modality], grid=base.grid,
+                         folds=args.folds, split_seed=args.split_seed, splits_file=args.splits)
+    model_cfg = build_model_config(data.cohort, args.task, **model_kw)
+    fold = prepare_fold(data.cohort, data.bags, data.splits, args.fold, args.task,
+                        log1p=train_cfg.log1p)
     device = resolve_device(train_cfg.device)
-    print(f"cohort {root}: {len(cohort.cases)} cases, fold {args.fold}: "
-          f"{len(data.train_idx)} train / {len(data.val_idx)} val, device {device}", flush=True)
-    trainer = FoldTrainer(data, model_cfg, train_cfg, device)
+    print(f"cohort {root}: {len(data.cohort.cases)} cases; folds: {data.splits_source}; fold "
+          f"{args.fold}: {len(fold.train_idx)} train / {len(fold.val_idx)} val; device {device}",
+          flush=True)
+    trainer = FoldTrainer(fold, model_cfg, train_cfg, device)
     result = train_fold(trainer, _progress(args.fold, train_cfg.epochs))
     line = "  ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
     print(f"final fold {args.fold} (epoch {trainer.result.epoch}): {line}  "

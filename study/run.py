@@ -21,9 +21,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ksmodel.cohort import Cohort, CohortError, load_bags, load_cohort
-from ksmodel.config import ModelConfig, parse_overrides
-from ksmodel.splits import check_folds, load_splits, make_splits, save_splits
+from ksmodel.config import ConfigError, ModelConfig, parse_overrides
+from ksmodel.data import SYNTHETIC, RunData, load_run_data, resolve_cohort
+from ksmodel.errors import CohortError
+from ksmodel.splits import save_splits
+from study.record import Artifacts, Status, Tags, best_metric, val_metric
 from study.space import SpaceError, StudyConfig, dump_study, load_study
 
 STATE_FILE = "study.json"
@@ -80,7 +82,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("num_samples", "epochs", "cohort", "name"):
         value = getattr(args, key)
         if value is not None:
-            out[key] = str(Path(value).resolve()) if key == "cohort" and value != "synthetic" \
+            out[key] = str(Path(value).resolve()) if key == "cohort" and value != SYNTHETIC \
                 else value
     return out
 
@@ -103,16 +105,6 @@ def prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def resolve_cohort(cfg: StudyConfig, out: Path) -> Path:
-    if cfg.cohort != "synthetic":
-        return Path(cfg.cohort)
-    from ksmodel.synthetic import ensure_synthetic
-
-    s = cfg.synthetic
-    return ensure_synthetic(out / "cohort", patients=s.patients, patches=s.patches, dim=s.dim,
-                            seed=s.seed, conflict=s.conflict)
-
-
 def _modalities(cfg: StudyConfig) -> set[str]:
     for p in cfg.search:
         if p.name == "modality":
@@ -120,34 +112,22 @@ def _modalities(cfg: StudyConfig) -> set[str]:
     return {cfg.fixed.get("modality", ModelConfig.modality)}
 
 
-def load_data(cfg: StudyConfig, out: Path, resume: bool) -> tuple[Cohort, pd.DataFrame, Any]:
+def load_data(cfg: StudyConfig, out: Path, resume: bool) -> RunData:
     """Cohort, the study's folds (made once, reused on resume) and the bags on the token grid."""
     if any(p.name == "grid" for p in cfg.search):
         raise SpaceError(f"{cfg.source}: key 'search.grid': the token grid is laid out once per "
                          "study; fix it in 'fixed' instead")
-    root = resolve_cohort(cfg, out)
-    needs_features = _modalities(cfg) != {"genomics"}
-    cohort = load_cohort(root, tasks=[cfg.task], require_features=False)
-    if needs_features and cohort.feature_dim is None:
-        raise CohortError(f"{root}: the cohort has no feature files, so only modality=genomics "
-                          f"can run on it; set fixed.modality: genomics in {cfg.source}")
-    split_file = out / "splits.parquet"
-    if resume and split_file.is_file():
-        splits = load_splits(split_file, cohort)
-    elif (root / "splits.parquet").is_file():  # published folds shipped with the cohort
-        splits = load_splits(root / "splits.parquet", cohort)
-        save_splits(splits, split_file)
-    else:
-        splits = make_splits(cohort, cfg.task, k=cfg.folds, seed=cfg.split_seed)
-        save_splits(splits, split_file)
-    check_folds(cohort, splits, cfg.task)
-    bags = None
-    if needs_features:
-        grid = tuple(cfg.fixed.get("grid", ModelConfig.grid))
-        print(f"reading bags of {len(cohort.cases)} cases onto a {grid[0]}x{grid[1]} grid ...",
-              flush=True)
-        bags = load_bags(cohort, grid, seed=cfg.split_seed).tensor.numpy()
-    return cohort, splits, bags
+    root = resolve_cohort(cfg.cohort, cfg.synthetic)
+    split_file = out / Artifacts.SPLITS
+    grid = tuple(cfg.fixed.get("grid", ModelConfig.grid))
+    print(f"cohort {root}: validating, then reading the bags onto a {grid[0]}x{grid[1]} grid "
+          "...", flush=True)
+    data = load_run_data(root, cfg.task, modalities=_modalities(cfg), grid=grid,
+                         folds=cfg.folds, split_seed=cfg.split_seed,
+                         splits_file=split_file if resume and split_file.is_file() else None)
+    if not split_file.is_file():
+        save_splits(data.splits, split_file)
+    return data
 
 
 def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
@@ -164,8 +144,8 @@ def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
     sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
                "random": lambda: optuna.samplers.RandomSampler(seed=seed),
                "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed)}[cfg.sampler]()
-    search = OptunaSearch(space=cfg.optuna_space(), metric=f"val_{cfg.metric}", mode=cfg.mode,
-                          sampler=sampler)
+    search = OptunaSearch(space=cfg.optuna_space(), metric=val_metric(cfg.metric),
+                          mode=cfg.mode, sampler=sampler)
     return ConcurrencyLimiter(search, max_concurrent=cfg.max_concurrent), {}, cfg.num_samples
 
 
@@ -180,30 +160,32 @@ def make_scheduler(cfg: StudyConfig) -> Any:
 
 
 def parent_tags(cfg: StudyConfig, out: Path) -> dict[str, str]:
-    return {"ks.study": cfg.name, "ks.task": cfg.task, "ks.metric": cfg.metric,
-            "ks.mode": cfg.mode, "ks.sampler": cfg.sampler, "ks.out": str(out),
-            "ks.searched": ",".join(cfg.searched)}
+    return {Tags.STUDY: cfg.name, Tags.TASK: cfg.task, Tags.METRIC: cfg.metric,
+            Tags.MODE: cfg.mode, Tags.SAMPLER: cfg.sampler, Tags.OUT: str(out),
+            Tags.SEARCHED: ",".join(cfg.searched)}
 
 
 def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
     """One row per trial: id, status, searched params, final metric."""
-    key = f"val_{cfg.metric}"
+    from study.trial import COMPLETED, NODE, RUN_ID
+
+    key = val_metric(cfg.metric)
     rows = []
     for result in grid:
         metrics = result.metrics or {}
         iters = metrics.get("training_iteration", 0) or 0
         if result.error is not None:
-            status = "FAILED"
-        elif metrics.get("completed"):
-            status = "COMPLETED"
+            status = Status.FAILED
+        elif metrics.get(COMPLETED):
+            status = Status.COMPLETED
         else:
-            status = "STOPPED_EARLY" if iters else "NOT_RUN"
+            status = Status.STOPPED_EARLY if iters else "NOT_RUN"
         trial_id = metrics.get("trial_id") or Path(result.path).name.split("_")[2]
         rows.append({"trial_id": trial_id, "status": status,
                      **{f"param.{k}": v for k, v in (result.config or {}).items()},
                      key: metrics.get(key), "epochs": iters,
-                     "mlflow_run_id": metrics.get("mlflow_run_id"),
-                     "node_id": metrics.get("node_id"),
+                     "mlflow_run_id": metrics.get(RUN_ID),
+                     "node_id": metrics.get(NODE),
                      "error": str(result.error).splitlines()[0][:200] if result.error else ""})
     return pd.DataFrame(rows)
 
@@ -212,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_study(args.space, _overrides(args))
-    except SpaceError as exc:
+    except (SpaceError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = (args.out or Path("studies") / cfg.name).resolve()
@@ -227,15 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             saved = {}
             dump_study(cfg, out / "config.yaml")
-        cohort, splits, bags = load_data(cfg, out, args.resume)
+        data = load_data(cfg, out, args.resume)
     except (StudyError, SpaceError, CohortError, ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run_study(cfg, out, cohort, splits, bags, args, saved)
+    return run_study(cfg, out, data, args, saved)
 
 
-def run_study(cfg: StudyConfig, out: Path, cohort: Cohort, splits: pd.DataFrame, bags: Any,
-              args: argparse.Namespace, saved: dict[str, Any]) -> int:
+def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespace,
+              saved: dict[str, Any]) -> int:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # resume loses at most ~1 s of state
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     import ray
@@ -256,23 +238,24 @@ def run_study(cfg: StudyConfig, out: Path, cohort: Cohort, splits: pd.DataFrame,
     experiment_id = saved.get("experiment_id") or ensure_experiment(
         client, cfg.name, out / "mlartifacts" if tracking_uri.startswith("sqlite") else None)
     parent = saved.get("parent_run_id") or start_parent_run(
-        client, experiment_id, f"study-{cfg.name}", parent_tags(cfg, out),
-        [out / "config.yaml", out / "splits.parquet"])
+        client, experiment_id, cfg.name, parent_tags(cfg, out),
+        [out / Artifacts.CONFIG, out / Artifacts.SPLITS])
     storage = args.storage or saved.get("storage") or str(out / "ray")
     (out / STATE_FILE).write_text(json.dumps(
         {"name": cfg.name, "experiment_id": experiment_id, "parent_run_id": parent,
-         "tracking_uri": tracking_uri, "storage": storage}, indent=2))
+         "tracking_uri": tracking_uri, "storage": storage, "cohort": str(data.cohort.root)},
+        indent=2))
 
     if args.address:
         ray.init(address=args.address, log_to_driver=True)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=True)
-    folds = sorted(int(f) for f in splits["fold"].unique())
-    ctx = TrialContext(task=cfg.task, metric=cfg.metric, epochs=cfg.epochs, folds=folds,
-                       seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=cohort, splits=splits,
-                       bags=bags, tracking_uri=tracking_uri, experiment_id=experiment_id,
-                       parent_run_id=parent, cpus=cfg.resources["cpu"],
-                       tags={"ks.study": cfg.name})
+    bags = data.bags.numpy() if data.bags is not None else None
+    ctx = TrialContext(task=cfg.task, metric=cfg.metric, epochs=cfg.epochs, folds=data.folds,
+                       seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
+                       splits=data.splits, bags=bags, tracking_uri=tracking_uri,
+                       experiment_id=experiment_id, parent_run_id=parent,
+                       cpus=cfg.resources["cpu"], tags={Tags.STUDY: cfg.name})
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
     search_alg, param_space, num_samples = make_search(cfg)
@@ -291,7 +274,7 @@ def run_study(cfg: StudyConfig, out: Path, cohort: Cohort, splits: pd.DataFrame,
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=f"val_{cfg.metric}", mode=cfg.mode, num_samples=num_samples,
+                metric=val_metric(cfg.metric), mode=cfg.mode, num_samples=num_samples,
                 search_alg=search_alg, scheduler=make_scheduler(cfg),
                 # Optuna's proposals are already limited by its ConcurrencyLimiter
                 max_concurrent_trials=cfg.max_concurrent if search_alg is None else None),
@@ -306,19 +289,19 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
     from study.tracking import log_frame, retry
 
     summary = summarise(grid, cfg)
-    summary.to_csv(out / "summary.csv", index=False)
-    log_frame(client, parent, summary, "summary.csv")
-    key = f"val_{cfg.metric}"
+    summary.to_csv(out / Artifacts.SUMMARY, index=False)
+    log_frame(client, parent, summary, Artifacts.SUMMARY)
+    key = val_metric(cfg.metric)
     counts = summary["status"].value_counts()
     print(f"\n{cfg.name}: {len(summary)} trials in {seconds:.0f} s — "
-          f"{counts.get('COMPLETED', 0)} completed, "
-          f"{counts.get('STOPPED_EARLY', 0)} stopped early by ASHA, "
-          f"{counts.get('FAILED', 0)} failed")
+          f"{counts.get(Status.COMPLETED, 0)} completed, "
+          f"{counts.get(Status.STOPPED_EARLY, 0)} stopped early by ASHA, "
+          f"{counts.get(Status.FAILED, 0)} failed")
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         cols = [c for c in summary.columns if c not in ("mlflow_run_id", "node_id")]
         print(summary[cols].sort_values(key, ascending=False, na_position="last")
               .to_string(index=False))
-    done = summary[summary["status"] == "COMPLETED"]
+    done = summary[summary["status"] == Status.COMPLETED]
     if done.empty:
         print("no trial completed; see the errors above and in MLflow", file=sys.stderr)
         retry(lambda: client.set_terminated(parent, "FAILED"))
@@ -328,12 +311,12 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
                    if k.startswith("param.") and pd.notna(v)}
     best_cfg = {"study": cfg.name, "trial_id": best["trial_id"], cfg.metric: float(best[key]),
                 "params": {**cfg.fixed, **best_params}}
-    (out / "best_config.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
-    retry(lambda: client.log_artifact(parent, str(out / "best_config.yaml")))
-    retry(lambda: client.log_metric(parent, f"best_{cfg.metric}", float(best[key])))
+    (out / Artifacts.BEST_CONFIG).write_text(yaml.safe_dump(best_cfg, sort_keys=False))
+    retry(lambda: client.log_artifact(parent, str(out / Artifacts.BEST_CONFIG)))
+    retry(lambda: client.log_metric(parent, best_metric(cfg.metric), float(best[key])))
     retry(lambda: client.set_terminated(parent, "FINISHED"))
     print(f"best {cfg.metric} {float(best[key]):.4f} (trial {best['trial_id']}): "
-          f"{best_params} -> {out / 'best_config.yaml'}")
+          f"{best_params} -> {out / Artifacts.BEST_CONFIG}")
     print(f"MLflow: mlflow ui --backend-store-uri {client.tracking_uri}")
     return 0
 

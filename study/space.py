@@ -18,21 +18,21 @@ import optuna
 import yaml
 
 from ksmodel.config import (
-    MODEL_KEYS,
-    TASK_METRIC,
-    TASKS,
-    TRAIN_KEYS,
     ConfigError,
     ModelConfig,
+    SyntheticConfig,
     TrainConfig,
+    parameter_keys,
     split_params,
+    to_dict,
 )
+from ksmodel.tasks import TASKS
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 SCHEDULERS = ("asha", "none")
 PARAM_TYPES = ("float", "loguniform", "int", "categorical")
 DATA_KEYS = frozenset({"feature_dim", "n_tumour_genes", "n_tme_genes", "n_outputs", "task"})
-TRIAL_KEYS = (MODEL_KEYS | TRAIN_KEYS) - DATA_KEYS
+TRIAL_KEYS = parameter_keys() - DATA_KEYS
 """Parameters a study may fix or search (data-derived sizes and the task are set elsewhere)."""
 
 
@@ -79,17 +79,6 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True)
-class SyntheticSpec:
-    """Parameters of the synthetic cohort generated when `cohort: synthetic`."""
-
-    patients: int = 400
-    patches: int = 250  # mean patches per patient (uniform in [N/2, 3N/2])
-    dim: int = 384
-    seed: int = 0
-    conflict: float = 0.3
-
-
-@dataclass(frozen=True)
 class StudyConfig:
     name: str
     task: str
@@ -109,7 +98,7 @@ class StudyConfig:
     max_concurrent: int = 2
     max_failures: int = 1
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
-    synthetic: SyntheticSpec = SyntheticSpec()
+    synthetic: SyntheticConfig = SyntheticConfig()
     source: str = ""  # the YAML file this came from
 
     @property
@@ -137,11 +126,13 @@ class StudyConfig:
         out["fixed"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.fixed.items()}
         if self.cohort != "synthetic":
             out.pop("synthetic")
+        else:
+            out["synthetic"] = to_dict(self.synthetic)
         return out
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"source"}
-_NESTED = {"scheduler": SchedulerSpec, "synthetic": SyntheticSpec}
+_NESTED = {"scheduler": SchedulerSpec, "synthetic": SyntheticConfig}
 
 
 def _err(where: str, key: str, msg: str) -> SpaceError:
@@ -222,9 +213,9 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
     if task not in TASKS:
         raise _err(where, "task", f"must be one of {', '.join(TASKS)}, got {task!r}")
     kw["task"] = task
-    metric = raw.get("metric", TASK_METRIC[task])
-    if metric != TASK_METRIC[task]:
-        raise _err(where, "metric", f"task {task} is selected on {TASK_METRIC[task]!r}, "
+    metric = raw.get("metric", TASKS[task].metric)
+    if metric != TASKS[task].metric:
+        raise _err(where, "metric", f"task {task} is selected on {TASKS[task].metric!r}, "
                                     f"got {metric!r}")
     kw["metric"] = metric
     kw["mode"] = raw.get("mode", "max")
@@ -270,8 +261,12 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
             if sub not in allowed:
                 raise _err(where, f"{key}.{sub}", f"unknown key; allowed: {', '.join(allowed)}")
             want = type(getattr(spec_cls(), sub))
-            value[sub] = _typed(where, f"{key}.{sub}", v, want)
-        kw[key] = spec_cls(**value)
+            if want is not tuple:  # tuples (synthetic.patches) are checked by the config
+                value[sub] = _typed(where, f"{key}.{sub}", v, want)
+        try:
+            kw[key] = spec_cls(**value)
+        except ConfigError as exc:
+            raise _err(where, key, str(exc)) from None
     sched: SchedulerSpec = kw.get("scheduler", SchedulerSpec())
     if sched.type not in SCHEDULERS:
         raise _err(where, "scheduler.type", f"must be one of {', '.join(SCHEDULERS)}, "

@@ -27,10 +27,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from study.record import Artifacts, Roles, Status, Tags, run_name
+
 T = TypeVar("T")
-ROLE, TRIAL_ID, STATUS = "ks.role", "ks.trial_id", "ks.status"
-COMPLETED, STOPPED_EARLY, FAILED = "COMPLETED", "STOPPED_EARLY", "FAILED"
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def retry(fn: Callable[[], T], attempts: int = 5) -> T:
@@ -67,8 +66,8 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | Non
 def start_parent_run(client: MlflowClient, experiment_id: str, name: str,
                      tags: dict[str, str], artifacts: list[Path]) -> str:
     """The study's parent run: the trials' runs point at it through `mlflow.parentRunId`."""
-    run = retry(lambda: client.create_run(experiment_id, run_name=name,
-                                          tags={ROLE: "study", **tags}))
+    run = retry(lambda: client.create_run(experiment_id, run_name=run_name(Roles.STUDY, name),
+                                          tags={Tags.ROLE: Roles.STUDY, **tags}))
     for path in artifacts:
         retry(lambda p=path: client.log_artifact(run.info.run_id, str(p)))
     return run.info.run_id
@@ -101,14 +100,14 @@ def log_batched(client: MlflowClient, run_id: str, *, metrics: list[Metric] = ()
 
 def trial_runs(client: MlflowClient, experiment_id: str, trial_id: str) -> list[Any]:
     return retry(lambda: client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TRIAL_ID}` = '{trial_id}'",
+        [experiment_id], filter_string=f"tags.`{Tags.TRIAL_ID}` = '{trial_id}'",
         order_by=["attributes.start_time ASC"]))
 
 
 def completed_run(client: MlflowClient, experiment_id: str, trial_id: str) -> Any | None:
     """The trial's COMPLETED run, if an earlier attempt already finished it."""
     for run in trial_runs(client, experiment_id, trial_id):
-        if run.data.tags.get(STATUS) == COMPLETED:
+        if run.data.tags.get(Tags.STATUS) == Status.COMPLETED:
             return run
     return None
 
@@ -130,15 +129,16 @@ class TrialLogger:
         earlier = trial_runs(self.client, experiment_id, trial_id)
         for run in earlier:
             if run.info.status == "RUNNING":
-                retry(lambda r=run: self.client.set_tag(r.info.run_id, STATUS, "INTERRUPTED"))
+                retry(lambda r=run: self.client.set_tag(r.info.run_id, Tags.STATUS,
+                                                        Status.INTERRUPTED))
                 retry(lambda r=run: self.client.set_terminated(r.info.run_id, "KILLED"))
-        all_tags = {ROLE: "trial", TRIAL_ID: trial_id, PARENT_TAG: parent_run_id,
-                    "ks.attempt": len(earlier) + 1, STATUS: "RUNNING", **tags}
+        all_tags = {Tags.ROLE: Roles.TRIAL, Tags.TRIAL_ID: trial_id, Tags.PARENT: parent_run_id,
+                    Tags.ATTEMPT: len(earlier) + 1, Tags.STATUS: Status.RUNNING, **tags}
         if earlier:
-            all_tags["ks.retry_of"] = earlier[-1].info.run_id
+            all_tags[Tags.RETRY_OF] = earlier[-1].info.run_id
         run = retry(lambda: self.client.create_run(
-            experiment_id, run_name=f"trial-{trial_id}", tags={k: str(v) for k, v in
-                                                               all_tags.items()}))
+            experiment_id, run_name=run_name(Roles.TRIAL, trial_id),
+            tags={k: str(v) for k, v in all_tags.items()}))
         self.run_id = run.info.run_id
         log_batched(self.client, self.run_id, params=_params(params))
 
@@ -160,11 +160,11 @@ class TrialLogger:
         resume by `close_completed`)."""
         self._drain()
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "predictions.parquet"
+            path = Path(tmp) / Artifacts.PREDICTIONS
             predictions.to_parquet(path, index=False)
             retry(lambda: self.client.log_artifact(self.run_id, str(path)))
         log_batched(self.client, self.run_id, metrics=_metrics(final, 0),
-                    tags=_tags({**tags, STATUS: COMPLETED}))
+                    tags=_tags({**tags, Tags.STATUS: Status.COMPLETED}))
         retry(lambda: self.client.set_terminated(self.run_id, "FINISHED"))
         self._pool.shutdown()
 
@@ -173,8 +173,8 @@ class TrialLogger:
             self._drain()
         text = "".join(traceback.format_exception(exc))
         log_batched(self.client, self.run_id, tags=_tags(
-            {STATUS: FAILED, "ks.error": f"{type(exc).__name__}: {exc}"[:5000]}))
-        retry(lambda: self.client.log_text(self.run_id, text, "error.txt"))
+            {Tags.STATUS: Status.FAILED, Tags.ERROR: f"{type(exc).__name__}: {exc}"[:5000]}))
+        retry(lambda: self.client.log_text(self.run_id, text, Artifacts.ERROR))
         retry(lambda: self.client.set_terminated(self.run_id, "FAILED"))
         self._pool.shutdown()
 
@@ -196,7 +196,7 @@ class TrialStatusCallback(tune.Callback):
         client = MlflowClient(self.tracking_uri)
         done = trial.last_result.get("training_iteration", 0)
         log_batched(client, run.info.run_id, tags=_tags(
-            {STATUS: STOPPED_EARLY, "ks.stopped_at_epoch": done}))
+            {Tags.STATUS: Status.STOPPED_EARLY, Tags.STOPPED_AT: done}))
         retry(lambda: client.set_terminated(run.info.run_id, "FINISHED"))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -208,7 +208,8 @@ class TrialStatusCallback(tune.Callback):
         message = "trial process died (node lost or killed)"
         if error and Path(error).is_file():
             message = Path(error).read_text()[-5000:]
-        log_batched(client, run.info.run_id, tags=_tags({STATUS: FAILED, "ks.error": message}))
+        log_batched(client, run.info.run_id, tags=_tags({Tags.STATUS: Status.FAILED,
+                                                          Tags.ERROR: message}))
         retry(lambda: client.set_terminated(run.info.run_id, "FAILED"))
 
 

@@ -22,15 +22,24 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from ksmodel.cohort import Cohort
-from ksmodel.config import TrainConfig, split_params
-from ksmodel.train import (
-    TELEMETRY_KEYS,
-    FoldTrainer,
-    build_model_config,
-    prepare_fold,
-    resolve_device,
+from ksmodel.config import TrainConfig, split_params, to_dict
+from ksmodel.coordination.coordinator import TELEMETRY_KEYS
+from ksmodel.train import FoldTrainer, build_model_config, prepare_fold, resolve_device
+from study.record import (
+    EPOCHS_RUN,
+    TRAIN_LOSS,
+    Params,
+    Tags,
+    final_metric,
+    fold_metric,
+    telemetry_metric,
+    val_metric,
 )
 from study.tracking import TrialLogger, close_completed, completed_run
+
+# Keys of the results a trial reports to Ray Tune (read back by the driver's summary).
+EPOCH, COMPLETED, REPLAYED, RUN_ID, NODE = "epoch", "completed", "replayed", "mlflow_run_id", \
+    "node_id"
 
 
 @dataclass
@@ -60,13 +69,27 @@ def method_name(params: dict[str, Any]) -> str:
     return str(params.get("coordination", TrainConfig.coordination))
 
 
+def trial_params(params: dict[str, Any], cohort: Cohort) -> dict[str, Any]:
+    """Every parameter the trial trains with, defaults included, by its study-file name (what
+    MLflow records so a run can be reproduced from MLflow alone)."""
+    model_kw, train_kw = split_params({k: v for k, v in params.items() if k != "seed"})
+    model = build_model_config(cohort, params["task"], **model_kw)
+    train = TrainConfig(**train_kw)
+    out = {**to_dict(model), **to_dict(train)}
+    if "seed" in params:
+        out["seed"] = params["seed"]
+    else:
+        out.pop("seed")
+    return out
+
+
 def _replay(run: Any, client: MlflowClient, metric: str) -> None:
     """Report a trial that an earlier attempt already finished, without training it again."""
-    history = sorted(client.get_metric_history(run.info.run_id, f"val_{metric}"),
+    history = sorted(client.get_metric_history(run.info.run_id, val_metric(metric)),
                      key=lambda m: m.step)
     for m in history:
-        tune.report({f"val_{metric}": m.value, "epoch": m.step, "mlflow_run_id": run.info.run_id,
-                     "completed": m.step == history[-1].step, "replayed": True})
+        tune.report({val_metric(metric): m.value, EPOCH: m.step, RUN_ID: run.info.run_id,
+                     COMPLETED: m.step == history[-1].step, REPLAYED: True})
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -82,12 +105,13 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     params = {**ctx.fixed, **config, "task": ctx.task, "epochs": ctx.epochs}
     seeds = [params["seed"]] if "seed" in params else list(ctx.seeds)
     node_id = ray.get_runtime_context().get_node_id()
-    logged = {**params, "seeds": ",".join(map(str, seeds)), "folds": len(ctx.folds)}
+    logged = {**trial_params(params, ctx.cohort), Params.SEEDS: ",".join(map(str, seeds)),
+              Params.FOLDS: len(ctx.folds)}
     logger = TrialLogger(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id,
-                         logged, {"ks.method": method_name(params), "ks.task": ctx.task,
-                                  "ks.metric": ctx.metric, "ks.node_id": node_id,
-                                  "ks.folds": ",".join(map(str, ctx.folds)),
-                                  "ks.seed": seeds[0] if len(seeds) == 1 else "mean", **ctx.tags})
+                         logged, {Tags.METHOD: method_name(params), Tags.TASK: ctx.task,
+                                  Tags.METRIC: ctx.metric, Tags.NODE_ID: node_id,
+                                  Tags.FOLDS: ",".join(map(str, ctx.folds)),
+                                  Tags.SEED: seeds[0] if len(seeds) == 1 else "mean", **ctx.tags})
     try:
         _train(params, seeds, ctx, logger, node_id)
     except Exception as exc:  # a stop by the scheduler (SystemExit) is closed by the driver
@@ -117,34 +141,35 @@ def _train(params: dict[str, Any], seeds: list[int], ctx: TrialContext, logger: 
         timing["train_seconds"] += time.perf_counter() - epoch_start
         current = [t.result if t.done else t.history[-1] for t in trainers]
         per_fold = _by_fold(trainers, [c.metrics[metric] for c in current])
-        values = {f"val_{metric}": float(np.mean([c.metrics[metric] for c in current])),
-                  "train_loss": float(np.mean([r.train_loss for r in results])),
-                  **{f"fold{f}_val_{metric}": v for f, v in per_fold.items()}}
+        key = val_metric(metric)
+        values = {key: float(np.mean([c.metrics[metric] for c in current])),
+                  TRAIN_LOSS: float(np.mean([r.train_loss for r in results])),
+                  **{fold_metric(f, key): v for f, v in per_fold.items()}}
         tele = [r.telemetry for r in results if r.telemetry]
-        values.update({f"coord_{k}": float(np.mean([t[k] for t in tele]))
+        values.update({telemetry_metric(k): float(np.mean([t[k] for t in tele]))
                        for k in TELEMETRY_KEYS if tele})
         logger.log_epoch(epoch, values)
         finished = all(t.done for t in trainers)
         if finished:  # log completion before the last report: the scheduler may stop us there
-            _complete(trainers, metric, logger, time.perf_counter() - start)
-        tune.report({**values, **timing, "epoch": epoch, "completed": finished,
-                     "mlflow_run_id": logger.run_id, "node_id": node_id})
+            _complete(trainers, logger, time.perf_counter() - start)
+        tune.report({**values, **timing, EPOCH: epoch, COMPLETED: finished,
+                     RUN_ID: logger.run_id, NODE: node_id})
         if finished:
             return
 
 
-def _complete(trainers: list[FoldTrainer], metric: str, logger: TrialLogger,
-              seconds: float) -> None:
+def _complete(trainers: list[FoldTrainer], logger: TrialLogger, seconds: float) -> None:
     """Final per-fold metrics (each fold at its selected epoch) and predictions to MLflow."""
     final: dict[str, float] = {}
     for name in trainers[0].result.metrics:
+        key = final_metric(name)
+        final[key] = float(np.mean([t.result.metrics[name] for t in trainers]))
         for f, v in _by_fold(trainers, [t.result.metrics[name] for t in trainers]).items():
-            final[f"fold_{f}_{name}"] = v
-    final[f"final_{metric}"] = float(np.mean([t.result.metrics[metric] for t in trainers]))
-    final["epochs_run"] = float(max(t.epoch for t in trainers))
+            final[fold_metric(f, key)] = v
+    final[EPOCHS_RUN] = float(max(t.epoch for t in trainers))
     predictions = pd.concat([t.predictions().assign(seed=t.train_cfg.seed) for t in trainers],
                             ignore_index=True)
-    logger.complete(final, predictions, {"ks.wall_seconds": round(seconds, 2)})
+    logger.complete(final, predictions, {Tags.WALL_SECONDS: round(seconds, 2)})
 
 
 def _shared_tensor(array: np.ndarray) -> torch.Tensor:

@@ -12,11 +12,12 @@ Each row of ``table`` is one trial::
      "error": "...",                             # FAILED only
      "trial_id": "t1", "attempt": 2,             # optional; a retry reuses the trial id
      "params": {"alpha": 0.5, "lam": 0.1},       # more trial params (strings in MLflow)
-     "history": {"val_auc": [...], "coord_conflict_rate": [...]},   # per epoch, step 1..E
+     "history": {"val_auc": [...], "coord/conflict_rate": [...]},   # per epoch, step 1..E
      "predictions": pd.DataFrame(...)}          # logged as predictions.parquet
 
-Like the study runner, a STOPPED_EARLY trial logs only its per-epoch history (no fold_<k>_* /
-final_<metric>), and a FAILED / INTERRUPTED one no final metrics.
+Like the study runner, a STOPPED_EARLY trial logs only its per-epoch history (no final_<metric>
+nor fold_<k>/final_*), and a FAILED / INTERRUPTED one no final metrics. Every name comes from
+study.record, as in the runner.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ from urllib.parse import urlparse
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+
+from study.record import (
+    EPOCHS_RUN,
+    Artifacts,
+    Roles,
+    Status,
+    Tags,
+    best_metric,
+    final_metric,
+    fold_metric,
+    run_name,
+)
 
 DEFAULT_PARAMS = {"alpha": 0.5, "lam": 0.1, "tau_cos": 0.0, "tau_rho": 0.0, "lr": 1e-3,
                   "weight_decay": 1e-4, "dropout": 0.25, "decompose": True, "teacher": True,
@@ -54,28 +67,28 @@ def log_study(tracking_uri: str, name: str, table: Iterable[Mapping] | pd.DataFr
     exp = client.get_experiment_by_name(name)
     exp_id = exp.experiment_id if exp else client.create_experiment(
         name, artifact_location=artifact_root_for(tracking_uri))
-    parent = client.create_run(exp_id, run_name=name, tags={
-        "ks.role": "study", "ks.study": name, "ks.task": task, "ks.metric": metric,
-        "ks.mode": "max", "ks.searched": searched}).info.run_id
+    parent = client.create_run(exp_id, run_name=run_name(Roles.STUDY, name), tags={
+        Tags.ROLE: Roles.STUDY, Tags.STUDY: name, Tags.TASK: task, Tags.METRIC: metric,
+        Tags.MODE: "max", Tags.SEARCHED: searched}).info.run_id
     fold_tag = ",".join(str(k) for k in range(n_folds))
     best = -math.inf
     for i, row in enumerate(rows):
-        status = row.get("status", "COMPLETED")
+        status = row.get("status", Status.COMPLETED)
         params = {**DEFAULT_PARAMS, "coordination": row["method"], "seed": row["seed"],
                   "seeds": str(row["seed"]), "folds": n_folds, "task": task,
                   **row.get("params", {})}
         trial_id = row.get("trial_id", f"trial_{i:03d}")
-        run = client.create_run(exp_id, run_name=f"trial-{trial_id}", tags={
-            "mlflow.parentRunId": parent, "ks.role": "trial", "ks.trial_id": trial_id,
-            "ks.attempt": str(row.get("attempt", 1)), "ks.method": row["method"],
-            "ks.task": task, "ks.metric": metric, "ks.node_id": node_id, "ks.status": status,
-            "ks.folds": fold_tag, "ks.seed": str(row["seed"])})
+        run = client.create_run(exp_id, run_name=run_name(Roles.TRIAL, trial_id), tags={
+            Tags.PARENT: parent, Tags.ROLE: Roles.TRIAL, Tags.TRIAL_ID: trial_id,
+            Tags.ATTEMPT: str(row.get("attempt", 1)), Tags.METHOD: row["method"],
+            Tags.TASK: task, Tags.METRIC: metric, Tags.NODE_ID: node_id, Tags.STATUS: status,
+            Tags.FOLDS: fold_tag, Tags.SEED: str(row["seed"])})
         rid = run.info.run_id
         metrics: list[Metric] = []
         tags: list[RunTag] = []
-        if status == "FAILED":
-            tags.append(RunTag("ks.error", row.get("error", "RuntimeError: trial failed")))
-        finished = status == "COMPLETED"
+        if status == Status.FAILED:
+            tags.append(RunTag(Tags.ERROR, row.get("error", "RuntimeError: trial failed")))
+        finished = status == Status.COMPLETED
         for key, values in row.get("history", {}).items():
             metrics += [Metric(key, float(v), 0, step) for step, v in enumerate(values, 1)]
         primary = []
@@ -84,23 +97,23 @@ def log_study(tracking_uri: str, name: str, table: Iterable[Mapping] | pd.DataFr
             for mname, v in named.items():
                 if v is None or (isinstance(v, float) and math.isnan(v)):
                     continue
-                metrics.append(Metric(f"fold_{fold}_{mname}", float(v), 0, 0))
+                metrics.append(Metric(fold_metric(fold, final_metric(mname)), float(v), 0, 0))
             primary.append(named.get(metric, math.nan))
         if finished and primary and all(not math.isnan(float(v)) for v in primary):
             final = float(row.get("final", sum(primary) / len(primary)))
-            metrics.append(Metric(f"final_{metric}", final, 0, 0))
-            metrics.append(Metric("epochs_run", float(row.get("epochs_run", 4)), 0, 0))
+            metrics.append(Metric(final_metric(metric), final, 0, 0))
+            metrics.append(Metric(EPOCHS_RUN, float(row.get("epochs_run", 4)), 0, 0))
             best = max(best, final)
         client.log_batch(rid, metrics=metrics,
                          params=[Param(k, str(v)) for k, v in params.items()], tags=tags)
         if row.get("predictions") is not None:
             with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "predictions.parquet"
+                path = Path(tmp) / Artifacts.PREDICTIONS
                 row["predictions"].to_parquet(path, index=False)
                 client.log_artifact(rid, str(path))
-        client.set_terminated(rid, {"FAILED": "FAILED", "INTERRUPTED": "KILLED"}.get(
+        client.set_terminated(rid, {Status.FAILED: "FAILED", Status.INTERRUPTED: "KILLED"}.get(
             status, "FINISHED"))
     if best > -math.inf:
-        client.log_metric(parent, f"best_{metric}", best)
+        client.log_metric(parent, best_metric(metric), best)
     client.set_terminated(parent, "FINISHED")
     return parent

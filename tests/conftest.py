@@ -1,13 +1,29 @@
-"""Shared fixtures: one small synthetic cohort per test session (written once, < 1 s)."""
+"""Shared fixtures: one small synthetic cohort per test session (written once, < 1 s), and one
+synthetic-cohort cache per session, shared by every study the tests start (as on a real machine)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from ksmodel.data import CACHE_ENV
 from ksmodel.synthetic import generate
+
+
+@pytest.fixture(scope="session", autouse=True)
+def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Point the synthetic-cohort cache at a session folder (subprocess studies inherit it)."""
+    path = tmp_path_factory.mktemp("ks-cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
 
 SMALL_COHORT = dict(patients=60, patches=(24, 80), dim=32, seed=7)
 """Parameters of ``small_cohort``: every diagnosis class has >= 5 cases (5-fold stratification)."""

@@ -11,8 +11,20 @@ import mlflow
 import pandas as pd
 import yaml
 
+from study.record import Roles, Tags
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+
+
+class T:
+    """Column names of the record's tags in a ``mlflow.search_runs`` frame."""
+
+    ROLE, STATUS, TRIAL_ID, METHOD = (f"tags.{t}" for t in (Tags.ROLE, Tags.STATUS, Tags.TRIAL_ID,
+                                                             Tags.METHOD))
+    STOPPED_AT, FOLDS, NODE_ID, ERROR = (f"tags.{t}" for t in (Tags.STOPPED_AT, Tags.FOLDS,
+                                                                Tags.NODE_ID, Tags.ERROR))
+    RETRY_OF, ATTEMPT, SEED = (f"tags.{t}" for t in (Tags.RETRY_OF, Tags.ATTEMPT, Tags.SEED))
 
 
 def study_env(**extra: str) -> dict[str, str]:
@@ -54,6 +66,6 @@ def runs(out: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(parent runs, child runs) of a study, read back through mlflow.search_runs."""
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     frame = mlflow.search_runs(experiment_names=[name], max_results=10_000)
-    parents = frame[frame["tags.ks.role"] == "study"]
-    children = frame[frame["tags.ks.role"] == "trial"]
+    parents = frame[frame[T.ROLE] == Roles.STUDY]
+    children = frame[frame[T.ROLE] == Roles.TRIAL]
     return parents, children

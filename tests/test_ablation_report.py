@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.study_helpers import ROOT, run_study, runs, study_env
+from tests.study_helpers import ROOT, T, run_study, runs, study_env
 
 ABLATION = ROOT / "search_spaces" / "ablation.yaml"
 
@@ -23,8 +23,8 @@ def test_ablation_study_then_report(tmp_path: Path) -> None:
                      space=ABLATION, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     parents, children = runs(out, "ablation")
-    assert len(children) == 9 and (children["tags.ks.status"] == "COMPLETED").all()
-    assert sorted(children["tags.ks.method"].unique()) == ["cgcoord", "pcgrad", "uniform"]
+    assert len(children) == 9 and (children[T.STATUS] == "COMPLETED").all()
+    assert sorted(children[T.METHOD].unique()) == ["cgcoord", "pcgrad", "uniform"]
 
     report = tmp_path / "report"
     uri = f"sqlite:///{out / 'mlflow.db'}"

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.space import load_study
-from tests.study_helpers import ROOT, run_study, runs
+from tests.study_helpers import ROOT, T, run_study, runs
 
 ALPHA = ROOT / "search_spaces" / "alpha.yaml"
 
@@ -33,6 +33,6 @@ def test_alpha_study_end_to_end(tmp_path: Path) -> None:
         history = client.get_metric_history(run_id, "val_auc")
         assert len(history) >= cfg.scheduler.grace_period
         assert all(0.0 <= m.value <= 1.0 for m in history)
-    completed = children[children["tags.ks.status"] == "COMPLETED"]
+    completed = children[children[T.STATUS] == "COMPLETED"]
     assert len(completed) >= 1
     assert completed["metrics.final_auc"].max() >= 0.85  # the planted signal is found

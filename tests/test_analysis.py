@@ -60,8 +60,8 @@ def _ablation_table() -> list[dict]:
             level = {"uniform": 0.35, "pcgrad": 0.30, "cgcoord": 0.2}[m]
             rows.append({"method": m, "seed": s, "folds": folds, **retry, "history": {
                 "val_auc": [0.6, 0.65, 0.7, float(np.mean(ABL[m][s]))],
-                "coord_conflict_rate": [level + 0.02 * s + 0.05 * e for e in range(4)],
-                "coord_cos_mean": [0.1 - level / 2 - 0.01 * e for e in range(4)]}})
+                "coord/conflict_rate": [level + 0.02 * s + 0.05 * e for e in range(4)],
+                "coord/cos_mean": [0.1 - level / 2 - 0.01 * e for e in range(4)]}})
     return rows
 
 
@@ -297,7 +297,7 @@ def test_telemetry_and_per_fold_figures_plot_the_logged_numbers(store, tmp_path)
                             baselines=["pcgrad"], progress=_quiet)
     assert list(r.comparison["baseline"]) == ["pcgrad"]
     tele = r.figures["grade_telemetry"].data
-    cr = tele[(tele["key"] == "coord_conflict_rate") & (tele["arm"] == "uniform")
+    cr = tele[(tele["key"] == "coord/conflict_rate") & (tele["arm"] == "uniform")
               & (tele["step"] == 1)]
     # uniform runs: seeds 0, 1, 2 -> 0.35 + 0.02 * seed at epoch 1
     assert cr["mean"].item() == pytest.approx(np.mean([0.35, 0.37, 0.39]))

@@ -135,7 +135,11 @@ def test_tasks_limit_validation(cohort_copy: Path) -> None:
     assert len(cohort.targets("diagnosis")["label"]) == 60
     with pytest.raises(CohortError, match="grade"):
         cohort.targets("grade")
+    # without tasks: every task the table has labels for is validated, absent ones on first use
     with pytest.raises(CohortError, match="grade"):
+        load_cohort(cohort_copy).targets("grade")
+    _edit("clinical", lambda df: df.assign(grade=9))(cohort_copy)
+    with pytest.raises(CohortError, match="grade must be an integer in 2..4"):
         load_cohort(cohort_copy)
 
 

@@ -315,8 +315,9 @@ def test_real_cohort_study_file_uses_the_published_folds(imported, tmp_path):
     cfg = load_study(space, {"cohort": str(out)})
     assert (cfg.task, cfg.metric, cfg.cohort) == ("survival", "cindex", str(out))
     assert cfg.fixed["modality"] == "genomics" and cfg.fixed["log1p"] is False
-    cohort, splits, bags = load_data(cfg, tmp_path / "study", resume=False)
-    assert bags is None  # genomics-only: no feature files needed
+    data = load_data(cfg, tmp_path / "study", resume=False)
+    splits = data.splits
+    assert data.bags is None  # genomics-only: no feature files needed
     assert dict(zip(splits["case_id"], splits["fold"], strict=True)) == FOLDS
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "study" / "splits.parquet"), splits)
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.study_helpers import ROOT, SMOKE, run_study, runs, study_env, write_space
+from tests.study_helpers import ROOT, SMOKE, T, run_study, runs, study_env, write_space
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 
@@ -33,7 +33,7 @@ def _store_counts(out: Path) -> tuple[int, int]:
         return 0, 0
     if children.empty:
         return 0, 0
-    return (int((children["tags.ks.status"] == "COMPLETED").sum()),
+    return (int((children[T.STATUS] == "COMPLETED").sum()),
             int((children["status"] == "RUNNING").sum()))
 
 
@@ -59,26 +59,26 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     _, before = runs(out, "smoke")
-    finished = before[before["tags.ks.status"] == "COMPLETED"].set_index("run_id")
+    finished = before[before[T.STATUS] == "COMPLETED"].set_index("run_id")
     assert len(finished) >= 2
 
     resumed = run_study(out, "--resume", space=space, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, after = runs(out, "smoke")
-    completed = after[after["tags.ks.status"] == "COMPLETED"]
+    completed = after[after[T.STATUS] == "COMPLETED"]
     assert len(completed) == 6  # exactly the requested number, no duplicates
-    assert completed["tags.ks.trial_id"].is_unique
+    assert completed[T.TRIAL_ID].is_unique
     assert set(after["status"]) <= TERMINAL, after["status"].tolist()
     # the trials finished before the kill were not re-run: same runs, same numbers
     kept = after.set_index("run_id").loc[finished.index]
-    assert (kept["tags.ks.status"] == "COMPLETED").all()
+    assert (kept[T.STATUS] == "COMPLETED").all()
     assert kept["metrics.final_auc"].tolist() == finished["metrics.final_auc"].tolist()
     assert kept["start_time"].tolist() == finished["start_time"].tolist()
-    per_trial = after.groupby("tags.ks.trial_id").size()
-    assert (per_trial[finished["tags.ks.trial_id"]] == 1).all()  # no second attempt
+    per_trial = after.groupby(T.TRIAL_ID).size()
+    assert (per_trial[finished[T.TRIAL_ID]] == 1).all()  # no second attempt
     # interrupted attempts are closed and linked to their retry
     killed = after[after["status"] == "KILLED"]
-    retries = after.dropna(subset=["tags.ks.retry_of"]) if "tags.ks.retry_of" in after else []
+    retries = after.dropna(subset=[T.RETRY_OF]) if T.RETRY_OF in after else []
     assert len(killed) == len(retries)
     summary = pd.read_csv(out / "summary.csv")
     assert (summary["status"] == "COMPLETED").sum() == 6
@@ -101,14 +101,14 @@ def test_failing_and_nan_trials_do_not_stop_the_study(tmp_path: Path) -> None:
     assert sorted(summary["status"]) == ["COMPLETED", "FAILED", "FAILED", "FAILED"]
     _, children = runs(out, "smoke")
     assert set(children["status"]) <= TERMINAL
-    final = children.sort_values("start_time").groupby("tags.ks.trial_id").last()
-    assert sorted(final["tags.ks.status"]) == ["COMPLETED", "FAILED", "FAILED", "FAILED"]
-    failed = final[final["tags.ks.status"] == "FAILED"]
+    final = children.sort_values("start_time").groupby(T.TRIAL_ID).last()
+    assert sorted(final[T.STATUS]) == ["COMPLETED", "FAILED", "FAILED", "FAILED"]
+    failed = final[final[T.STATUS] == "FAILED"]
     assert (failed["status"] == "FAILED").all()
-    errors = " ".join(failed["tags.ks.error"])
+    errors = " ".join(failed[T.ERROR])
     assert "NonFiniteLossError" in errors and "CUDA" in errors
     # each failing trial was retried once (max_failures: 1), and the retry links its attempt
-    assert (children.groupby("tags.ks.trial_id").size()[failed.index] == 2).all()
+    assert (children.groupby(T.TRIAL_ID).size()[failed.index] == 2).all()
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     run_id = failed["run_id"].iloc[0]
     assert "error.txt" in {a.path for a in client.list_artifacts(run_id)}
@@ -146,9 +146,9 @@ def test_lost_worker_node_trials_retried_elsewhere(tmp_path: Path) -> None:
         assert (summary["status"] == "COMPLETED").sum() == 4
         _, children = runs(out, "smoke")
         assert set(children["status"]) <= TERMINAL
-        final = children.sort_values("start_time").groupby("tags.ks.trial_id").last()
-        assert (final["tags.ks.status"] == "COMPLETED").all()
-        assert (final["tags.ks.node_id"] == keep.node_id).any()
+        final = children.sort_values("start_time").groupby(T.TRIAL_ID).last()
+        assert (final[T.STATUS] == "COMPLETED").all()
+        assert (final[T.NODE_ID] == keep.node_id).any()
         # the trial that lost its node left a closed run and was retried on the kept node
         assert (children["status"] != "FINISHED").any()
     finally:

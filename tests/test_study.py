@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -10,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.study_helpers import run_study, runs, write_space
+from tests.study_helpers import SMOKE, T, run_study, runs, write_space
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,16 @@ def test_smoke_study_writes_everything(smoke: Path) -> None:
     for name in ("config.yaml", "splits.parquet", "summary.csv", "best_config.yaml", "mlflow.db",
                  "study.json"):
         assert (smoke / name).is_file(), name
-    assert (smoke / "cohort" / "clinical.parquet").is_file()  # synthetic cohort made once
+    # the synthetic cohort is generated once per parameter set into the shared cache, not
+    # copied into each study folder; the study records which one it used
+    from ksmodel.data import cache_dir
+    from study.space import load_study
+
+    key = load_study(SMOKE).synthetic.key()
+    state = json.loads((smoke / "study.json").read_text())
+    assert Path(state["cohort"]) == cache_dir() / "synthetic" / key
+    assert (Path(state["cohort"]) / "clinical.parquet").is_file()
+    assert not (smoke / "cohort").exists()
     summary = pd.read_csv(smoke / "summary.csv")
     assert len(summary) == 4
     assert set(summary["status"]) <= {"COMPLETED", "STOPPED_EARLY"}
@@ -41,24 +51,24 @@ def test_smoke_study_mlflow_layout(smoke: Path) -> None:
     assert (children["tags.mlflow.parentRunId"] == parent_id).all()
     assert set(children["status"]) == {"FINISHED"}
     assert children["params.alpha"].notna().all() and children["params.lr"].notna().all()
-    assert (children["tags.ks.method"] == "cgcoord").all()
+    assert (children[T.METHOD] == "cgcoord").all()
     client = MlflowClient(f"sqlite:///{smoke / 'mlflow.db'}")
     for _, row in children.iterrows():
         history = client.get_metric_history(row["run_id"], "val_auc")
-        stopped = row["tags.ks.status"] == "STOPPED_EARLY"
-        assert len(history) == (int(row["tags.ks.stopped_at_epoch"]) if stopped else 4)
+        stopped = row[T.STATUS] == "STOPPED_EARLY"
+        assert len(history) == (int(row[T.STOPPED_AT]) if stopped else 4)
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(
             range(1, len(history) + 1))
-        assert len(client.get_metric_history(row["run_id"], "coord_conflict_rate")) == len(history)
+        assert len(client.get_metric_history(row["run_id"], "coord/conflict_rate")) == len(history)
         # final per-fold metrics exist exactly for the trials that ran to completion
-        assert pd.notna(row["metrics.fold_1_auc"]) == (not stopped)
+        assert pd.notna(row["metrics.fold_1/final_auc"]) == (not stopped)
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"config.yaml", "splits.parquet", "summary.csv", "best_config.yaml"} <= artifacts
 
 
 def test_asha_stops_bad_trials_early(smoke: Path) -> None:
     _, children = runs(smoke, "smoke")
-    status = children["tags.ks.status"]
+    status = children[T.STATUS]
     assert (status == "STOPPED_EARLY").sum() >= 1, status.tolist()
     assert (status == "COMPLETED").sum() >= 1
     stopped = children[status == "STOPPED_EARLY"]
@@ -71,9 +81,9 @@ def test_every_trial_saw_identical_folds(smoke: Path) -> None:
     splits = pd.read_parquet(smoke / "splits.parquet").set_index("case_id")["fold"]
     assert splits.nunique() == 2
     _, children = runs(smoke, "smoke")
-    assert children["tags.ks.folds"].nunique() == 1
+    assert children[T.FOLDS].nunique() == 1
     mlflow.set_tracking_uri(f"sqlite:///{smoke / 'mlflow.db'}")
-    completed = children[children["tags.ks.status"] == "COMPLETED"]
+    completed = children[children[T.STATUS] == "COMPLETED"]
     assert len(completed) >= 1
     for run_id in completed["run_id"]:
         path = mlflow.artifacts.download_artifacts(run_id=run_id,
@@ -105,8 +115,8 @@ def test_multi_node_cluster_study(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr[-3000:]
         parents, children = runs(out, "smoke")
         assert len(parents) == 1 and len(children) == 4
-        assert (children["tags.ks.status"] == "COMPLETED").all()
-        nodes = set(children["tags.ks.node_id"])
+        assert (children[T.STATUS] == "COMPLETED").all()
+        nodes = set(children[T.NODE_ID])
         assert len(nodes) >= 2, nodes
         assert nodes <= {w.node_id for w in workers}  # the head has no CPU for trials
     finally:
@@ -114,11 +124,17 @@ def test_multi_node_cluster_study(tmp_path: Path) -> None:
 
 
 def test_mismatched_synthetic_cohort_is_a_clear_error(tmp_path: Path) -> None:
+    """A cached synthetic cohort whose files no longer match its key is reported, not used."""
+    from ksmodel.config import SyntheticConfig
+    from ksmodel.data import CACHE_ENV
     from ksmodel.synthetic import ensure_synthetic
+    from study.space import load_study
 
-    out = tmp_path / "study"
-    ensure_synthetic(out / "cohort", patients=40, patches=20, dim=8, seed=1, quiet=True)
-    proc = run_study(out, timeout=120)  # smoke.yaml asks for 80 patients, dim 32
-    assert proc.returncode == 2
+    cache = tmp_path / "cache"
+    wanted = load_study(SMOKE).synthetic
+    other = SyntheticConfig(patients=40, patches=20, dim=8, seed=1)
+    ensure_synthetic(cache / "synthetic" / wanted.key(), other, quiet=True)
+    proc = run_study(tmp_path / "study", timeout=120, env={CACHE_ENV: str(cache)})
+    assert proc.returncode == 2  # smoke.yaml asks for 80 patients, dim 32
     assert "other parameters" in proc.stderr and "patients" in proc.stderr
     assert "Traceback" not in proc.stderr

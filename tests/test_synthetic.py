@@ -109,7 +109,7 @@ def test_default_cohort_tables_carry_the_planted_signal(tmp_path: Path) -> None:
 
 def test_conflict_turns_tme_evidence_to_another_class(tmp_path: Path) -> None:
     small = dict(patients=300, patches=(2, 3), dim=2, n_tme=80, quiet=True)
-    base = load_cohort(generate(tmp_path / "a", **small))
+    base = load_cohort(generate(tmp_path / "a", conflict=0.0, **small))
     conf = load_cohort(generate(tmp_path / "b", conflict=0.75, **small))
     # the tumour side (labels, tumour genes) is the same cohort; only the TME side moves
     np.testing.assert_array_equal(base.targets("diagnosis")["label"],
@@ -180,7 +180,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "20/20 patients" in out and "censored" in out and "conflict patients 10" in out
     meta = json.loads((tmp_path / "c" / "cohort.json").read_text())
-    assert meta["patches"] == 10 and meta["conflict"] == 0.5 and meta["seed"] == 3
+    assert meta["patches"] == [5, 15] and meta["conflict"] == 0.5 and meta["seed"] == 3
     cohort = load_cohort(tmp_path / "c")
     with h5py.File(tmp_path / "c" / "features" / f"{cohort.cases['slide_ids'].iloc[0][0]}.h5") as f:
         assert f["features"].shape[1] == 6

@@ -1,0 +1,93 @@
+"""Cohort -> folds -> bags: the data every training run starts from (the trainer CLI and every
+study). One pipeline, so both train on the same cohort, folds and token grid for the same inputs.
+
+Order: resolve the cohort (a folder, or the cached synthetic default), validate it for the task,
+take the folds (a given split file, else the folds published with the cohort, else stratified
+folds made from ``split_seed``), check every fold can be trained, then read the bags onto the
+model's token grid once - only when some model of the run reads histology.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ksmodel.cohort import Cohort, load_bags, load_cohort
+from ksmodel.config import SyntheticConfig
+from ksmodel.errors import CohortError
+from ksmodel.splits import check_folds, load_splits, make_splits
+
+SYNTHETIC = "synthetic"
+CACHE_ENV = "KS_STUDY_CACHE"
+
+
+@dataclass(frozen=True, eq=False)
+class RunData:
+    """A validated cohort, the folds every model of the run sees, and the bags on the grid."""
+
+    cohort: Cohort
+    splits: pd.DataFrame  # case_id, fold (cohort order)
+    splits_source: str  # where the folds came from, for logs and reports
+    bags: torch.Tensor | None  # [n_cases, H*W, D] in cohort order; None without histology
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted(int(f) for f in self.splits["fold"].unique())
+
+
+def cache_dir() -> Path:
+    """Where generated synthetic cohorts are kept ($KS_STUDY_CACHE, else ~/.cache/ks-study)."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ks-study"
+    return Path(root)
+
+
+def resolve_cohort(source: str | Path, synthetic: SyntheticConfig | None = None) -> Path:
+    """The cohort folder: ``source`` itself, or for ``"synthetic"`` the cached synthetic cohort
+    of these parameters (generated once per parameter set, shared by every run)."""
+    if str(source) != SYNTHETIC:
+        return Path(source)
+    from ksmodel.synthetic import ensure_synthetic
+
+    params = synthetic or SyntheticConfig()
+    return ensure_synthetic(cache_dir() / "synthetic" / params.key(), params)
+
+
+def needs_histology(modalities: Iterable[str]) -> bool:
+    """Whether any of the run's models reads the patch features."""
+    return set(modalities) != {"genomics"}
+
+
+def load_run_data(root: str | Path, task: str, *, modalities: Iterable[str] = ("both",),
+                  grid: tuple[int, int] = (16, 16), folds: int = 5, split_seed: int = 0,
+                  splits_file: str | Path | None = None) -> RunData:
+    """Validate the cohort and folds for ``task`` and read the bags if a model needs them.
+
+    Bad input raises ``CohortError`` naming the file and row/case/gene before compute is spent.
+    """
+    root = Path(root)
+    cohort = load_cohort(root, tasks=[task], require_features=False)
+    histology = needs_histology(modalities)
+    if histology and cohort.feature_dim is None:
+        raise CohortError(f"{root}: the cohort has no feature files (features/<slide_id>.h5), so "
+                          f"only modality=genomics can run on it; set modality: genomics "
+                          f"(study file 'fixed', or --set modality=genomics)")
+    published = root / "splits.parquet"
+    if splits_file is not None:
+        splits, source = load_splits(splits_file, cohort), str(splits_file)
+    elif published.is_file():
+        splits, source = load_splits(published, cohort), f"published with the cohort ({published})"
+    else:
+        splits = make_splits(cohort, task, k=folds, seed=split_seed)
+        source = f"stratified {folds}-fold split, seed {split_seed}"
+    check_folds(cohort, splits, task)
+    bags = load_bags(cohort, grid, seed=split_seed).tensor if histology else None
+    return RunData(cohort, splits, source, bags)
+
+
+__all__ = ["RunData", "SYNTHETIC", "cache_dir", "resolve_cohort", "needs_histology",
+           "load_run_data"]

@@ -1,0 +1,27 @@
+"""The two kinds of bad input, shared by every module that validates something.
+
+Both subclass ``ValueError`` so a CLI can report any of them as one ``error:`` line (exit 2).
+Messages name the file and the row, case, gene or key, and say how to fix it (docs/errors.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+class CohortError(ValueError):
+    """Bad cohort data; the message names the file and row/case/gene/key and says how to fix it."""
+
+
+def few(items: Iterable[object], n: int = 5) -> str:
+    """'a, b, c (and 7 more)': names the first few culprits without flooding the message."""
+    items = list(items)
+    head = ", ".join(str(i) for i in items[:n])
+    return head + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
+__all__ = ["ConfigError", "CohortError", "few"]

@@ -1,0 +1,154 @@
+"""The MLflow record of a study: every run name, tag, param, metric and artifact name, in one place.
+
+``study/`` writes this record, ``analysis/`` reads it back and the tests check it; all import the
+names from here (standard library only, so the analysis does not pull in Ray or torch).
+
+Layout: one MLflow experiment per study (named after it); one parent run (``ks.role`` = study)
+holding the study config and report; one child run per trial (``ks.role`` = trial) with the
+trial's parameters, per-epoch metrics, final per-fold metrics and predictions.
+
+Metric names (the README's "What you see in MLflow" table explains each to users):
+
+* per epoch (``step`` = epoch): ``val_<m>`` - validation metric averaged over folds (x seeds), the
+  number ASHA and Optuna judge a trial by; ``train_loss``; ``coord/<key>`` - gradient-coordination
+  telemetry averaged over the epoch's steps and folds;
+* at the end (``step`` = 0): ``final_<m>`` for every metric of the task, each fold at its
+  selected epoch, averaged over folds (x seeds); ``epochs_run``;
+* per fold, one pattern for every fold-mean key X above: ``fold_<k>/X`` (so ``fold_0/val_auc`` is
+  fold 0's per-epoch validation AUC and ``fold_0/final_auc`` its final one).
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class Roles:
+    """Tag ``ks.role``: what a run is."""
+
+    STUDY = "study"
+    TRIAL = "trial"
+    BASELINE = "baseline"
+
+
+class Status:
+    """Tag ``ks.status``: how a trial run ended (MLflow's own status is coarser)."""
+
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    STOPPED_EARLY = "STOPPED_EARLY"  # stopped by the scheduler (ASHA) before its last epoch
+    FAILED = "FAILED"
+    INTERRUPTED = "INTERRUPTED"  # its process died; a retry carries on
+
+    USABLE = (COMPLETED, STOPPED_EARLY)  # have validation metrics
+
+
+class Tags:
+    PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
+    ROLE = "ks.role"
+    STUDY = "ks.study"
+    STATUS = "ks.status"
+    # trial runs
+    TRIAL_ID = "ks.trial_id"
+    ATTEMPT = "ks.attempt"
+    RETRY_OF = "ks.retry_of"
+    METHOD = "ks.method"  # the label the analysis groups by (coordination rule, or 'single')
+    TASK = "ks.task"
+    METRIC = "ks.metric"  # the task's selection metric, e.g. auc or cindex
+    FOLDS = "ks.folds"  # comma-separated fold ids the trial was evaluated on
+    SEED = "ks.seed"  # the training seed, or 'mean' when a trial averaged several
+    NODE_ID = "ks.node_id"
+    ERROR = "ks.error"
+    STOPPED_AT = "ks.stopped_at_epoch"
+    WALL_SECONDS = "ks.wall_seconds"
+    # parent run
+    MODE = "ks.mode"
+    SAMPLER = "ks.sampler"
+    OUT = "ks.out"
+    SEARCHED = "ks.searched"  # comma-separated names of the searched parameters
+
+
+class Params:
+    """Trial params are the effective model/training/coordination parameters by their study-file
+    names (``lr``, ``alpha``, ``tau_cos``, ...), defaults included; plus these."""
+
+    SEEDS = "seeds"  # the training seeds a trial averaged, comma-separated
+    FOLDS = "folds"  # number of folds
+
+
+class Artifacts:
+    PREDICTIONS = "predictions.parquet"  # per (seed, fold, case) validation predictions
+    ERROR = "error.txt"
+    CONFIG = "config.yaml"
+    SPLITS = "splits.parquet"
+    SUMMARY = "summary.csv"
+    BEST_CONFIG = "best_config.yaml"
+    REPORT_DIR = "report"
+
+
+TRAIN_LOSS = "train_loss"
+EPOCHS_RUN = "epochs_run"
+TELEMETRY_PREFIX = "coord/"
+
+
+def run_name(role: str, name: str) -> str:
+    """``study-<study name>`` for the parent, ``trial-<trial id>`` for a trial."""
+    return f"{role}-{name}"
+
+
+def val_metric(metric: str) -> str:
+    """Per epoch, mean over folds: what the scheduler and the search see."""
+    return f"val_{metric}"
+
+
+def final_metric(metric: str) -> str:
+    """At the end, each fold at its selected epoch, mean over folds."""
+    return f"final_{metric}"
+
+
+def best_metric(metric: str) -> str:
+    """Parent run: the best trial's final value."""
+    return f"best_{metric}"
+
+
+def telemetry_metric(key: str) -> str:
+    return f"{TELEMETRY_PREFIX}{key}"
+
+
+def fold_metric(fold: int, key: str) -> str:
+    """Fold ``fold``'s value of the fold-mean metric ``key``."""
+    return f"fold_{int(fold)}/{key}"
+
+
+_FOLD = re.compile(r"^fold_(\d+)/(.+)$")
+
+
+def parse_fold_metric(name: str) -> tuple[int, str] | None:
+    """(fold, fold-mean key) of a per-fold metric name, else None."""
+    m = _FOLD.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+EXPLAINED: dict[str, str] = {
+    "val_<m>": "validation metric of the epoch (m = auc or cindex), mean over folds (and seeds); "
+               "what ASHA and Optuna compare trials on",
+    "train_loss": "training loss of the epoch (task loss + lambda x consistency), mean over folds",
+    "final_<m>": "each fold's validation metric at its selected epoch (last epoch, or best with "
+                 "patience), mean over folds; m = auc, accuracy, balanced_accuracy, f1 or cindex",
+    "fold_<k>/<key>": "fold k's own value of <key> (e.g. fold_0/val_auc per epoch, "
+                      "fold_0/final_auc at the end)",
+    "epochs_run": "epochs trained (fewer than asked when early stopping ended every fold)",
+    "coord/cos_mean": "mean cosine between the tumour and TME gradient blocks (per row)",
+    "coord/conflict_rate": "share of rows whose blocks point in opposite directions (cos < 0)",
+    "coord/projected_tumour": "share of rows whose tumour block the rule changed",
+    "coord/projected_tme": "share of rows whose TME block the rule changed",
+    "coord/proj_norm": "mean norm of the gradient component the rule removed",
+    "coord/skipped": "share of steps a confidence-based rule skipped (no confidence in the batch)",
+    "best_<m>": "parent run: final metric of the best completed trial",
+}
+"""Every metric name a user sees in the MLflow UI, in words."""
+
+
+__all__ = ["Roles", "Status", "Tags", "Params", "Artifacts", "TRAIN_LOSS", "EPOCHS_RUN",
+           "TELEMETRY_PREFIX", "run_name", "val_metric", "final_metric", "best_metric",
+           "telemetry_metric", "fold_metric", "parse_fold_metric", "EXPLAINED"]
