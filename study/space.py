@@ -130,6 +130,8 @@ class StudyConfig:
         out = dataclasses.asdict(self)
         out.pop("source")
         out["seeds"] = list(self.seeds)
+        if not self.seeds:  # seed is a fixed/searched parameter: a seeds list would be refused
+            out.pop("seeds")
         out["search"] = {
             p.name: ({"type": p.type, "values": list(p.values)} if p.type == "categorical"
                      else {"type": p.type, "low": p.low, "high": p.high})
@@ -154,10 +156,10 @@ def _typed(where: str, key: str, value: Any, kind: type | tuple[type, ...]) -> A
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    names = " or ".join(k.__name__ for k in kinds)
     if isinstance(value, bool) and bool not in kinds:
-        raise _err(where, key, f"expected {kind}, got a boolean")
+        raise _err(where, key, f"expected {names}, got a boolean")
     if not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
         raise _err(where, key, f"expected {names}, got {type(value).__name__} {value!r}")
     return value
 
