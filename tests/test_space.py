@@ -100,3 +100,25 @@ def test_cli_rejects_bad_file_before_ray_starts(tmp_path: Path) -> None:
     assert "'sampler'" in proc.stderr and str(path) in proc.stderr
     assert "ray" not in proc.stdout.lower()  # nothing was started
     assert not (tmp_path / "out").exists()
+
+
+def test_study_file_docs_cover_every_key_and_parameter() -> None:
+    """docs/study-files.md documents every key the checker accepts (new ones need a row)."""
+    from ksmodel.config import COORDINATION_RULES, MODALITIES, TASKS
+    from study.space import (
+        _TOP_KEYS,
+        PARAM_TYPES,
+        SAMPLERS,
+        SCHEDULERS,
+        TRIAL_KEYS,
+        SchedulerSpec,
+        SyntheticSpec,
+    )
+
+    text = (ROOT / "docs" / "study-files.md").read_text()
+    names = {*_TOP_KEYS, *TRIAL_KEYS, *PARAM_TYPES, *SAMPLERS, *SCHEDULERS, *TASKS,
+             *COORDINATION_RULES, *MODALITIES,
+             *(f.name for f in dataclasses.fields(SchedulerSpec)),
+             *(f.name for f in dataclasses.fields(SyntheticSpec))}
+    missing = sorted(n for n in names if f"`{n}`" not in text)
+    assert not missing, f"not documented in docs/study-files.md: {missing}"
