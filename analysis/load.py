@@ -1,9 +1,9 @@
-"""Read a finished study from MLflow into tidy tables (DESIGN §6).
+"""Read a finished study from MLflow into tidy tables (README: "Does CG-Coord help on my cohort?").
 
 Only MLflow's public API is used (``mlflow.search_runs``, ``MlflowClient.get_metric_history``,
 ``mlflow.artifacts.download_artifacts``), so the store can be the study's SQLite file or a shared
-tracking server. The layout read here is the one ``study/`` writes (see the MLflow layout section of
-the shared contract): one parent run tagged ``ks.role=study`` and one child run per trial.
+tracking server. The layout read here is the one ``study/`` writes (see ``study/tracking.py``): one
+parent run tagged ``ks.role=study`` and one child run per trial.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ class AnalysisError(RuntimeError):
     """The study cannot be read or analysed; the message says what was looked for and where."""
 
 
-#: Ablation switches (DESIGN §3.9) and their default values; a non-default value becomes part of
-#: the arm label so that e.g. ``cgcoord teacher=False`` is compared with ``cgcoord``.
+#: Ablation switches (docs/study-files.md, model parameters) and their default values; a
+#: non-default value becomes part of the arm label so that e.g. ``cgcoord teacher=False`` is
+#: compared with ``cgcoord``.
 ABLATION_DEFAULTS: dict[str, object] = {"teacher": True, "modality": "both", "consistency": True}
 
 _INT = re.compile(r"^[+-]?\d+$")

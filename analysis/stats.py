@@ -1,9 +1,9 @@
 """Paired statistics for method comparisons (pure functions on numpy / pandas).
 
-Every trial of a study sees the same patient-level folds (DESIGN §4), so methods are compared on
-identical (seed, fold) keys: difference = candidate − baseline (all metrics are maximised, so > 0
-means the candidate did better). Keys present for one method and not the other are reported,
-never silently dropped.
+Every trial of a study sees the same patient-level folds (docs/cohort-format.md), so methods are
+compared on identical (seed, fold) keys: difference = candidate − baseline (all metrics are
+maximised, so > 0 means the candidate did better). Keys present for one method and not the other
+are reported, never silently dropped.
 """
 
 from __future__ import annotations

@@ -237,7 +237,8 @@ def cohort_genes(cohort: str | Path) -> list[str]:
             columns = list(pd.read_csv(path, nrows=0).columns)
         return [str(c) for c in columns if c != "case_id" and not str(c).startswith("__index")]
     raise CohortError(f"{root}: no expression.parquet or expression.csv; pass a cohort folder "
-                      f"(DESIGN §4), e.g. one written by python -m ksmodel.importers.mcat")
+                      f"(docs/cohort-format.md), e.g. one written by "
+                      f"python -m ksmodel.importers.mcat")
 
 
 def main(argv: list[str] | None = None) -> int:

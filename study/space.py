@@ -119,6 +119,8 @@ class StudyConfig:
         out = dataclasses.asdict(self)
         out.pop("source")
         out["seeds"] = list(self.seeds)
+        if not self.seeds:  # seed is a fixed/searched parameter: a seeds list would be refused
+            out.pop("seeds")
         out["search"] = {
             p.name: ({"type": p.type, "values": list(p.values)} if p.type == "categorical"
                      else {"type": p.type, "low": p.low, "high": p.high})
@@ -133,6 +135,8 @@ class StudyConfig:
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"source"}
 _NESTED = {"scheduler": SchedulerSpec, "synthetic": SyntheticConfig}
+_INT_KEYS = ("folds", "split_seed", "epochs", "num_samples", "max_concurrent", "max_failures",
+             "sampler_seed")
 
 
 def _err(where: str, key: str, msg: str) -> SpaceError:
@@ -143,10 +147,10 @@ def _typed(where: str, key: str, value: Any, kind: type | tuple[type, ...]) -> A
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    names = " or ".join(k.__name__ for k in kinds)
     if isinstance(value, bool) and bool not in kinds:
-        raise _err(where, key, f"expected {kind}, got a boolean")
+        raise _err(where, key, f"expected {names}, got a boolean")
     if not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
         raise _err(where, key, f"expected {names}, got {type(value).__name__} {value!r}")
     return value
 
@@ -194,8 +198,8 @@ def _check_values(where: str, task: str, params: dict[str, Any], key: str) -> No
         raise _err(where, key, str(exc)) from None
 
 
-def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
-    """Validate a study mapping (as loaded from YAML) into a `StudyConfig`."""
+def _check_top_level(raw: Any, where: str) -> None:
+    """A mapping of known keys that names the study and its task."""
     if not isinstance(raw, dict):
         raise SpaceError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
     unknown = set(raw) - _TOP_KEYS
@@ -205,26 +209,29 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
     for key in ("name", "task"):
         if key not in raw:
             raise _err(where, key, "required")
-    kw: dict[str, Any] = {}
-    kw["name"] = _typed(where, "name", raw["name"], str)
-    if not kw["name"] or any(c in kw["name"] for c in "/\\ "):
+
+
+def _parse_identity(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """name (usable as a folder and experiment name), task, and the task's metric and mode."""
+    name = _typed(where, "name", raw["name"], str)
+    if not name or any(c in name for c in "/\\ "):
         raise _err(where, "name", "must be a non-empty name without slashes or spaces")
     task = raw["task"]
     if task not in TASKS:
         raise _err(where, "task", f"must be one of {', '.join(TASKS)}, got {task!r}")
-    kw["task"] = task
     metric = raw.get("metric", TASKS[task].metric)
     if metric != TASKS[task].metric:
         raise _err(where, "metric", f"task {task} is selected on {TASKS[task].metric!r}, "
                                     f"got {metric!r}")
-    kw["metric"] = metric
-    kw["mode"] = raw.get("mode", "max")
-    if kw["mode"] != "max":
+    mode = raw.get("mode", "max")
+    if mode != "max":
         raise _err(where, "mode", f"{metric} is maximised; mode must be max")
-    for key in ("folds", "split_seed", "epochs", "num_samples", "max_concurrent", "max_failures",
-                "sampler_seed"):
-        if key in raw:
-            kw[key] = _typed(where, key, raw[key], int)
+    return {"name": name, "task": task, "metric": metric, "mode": mode}
+
+
+def _parse_counts(raw: dict[str, Any], where: str) -> dict[str, int]:
+    """Integer keys and their lower bounds (folds >= 2; epochs, trials, concurrency >= 1)."""
+    kw = {key: _typed(where, key, raw[key], int) for key in _INT_KEYS if key in raw}
     if kw.get("folds", 5) < 2:
         raise _err(where, "folds", "needs at least 2 folds")
     for key in ("epochs", "num_samples", "max_concurrent"):
@@ -232,22 +239,37 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
             raise _err(where, key, "must be >= 1")
     if kw.get("max_failures", 0) < 0:
         raise _err(where, "max_failures", "must be >= 0")
-    if "seeds" in raw:
-        seeds = raw["seeds"]
-        if not isinstance(seeds, list) or not seeds or not all(
-                isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-            raise _err(where, "seeds", f"expected a non-empty list of integers, got {seeds!r}")
-        kw["seeds"] = tuple(seeds)
+    return kw
 
-    cohort = raw.get("cohort", "synthetic")
-    cohort = _typed(where, "cohort", cohort, str)
-    kw["cohort"] = cohort if cohort == "synthetic" else str((base_dir / cohort).resolve())
 
+def _parse_seeds(raw: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
+    """The training seeds every trial runs (absent: the default)."""
+    if "seeds" not in raw:
+        return {}
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise _err(where, "seeds", f"expected a non-empty list of integers, got {seeds!r}")
+    return {"seeds": tuple(seeds)}
+
+
+def _parse_cohort(raw: dict[str, Any], where: str, base_dir: Path) -> str:
+    """'synthetic', or a folder resolved against the study file's folder."""
+    cohort = _typed(where, "cohort", raw.get("cohort", "synthetic"), str)
+    return cohort if cohort == "synthetic" else str((base_dir / cohort).resolve())
+
+
+def _parse_sampler(raw: dict[str, Any], where: str) -> str:
     sampler = raw.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise _err(where, "sampler", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    kw["sampler"] = sampler
+    return sampler
 
+
+def _parse_nested(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """scheduler and synthetic: mappings of known sub-keys typed like their defaults
+    (``scheduler: asha`` is short for ``scheduler: {type: asha}``)."""
+    kw: dict[str, Any] = {}
     for key, spec_cls in _NESTED.items():
         if key not in raw:
             continue
@@ -257,23 +279,30 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
         if not isinstance(value, dict):
             raise _err(where, key, "expected a mapping")
         allowed = {f.name: f for f in dataclasses.fields(spec_cls)}
+        typed = {}
         for sub, v in value.items():
             if sub not in allowed:
                 raise _err(where, f"{key}.{sub}", f"unknown key; allowed: {', '.join(allowed)}")
             want = type(getattr(spec_cls(), sub))
-            if want is not tuple:  # tuples (synthetic.patches) are checked by the config
-                value[sub] = _typed(where, f"{key}.{sub}", v, want)
+            # tuples (synthetic.patches: N or [min, max]) are checked by the config itself
+            typed[sub] = v if want is tuple else _typed(where, f"{key}.{sub}", v, want)
         try:
-            kw[key] = spec_cls(**value)
+            kw[key] = spec_cls(**typed)
         except ConfigError as exc:
             raise _err(where, key, str(exc)) from None
-    sched: SchedulerSpec = kw.get("scheduler", SchedulerSpec())
+    return kw
+
+
+def _check_scheduler(sched: SchedulerSpec, where: str) -> None:
     if sched.type not in SCHEDULERS:
         raise _err(where, "scheduler.type", f"must be one of {', '.join(SCHEDULERS)}, "
                                             f"got {sched.type!r}")
     if sched.grace_period < 1 or sched.reduction_factor < 2:
         raise _err(where, "scheduler", "grace_period must be >= 1 and reduction_factor >= 2")
 
+
+def _parse_resources(raw: dict[str, Any], where: str) -> dict[str, float]:
+    """Per-trial cpu (> 0) and gpu (>= 0; a fraction shares one GPU, above 1 whole GPUs)."""
     resources = raw.get("resources", {})
     if not isinstance(resources, dict):
         raise _err(where, "resources", "expected a mapping like {cpu: 1, gpu: 0.25}")
@@ -287,8 +316,12 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
     if res["gpu"] > 1 and res["gpu"] != int(res["gpu"]):
         raise _err(where, "resources.gpu",
                    "fractions are for sharing one GPU: use <= 1 or a whole number")
-    kw["resources"] = res
+    return res
 
+
+def _parse_params(raw: dict[str, Any], where: str) -> tuple[dict[str, Any],
+                                                            tuple[ParamSpec, ...]]:
+    """fixed (parameter: value) and search (parameter: spec): known names, each in one place."""
     fixed = raw.get("fixed", {}) or {}
     if not isinstance(fixed, dict):
         raise _err(where, "fixed", "expected a mapping of parameter: value")
@@ -296,7 +329,6 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
         if name not in TRIAL_KEYS:
             raise _err(where, f"fixed.{name}", f"unknown parameter; allowed: "
                                                f"{', '.join(sorted(TRIAL_KEYS))}")
-    kw["fixed"] = dict(fixed)
     search = raw.get("search", {}) or {}
     if not isinstance(search, dict):
         raise _err(where, "search", "expected a mapping of parameter: {type, ...}")
@@ -304,16 +336,30 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
     for p in params:
         if p.name in fixed:
             raise _err(where, f"search.{p.name}", "is also in fixed; keep it in one place")
-    if "seed" in fixed or any(p.name == "seed" for p in params):
-        if "seeds" in raw:
-            raise _err(where, "seeds", "seed is set in fixed/search; drop the seeds list")
-        kw["seeds"] = ()
-    kw["search"] = params
+    return dict(fixed), params
 
+
+def _seed_is_a_parameter(raw: dict[str, Any], where: str, fixed: dict[str, Any],
+                         params: tuple[ParamSpec, ...]) -> bool:
+    """A fixed or searched ``seed`` replaces the seeds list (which must then be absent)."""
+    if "seed" not in fixed and not any(p.name == "seed" for p in params):
+        return False
+    if "seeds" in raw:
+        raise _err(where, "seeds", "seed is set in fixed/search; drop the seeds list")
+    return True
+
+
+def _check_param_values(where: str, task: str, fixed: dict[str, Any],
+                        params: tuple[ParamSpec, ...]) -> None:
+    """The model accepts the fixed values, and each searched range at both ends."""
     _check_values(where, task, dict(fixed), "fixed")
     for p in params:
         for value in p.extremes():
             _check_values(where, task, {**fixed, p.name: value}, f"search.{p.name}")
+
+
+def _check_sampler_compat(where: str, sampler: str, params: tuple[ParamSpec, ...]) -> None:
+    """grid enumerates categorical/int values; Optuna samplers need something to search."""
     if sampler == "grid":
         for p in params:
             if p.type not in ("categorical", "int"):
@@ -324,6 +370,28 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
                                     "(or use sampler: grid)")
     if sampler == "cmaes" and any(p.type == "categorical" for p in params):
         raise _err(where, "sampler", "cmaes cannot sample categorical parameters; use tpe")
+
+
+def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
+    """Validate a study mapping (as loaded from YAML) into a `StudyConfig`.
+
+    Each step checks one group of keys; the first failure is a `SpaceError` naming ``where``
+    and the key.
+    """
+    _check_top_level(raw, where)
+    kw: dict[str, Any] = _parse_identity(raw, where)
+    kw.update(_parse_counts(raw, where))
+    kw.update(_parse_seeds(raw, where))
+    kw["cohort"] = _parse_cohort(raw, where, base_dir)
+    kw["sampler"] = _parse_sampler(raw, where)
+    kw.update(_parse_nested(raw, where))
+    _check_scheduler(kw.get("scheduler", SchedulerSpec()), where)
+    kw["resources"] = _parse_resources(raw, where)
+    kw["fixed"], kw["search"] = _parse_params(raw, where)
+    if _seed_is_a_parameter(raw, where, kw["fixed"], kw["search"]):
+        kw["seeds"] = ()
+    _check_param_values(where, kw["task"], kw["fixed"], kw["search"])
+    _check_sampler_compat(where, kw["sampler"], kw["search"])
     return StudyConfig(**kw, source=where)
 
 

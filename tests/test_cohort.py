@@ -1,4 +1,4 @@
-"""Cohort loading, validation (DESIGN §7) and the bag cache / token-grid rule."""
+"""Cohort loading, validation (docs/errors.md) and the bag cache / token-grid rule."""
 
 from __future__ import annotations
 

@@ -341,3 +341,44 @@ def test_gene_with_missing_values_dropped_and_text_values_rejected(tmp_path):
     df.to_csv(table)
     with pytest.raises(CohortError, match="non-numeric values in column.*LUM_rnaseq"):
         import_mcat(table, splits, tmp_path / "c2")
+
+
+@pytest.mark.parametrize("zipped", [False, True], ids=["csv", "csv.zip"])
+def test_duplicated_column_is_an_error_naming_it(tmp_path, zipped):
+    """pandas would rename the second TP53_rnaseq to TP53_rnaseq.1 and the import drop it."""
+    table, splits, df = write_mcat_table(tmp_path / "src", zipped=zipped)
+    twice = pd.concat([df, df[["TP53_rnaseq"]] + 1.0], axis=1)
+    assert list(twice.columns).count("TP53_rnaseq") == 2
+    twice.to_csv(table)
+    with pytest.raises(CohortError) as err:
+        import_mcat(table, splits, tmp_path / "cohort")
+    message = str(err.value)
+    assert str(table) in message and "TP53_rnaseq" in message
+    assert "TP53_rnaseq.1" not in message and "more than once" in message
+    assert not (tmp_path / "cohort").exists()  # nothing written
+    assert main(["--table", str(table), "--splits", str(splits), "--out",
+                 str(tmp_path / "c2")]) == 2
+
+
+def test_duplicated_required_column_is_an_error(tmp_path):
+    table, splits, df = write_mcat_table(tmp_path / "src")
+    pd.concat([df, df[["survival_months"]]], axis=1).to_csv(table)
+    with pytest.raises(CohortError, match=r"survival_months \(columns \d+, \d+\)"):
+        import_mcat(table, splits, tmp_path / "cohort")
+
+
+def test_duplicated_column_that_is_not_imported_is_only_noted(tmp_path):
+    table, splits, df = write_mcat_table(tmp_path / "src")
+    pd.concat([df, df[["EGFR_cnv"]]], axis=1).to_csv(table)
+    with pytest.warns(UserWarning, match="more than once in the header and are not imported: "
+                                         "EGFR_cnv"):
+        report = import_mcat(table, splits, tmp_path / "cohort")
+    assert report.n_genes == len(GENES)
+
+
+def test_bad_gene_set_file_is_reported_before_anything_is_written(tmp_path):
+    table, splits, _ = write_mcat_table(tmp_path / "src")
+    out = tmp_path / "cohort"
+    with pytest.raises(CohortError, match="gene-set file not found"):
+        import_mcat(table, splits, out, gene_sets=tmp_path / "missing.csv")
+    assert not out.exists()

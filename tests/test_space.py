@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study.space import SpaceError, load_study
+from study.space import SpaceError, dump_study, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -39,6 +40,15 @@ def test_overrides_fix_parameters_and_study_keys(tmp_path: Path) -> None:
     assert cfg.fixed["alpha"] == 0.2 and "alpha" not in cfg.searched
 
 
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_saved_config_loads_back_unchanged(path: Path, tmp_path: Path) -> None:
+    """--resume re-reads the study folder's config.yaml; it must validate to the same study."""
+    cfg = load_study(path, {"cohort": "synthetic"})
+    saved = tmp_path / "config.yaml"
+    dump_study(cfg, saved)
+    assert dataclasses.replace(load_study(saved), source=cfg.source) == cfg
+
+
 BASE = {"name": "t", "task": "diagnosis", "search": {"alpha": {"type": "float", "low": 0,
                                                                "high": 1}}}
 
@@ -56,6 +66,7 @@ BAD = {
     "unknown parameter": ({"search": {"gamma": {"type": "float", "low": 0, "high": 1}}},
                           "search.gamma"),
     "wrong type": ({"folds": "five"}, "folds"),
+    "boolean for a number": ({"folds": True}, "folds"),
     "value the model rejects": ({"search": {"alpha": {"type": "float", "low": 0, "high": 2}}},
                                 "search.alpha"),
     "unknown fixed parameter": ({"fixed": {"heads_count": 4}}, "fixed.heads_count"),
@@ -77,6 +88,7 @@ def test_bad_study_files_name_file_and_key(tmp_path: Path, case: str) -> None:
         load_study(path)
     assert str(path) in str(err.value)
     assert f"'{key}'" in str(err.value), str(err.value)
+    assert "<class" not in str(err.value)
 
 
 def test_cli_rejects_bad_file_before_ray_starts(tmp_path: Path) -> None:
@@ -88,3 +100,26 @@ def test_cli_rejects_bad_file_before_ray_starts(tmp_path: Path) -> None:
     assert "'sampler'" in proc.stderr and str(path) in proc.stderr
     assert "ray" not in proc.stdout.lower()  # nothing was started
     assert not (tmp_path / "out").exists()
+
+
+def test_study_file_docs_cover_every_key_and_parameter() -> None:
+    """docs/study-files.md documents every key the checker accepts (new ones need a row)."""
+    from ksmodel.config import MODALITIES, SyntheticConfig
+    from ksmodel.coordination import RULES
+    from ksmodel.tasks import TASKS
+    from study.space import (
+        _TOP_KEYS,
+        PARAM_TYPES,
+        SAMPLERS,
+        SCHEDULERS,
+        TRIAL_KEYS,
+        SchedulerSpec,
+    )
+
+    text = (ROOT / "docs" / "study-files.md").read_text()
+    names = {*_TOP_KEYS, *TRIAL_KEYS, *PARAM_TYPES, *SAMPLERS, *SCHEDULERS, *TASKS,
+             *RULES, *MODALITIES,
+             *(f.name for f in dataclasses.fields(SchedulerSpec)),
+             *(f.name for f in dataclasses.fields(SyntheticConfig))}
+    missing = sorted(n for n in names if f"`{n}`" not in text)
+    assert not missing, f"not documented in docs/study-files.md: {missing}"

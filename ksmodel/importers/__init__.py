@@ -1,4 +1,4 @@
-"""Importers: turn published cohort tables into the KS-Study cohort layout (DESIGN §4).
+"""Importers: turn published cohort tables into the KS-Study cohort layout (docs/cohort-format.md).
 
 Each importer is a module with a CLI (`python -m ksmodel.importers.<name>`) that writes a
 cohort folder `ksmodel.cohort.load_cohort` reads, plus a `cohort.json` recording where the data

@@ -4,7 +4,8 @@ MCAT, PORPOISE, MOTCat and CMTA share one table layout: one row per slide with `
 slide_id, age, site, survival_months, censorship (1 = censored), is_female, oncotree_code,
 train``, then gene columns suffixed ``_rnaseq`` (z-scored expression), ``_cnv`` and ``_mut``;
 and split files ``splits_0.csv ... splits_{k-1}.csv`` with columns ``,train,val`` of case ids
-(padded with empty cells when the columns differ in length). This module writes DESIGN §4::
+(padded with empty cells when the columns differ in length). This module writes the cohort
+layout of docs/cohort-format.md::
 
     clinical.parquet    one row per slide: case_id, slide_id, diagnosis, grade, survival_days,
                         event, + age, site, is_female, oncotree_code, idh_mutant, survival_months,
@@ -34,6 +35,10 @@ Decisions (recorded in cohort.json too):
   validated on in the published protocol); a split case id not in the table is an error.
 * expression is already z-scored: cohort.json records ``"log1p": false``; set ``log1p: false``
   in the study. Genes with any missing value are dropped (recorded).
+* a column name that appears twice in the header is an error naming it when the importer reads
+  that column (ids, survival, oncotree code, extras, mutation calls, ``_rnaseq``); a repeated
+  column it does not import (e.g. ``_cnv``) is only noted.
+* everything is read and checked before the first output file is written.
 """
 
 from __future__ import annotations
@@ -131,18 +136,56 @@ def read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise CohortError(f"{path}: table not found; pass the MCAT-style csv or csv.zip with "
                           f"--table")
+    repeated = _check_header(path)
     try:
         df = pd.read_csv(path, low_memory=False,
                          dtype={"case_id": str, "slide_id": str, "oncotree_code": str,
                                 "site": str})
     except Exception as exc:  # pandas raises many types for a bad/ambiguous archive
-        raise CohortError(f"{path}: cannot be read as csv ({type(exc).__name__}: {exc}); pass the "
-                          f"csv itself or a zip holding exactly one csv") from exc
+        raise _read_error(path, exc) from exc
     unnamed = [c for c in df.columns if str(c).startswith("Unnamed: ")]
     if "case_id" not in df.columns and unnamed and unnamed[0] == df.columns[0]:
         df.insert(0, "case_id", df[unnamed[0]].astype(str).str.strip().str[:12])
         df.attrs["case_id_from_index"] = True
-    return df.drop(columns=unnamed)
+    df = df.drop(columns=unnamed)
+    df.attrs["repeated_columns_not_imported"] = repeated
+    return df
+
+
+def _read_error(path: Path, exc: Exception) -> CohortError:
+    return CohortError(f"{path}: cannot be read as csv ({type(exc).__name__}: {exc}); pass the "
+                       f"csv itself or a zip holding exactly one csv")
+
+
+def _imported(name: str) -> bool:
+    """Whether the importer reads this table column (as opposed to passing over it)."""
+    read = {*REQUIRED, *KEPT_EXTRAS, *(c.lower() for c in IDH_COLUMNS + ASTRO_SURROGATES)}
+    return name in read or name.lower() in read or name.endswith(SUFFIX_RNA)
+
+
+def _check_header(path: Path) -> list[str]:
+    """Column names used twice: an error naming them when the importer reads them.
+
+    pandas would silently rename the second copy (``TP53_rnaseq`` -> ``TP53_rnaseq.1``), which
+    then matches no rule and is dropped, so the header line is read on its own, as plain text
+    cells, before the table. Repeated columns that are not imported (e.g. ``_cnv``) are
+    returned for a note instead.
+    """
+    try:
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises many types for a bad/ambiguous archive
+        raise _read_error(path, exc) from exc
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(header.iloc[0] if len(header) else [], start=1):
+        if name:  # empty cells are unnamed (index) columns, dropped anyway
+            positions.setdefault(str(name), []).append(i)
+    repeated = {n: p for n, p in positions.items() if len(p) > 1}
+    used = {n: p for n, p in repeated.items() if _imported(n)}
+    if used:
+        listing = _few(f"{n} (columns {', '.join(map(str, p))})" for n, p in used.items())
+        raise CohortError(f"{path}: column(s) appearing more than once in the header: {listing}; "
+                          f"each column must appear once -- remove or rename the repeats")
+    return sorted(repeated)
 
 
 def _ids(values: pd.Series, column: str, path: Path) -> pd.Series:
@@ -280,11 +323,7 @@ def _mutated(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
 def _expression(rows: pd.DataFrame, rna: list[str],
                 table: Path) -> tuple[pd.DataFrame, list[str], list[str]]:
     """One row per case (sorted) from the *_rnaseq columns; genes with missing values dropped."""
-    genes = [c[: -len(SUFFIX_RNA)] for c in rna]
-    dup = sorted(set(pd.Index(genes)[pd.Index(genes).duplicated()]))
-    if dup:
-        raise CohortError(f"{table}: gene column(s) {_few(g + SUFFIX_RNA for g in dup)} appear "
-                          f"more than once; keep one column per gene")
+    genes = [c[: -len(SUFFIX_RNA)] for c in rna]  # distinct: read_table rejects repeated names
     values = rows[rna].copy()
     text = [c for c in rna if not pd.api.types.is_numeric_dtype(values[c])]
     not_numeric = []
@@ -332,17 +371,24 @@ def _find_feature(folder: Path, slide: str) -> Path | None:
     return None
 
 
-def import_mcat(table: str | Path, splits: str | Path, out: str | Path, *,
-                features: str | Path | None = None, gene_sets: str | Path | None = None,
-                drop_unknown_codes: bool = False, copy_features: bool = False,
-                force: bool = False) -> ImportReport:
-    """Convert an MCAT-style table + splits folder into a cohort folder (see module doc)."""
-    table, splits_dir, out = Path(table), Path(splits), Path(out)
-    notes: list[str] = []
+@dataclass
+class _Labels:
+    """Per-slide clinical table (all table cases) and the mutation columns behind diagnosis."""
+
+    clinical: pd.DataFrame
+    idh_columns: list[str]
+    astro_columns: list[str]
+
+
+def _check_output_folder(out: Path, force: bool) -> None:
+    """Never write into a folder holding something else unless asked to (--force)."""
     if out.exists() and any(out.iterdir()) and not force:
         raise CohortError(f"{out}: the output folder exists and is not empty; choose a new folder "
                           f"or pass --force to overwrite the cohort files in it")
-    df = read_table(table)
+
+
+def _check_columns(df: pd.DataFrame, table: Path) -> tuple[str, list[str]]:
+    """The columns every import needs: (the table's IDH1 column, the *_rnaseq columns)."""
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise CohortError(f"{table}: missing column(s) {', '.join(missing)}; an MCAT-style table "
@@ -355,7 +401,11 @@ def import_mcat(table: str | Path, splits: str | Path, out: str | Path, *,
     if not rna:
         raise CohortError(f"{table}: no *{SUFFIX_RNA} columns; the expression matrix is read from "
                           f"the <gene>{SUFFIX_RNA} columns")
+    return idh_col, rna
 
+
+def _clean_slide_ids(df: pd.DataFrame, table: Path) -> None:
+    """Non-empty case/slide ids; slide_id without its image extension, each slide once."""
     df["case_id"] = _ids(df["case_id"], "case_id", table)
     df["slide_file"] = _ids(df["slide_id"], "slide_id", table)
     df["slide_id"] = df["slide_file"].map(_strip_extension)
@@ -365,23 +415,30 @@ def import_mcat(table: str | Path, splits: str | Path, out: str | Path, *,
         raise CohortError(f"{table}: duplicate slide {df.loc[dup, 'slide_file'].iloc[0]} (lines "
                           f"{_few(lines)}); each slide must appear once -- remove the repeats")
 
-    table_cases = df["case_id"].unique()
+
+def _known_codes(df: pd.DataFrame, table: Path, drop_unknown: bool,
+                 notes: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rows whose oncotree code has a grade rule (others: error, or dropped with a note)."""
     codes = df["oncotree_code"].astype("string").str.strip().str.upper()
     unknown = codes.isna() | ~codes.isin(list(GRADE_BY_CODE))
-    dropped_codes: dict[str, int] = {}
+    dropped: dict[str, int] = {}
     if unknown.any():
         counts = codes[unknown].fillna("<empty>").value_counts()
         listing = ", ".join(f"{c} ({n} rows)" for c, n in counts.items())
-        if not drop_unknown_codes:
+        if not drop_unknown:
             raise CohortError(f"{table}: oncotree code(s) with no glioma grade rule: {listing}; "
                               f"known codes: {', '.join(GRADE_BY_CODE)}. Pass "
                               f"--drop-unknown-codes to drop those rows")
-        dropped_codes = {str(c): int(n) for c, n in counts.items()}
+        dropped = {str(c): int(n) for c, n in counts.items()}
         notes.append(f"dropped {int(unknown.sum())} row(s) with unknown oncotree code(s): "
                      f"{listing}")
         df, codes = df.loc[~unknown].copy(), codes[~unknown]
     df["oncotree_code"] = codes.astype(str)
+    return df, dropped
 
+
+def _survival(df: pd.DataFrame, table: Path) -> tuple[pd.Series, pd.Series]:
+    """(survival_months >= 0, censorship in {0, 1}) as numbers."""
     months = pd.to_numeric(df["survival_months"], errors="coerce")
     bad = months.isna() | (months < 0)
     if bad.any():
@@ -392,6 +449,15 @@ def import_mcat(table: str | Path, splits: str | Path, out: str | Path, *,
     if bad.any():
         raise CohortError(f"{table}: censorship must be 0 (death observed) or 1 (censored); bad "
                           f"for case(s) {_few(df.loc[bad, 'case_id'].unique())}")
+    return months, cens
+
+
+def _labels(df: pd.DataFrame, idh_col: str, table: Path, notes: list[str]) -> _Labels:
+    """Per-slide clinical table: labels from codes, IDH and ATRX/TP53 calls, survival, extras.
+
+    The slides of one case must agree on every label column.
+    """
+    months, cens = _survival(df, table)
     idh = _mutated(df, idh_col, table)
     idh_used = [idh_col]
     idh2 = _column(df, IDH_COLUMNS[1])
@@ -427,8 +493,14 @@ def import_mcat(table: str | Path, splits: str | Path, out: str | Path, *,
             raise CohortError(f"{table}: the slides of case {case} disagree on {col} (from "
                               f"survival_months/censorship/oncotree_code/mutation calls); a "
                               f"patient's rows must share these values")
+    return _Labels(clinical, idh_used, astro_cols)
 
-    split_df, split_meta = read_splits(splits_dir, pd.Index(table_cases))
+
+def _published_folds(splits_dir: Path, table_cases: pd.Index, clinical: pd.DataFrame,
+                     notes: list[str]) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame,
+                                                list[str]]:
+    """(splits, split metadata, clinical without cases in no val list, those dropped cases)."""
+    split_df, split_meta = read_splits(splits_dir, table_cases)
     split_df = split_df[split_df["case_id"].isin(clinical["case_id"])].reset_index(drop=True)
     not_in_folds = sorted(set(clinical["case_id"]) - set(split_df["case_id"]))
     if not_in_folds:
@@ -439,66 +511,79 @@ def import_mcat(table: str | Path, splits: str | Path, out: str | Path, *,
         notes.append("some split files' train lists differ from the union of the other folds' val "
                      "lists; the folds keep the val lists (details in cohort.json)")
     clinical = clinical.sort_values(["case_id", "slide_id"], kind="stable").reset_index(drop=True)
+    return split_df, split_meta, clinical, not_in_folds
 
-    per_case, nan_genes, expr_notes = _expression(df[df["case_id"].isin(clinical["case_id"])],
-                                                  rna, table)
-    notes.extend(expr_notes)
 
-    feature_meta: dict[str, Any] = {"dir": None, "mode": None, "linked": 0,
-                                    "slides_without_features": []}
-    if features is not None and not Path(features).is_dir():
+def _check_inputs(features: Path | None, gene_sets: Path | None) -> None:
+    """The optional --features folder and --gene-sets file, before anything is written."""
+    if features is not None and not features.is_dir():
         raise CohortError(f"{features}: features folder not found; pass the folder holding "
                           f"<slide_id>.h5 (or h5_files/<slide_id>.h5) with --features")
+    if gene_sets is not None:
+        if not gene_sets.is_file():
+            raise CohortError(f"{gene_sets}: gene-set file not found (--gene-sets)")
+        if gene_sets.suffix.lower() not in (".csv", ".gmt"):
+            raise CohortError(f"{gene_sets}: a gene-set file is a .csv (gene, subspace) or a "
+                              f".gmt")
+
+
+def _clear_outputs(out: Path) -> None:
+    """Remove a previous import's files (--force) so they never mix with this one's."""
     out.mkdir(parents=True, exist_ok=True)
-    for stale in OUTPUTS:  # --force: never mix a previous import's files with this one's
+    for stale in OUTPUTS:
         path = out / stale
         if path.is_symlink() or path.is_file():
             path.unlink()
         elif path.is_dir():
             shutil.rmtree(path)
+
+
+def _link_features(features: Path | None, slides: pd.Series, out: Path, copy: bool,
+                   notes: list[str]) -> dict[str, Any]:
+    """Link (or copy) each slide's <slide_id>.h5 into out/features; slides without one noted."""
+    if features is None:
+        return {"dir": None, "mode": None, "linked": 0, "slides_without_features": []}
     feat_out = out / "features"
-    if features is not None:
-        src = Path(features)
-        feat_out.mkdir()
-        linked, absent = 0, []
-        for slide in clinical["slide_id"]:
-            found = _find_feature(src, slide)
-            if found is None:
-                absent.append(slide)
-                continue
-            target = feat_out / f"{slide}.h5"
-            if copy_features:
-                shutil.copy2(found, target)
-            else:
-                os.symlink(found.resolve(), target)
-            linked += 1
-        feature_meta = {"dir": str(src.resolve()), "mode": "copy" if copy_features else "symlink",
-                        "linked": linked, "slides_without_features": absent}
-        if absent:
-            notes.append(f"{len(absent)} of {len(clinical)} slide(s) have no feature file in "
-                         f"{src}: {_few(absent)} (genomics-only runs still work)")
+    feat_out.mkdir()
+    linked, absent = 0, []
+    for slide in slides:
+        found = _find_feature(features, slide)
+        if found is None:
+            absent.append(slide)
+            continue
+        target = feat_out / f"{slide}.h5"
+        if copy:
+            shutil.copy2(found, target)
+        else:
+            os.symlink(found.resolve(), target)
+        linked += 1
+    if absent:
+        notes.append(f"{len(absent)} of {len(slides)} slide(s) have no feature file in "
+                     f"{features}: {_few(absent)} (genomics-only runs still work)")
+    return {"dir": str(features.resolve()), "mode": "copy" if copy else "symlink",
+            "linked": linked, "slides_without_features": absent}
 
-    gene_meta: dict[str, Any] = {"file": None, "hint": (
-        f"python -m ksmodel.genesets --cohort {out} --out {out / 'gene_sets.csv'}  "
-        "(or write gene_sets.csv yourself: columns gene, subspace in {tumour, tme})")}
-    if gene_sets is not None:
-        gs = Path(gene_sets)
-        if not gs.is_file():
-            raise CohortError(f"{gs}: gene-set file not found (--gene-sets)")
-        name = "gene_sets.csv" if gs.suffix.lower() == ".csv" else gs.name
-        if gs.suffix.lower() not in (".csv", ".gmt"):
-            raise CohortError(f"{gs}: a gene-set file is a .csv (gene, subspace) or a .gmt")
-        shutil.copy2(gs, out / name)
-        gene_meta = {"file": name, "source": str(gs.resolve())}
 
-    clinical.to_parquet(out / "clinical.parquet", index=False)
-    per_case.reset_index().to_parquet(out / "expression.parquet", index=False)
-    split_df.to_parquet(out / "splits.parquet", index=False)
+def _copy_gene_sets(gene_sets: Path | None, out: Path) -> dict[str, Any]:
+    """Put the user's gene-set file into the cohort, or record how to make one."""
+    if gene_sets is None:
+        return {"file": None, "hint": (
+            f"python -m ksmodel.genesets --cohort {out} --out {out / 'gene_sets.csv'}  "
+            "(or write gene_sets.csv yourself: columns gene, subspace in {tumour, tme})")}
+    name = "gene_sets.csv" if gene_sets.suffix.lower() == ".csv" else gene_sets.name
+    shutil.copy2(gene_sets, out / name)
+    return {"file": name, "source": str(gene_sets.resolve())}
 
-    n_cases = int(clinical["case_id"].nunique())
+
+def _metadata(table: Path, splits_dir: Path, df: pd.DataFrame, clinical: pd.DataFrame,
+              labels: _Labels, per_case: pd.DataFrame, nan_genes: list[str],
+              split_meta: dict[str, Any], not_in_folds: list[str], dropped_codes: dict[str, int],
+              feature_meta: dict[str, Any], gene_meta: dict[str, Any],
+              notes: list[str]) -> dict[str, Any]:
+    """cohort.json: provenance, counts, label rules, approximations and everything dropped."""
     cases = clinical.drop_duplicates("case_id")
-    metadata: dict[str, Any] = {
-        "format": "ks-study cohort (DESIGN §4)",
+    return {
+        "format": "ks-study cohort (docs/cohort-format.md)",
         "format_version": 1,
         "importer": "ksmodel.importers.mcat",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -507,8 +592,8 @@ def import_mcat(table: str | Path, splits: str | Path, out: str | Path, *,
                    "case_id": ("first 12 characters of the table's unnamed index column"
                                if df.attrs.get("case_id_from_index") else "case_id column"),
                    "layout": "MCAT/PORPOISE/MOTCat/CMTA TCGA table"},
-        "counts": {"cases": n_cases, "slides": len(clinical), "genes": int(per_case.shape[1]),
-                   "folds": split_meta["k"],
+        "counts": {"cases": int(clinical["case_id"].nunique()), "slides": len(clinical),
+                   "genes": int(per_case.shape[1]), "folds": split_meta["k"],
                    "diagnosis": {int(k): int(v) for k, v in
                                  cases["diagnosis"].value_counts().sort_index().items()},
                    "grade": {int(k): int(v) for k, v in
@@ -526,7 +611,8 @@ def import_mcat(table: str | Path, splits: str | Path, out: str | Path, *,
                      "days_per_month": DAYS_PER_MONTH, "event": "1 - censorship"},
         "labels": {"grade": {"rule": GRADE_RULE, "by_oncotree_code": GRADE_BY_CODE},
                    "diagnosis": {"classes": DIAGNOSIS_CLASSES, "rules": DIAGNOSIS_RULES,
-                                 "idh_columns": idh_used, "astrocytoma_surrogates": astro_cols}},
+                                 "idh_columns": labels.idh_columns,
+                                 "astrocytoma_surrogates": labels.astro_columns}},
         "approximations": APPROXIMATIONS,
         "slide_id": f"the table's slide_id without a slide-image extension "
                     f"({', '.join(SLIDE_EXTENSIONS)}); the original is in slide_file",
@@ -537,10 +623,52 @@ def import_mcat(table: str | Path, splits: str | Path, out: str | Path, *,
         "gene_sets": gene_meta,
         "notes": notes,
     }
+
+
+def import_mcat(table: str | Path, splits: str | Path, out: str | Path, *,
+                features: str | Path | None = None, gene_sets: str | Path | None = None,
+                drop_unknown_codes: bool = False, copy_features: bool = False,
+                force: bool = False) -> ImportReport:
+    """Convert an MCAT-style table + splits folder into a cohort folder (see module doc).
+
+    Everything is read and checked before the first file is written, so a bad input leaves
+    the output folder as it was.
+    """
+    table, splits_dir, out = Path(table), Path(splits), Path(out)
+    features = None if features is None else Path(features)
+    gene_sets = None if gene_sets is None else Path(gene_sets)
+    notes: list[str] = []
+    _check_output_folder(out, force)
+
+    df = read_table(table)
+    repeated = df.attrs["repeated_columns_not_imported"]
+    if repeated:
+        notes.append(f"{len(repeated)} column name(s) appear more than once in the header and "
+                     f"are not imported: {_few(repeated)}")
+    idh_col, rna = _check_columns(df, table)
+    _clean_slide_ids(df, table)
+    table_cases = pd.Index(df["case_id"].unique())  # before any row is dropped
+    df, dropped_codes = _known_codes(df, table, drop_unknown_codes, notes)
+    labels = _labels(df, idh_col, table, notes)
+    split_df, split_meta, clinical, not_in_folds = _published_folds(
+        splits_dir, table_cases, labels.clinical, notes)
+    per_case, nan_genes, expr_notes = _expression(df[df["case_id"].isin(clinical["case_id"])],
+                                                  rna, table)
+    notes.extend(expr_notes)
+    _check_inputs(features, gene_sets)
+
+    _clear_outputs(out)
+    feature_meta = _link_features(features, clinical["slide_id"], out, copy_features, notes)
+    gene_meta = _copy_gene_sets(gene_sets, out)
+    clinical.to_parquet(out / "clinical.parquet", index=False)
+    per_case.reset_index().to_parquet(out / "expression.parquet", index=False)
+    split_df.to_parquet(out / "splits.parquet", index=False)
+    metadata = _metadata(table, splits_dir, df, clinical, labels, per_case, nan_genes,
+                         split_meta, not_in_folds, dropped_codes, feature_meta, gene_meta, notes)
     (out / "cohort.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
-    return ImportReport(out=out, n_cases=n_cases, n_slides=len(clinical),
+    return ImportReport(out=out, n_cases=metadata["counts"]["cases"], n_slides=len(clinical),
                         n_genes=int(per_case.shape[1]), n_folds=split_meta["k"],
                         slides_with_features=int(feature_meta["linked"]), metadata=metadata,
                         warnings=notes)
