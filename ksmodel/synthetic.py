@@ -28,15 +28,22 @@ truth the tests check the pipeline against. What is planted:
   than the tumour subspace: per-subspace gradients then disagree, which is what gradient
   coordination (PCGrad, CG-Coord) has to resolve. 0 = none. The clinical table marks these
   patients (``synthetic_conflict`` 0/1, ``tme_source_diagnosis``).
+* **Clinical covariates** (for the clinical baselines) -- ``age`` (whole years, normal around a
+  diagnosis-specific mean as in glioma: GBM IDH-wt ~62, IDH-mutant astrocytoma ~37-39,
+  oligodendroglioma ~44, sd 11, clipped to 18..90), ``is_female`` (0/1, 42% female) and
+  ``idh_mutant`` (1 for diagnoses 1, 2, 3, 0 for GBM IDH-wt). Age and sex carry no signal beyond
+  the diagnosis (the hazard does not use them); ``idh_mutant`` is the diagnosis' IDH status.
 
 Expression is written as raw positive TPM-like values (log1p then z-score is the intended
 normalisation); 16 background genes ``BG_001..`` outside both gene sets are included, as a real
 expression matrix would have. Tables and labels come from their own random stream, so the same
 seed gives identical clinical/expression tables whatever ``patches``/``dim`` are; same arguments
-give byte-identical files (h5 written without timestamps). ``cohort.json`` records the parameters.
-The parameters and their defaults are ``ksmodel.config.SyntheticConfig``: the one synthetic default
-of the project. ``ensure_synthetic`` builds a cohort beside its final folder and renames it into
-place, so concurrent runs asking for the same cohort never see a half-written one.
+give byte-identical files (h5 written without timestamps). The covariates have a third stream of
+their own, so adding them changed no expression value, label or feature file. ``cohort.json``
+records the parameters. The parameters and their defaults are ``ksmodel.config.SyntheticConfig``:
+the one synthetic default of the project. ``ensure_synthetic`` builds a cohort beside its final
+folder and renames it into place, so concurrent runs asking for the same cohort never see a
+half-written one.
 """
 
 from __future__ import annotations
@@ -86,6 +93,11 @@ STAIN_SHIFT = 0.1
 N_BACKGROUND = 16
 PATCH_PX = 256
 PATCH_TYPES = ("tumour", "necrosis", "immune", "stroma", "normal")
+# --- clinical covariates (baselines) ---
+AGE_MEAN = np.array([62.0, 39.0, 37.0, 44.0])  # years at diagnosis, per diagnosis class
+AGE_SD = 11.0
+AGE_RANGE = (18, 90)
+FEMALE = 0.42
 
 
 def _genes(rng: np.random.Generator, z: np.ndarray, n: int) -> np.ndarray:
@@ -138,6 +150,14 @@ def _tables(seed_seq: np.random.SeedSequence, patients: int, conflict: float, n_
     n_slides = 1 + (rng.random(patients) < TWO_SLIDES)
     return dict(diag=diag, grade=grade, z_t=z_t, z_m=z_m, tme_src=tme_src,
                 conflict=is_conflict, days=days, event=event, expr=expr, n_slides=n_slides)
+
+
+def _covariates(seed_seq: np.random.SeedSequence, diag: np.ndarray) -> dict[str, np.ndarray]:
+    """age, is_female, idh_mutant per patient, from their own stream (tables stay unchanged)."""
+    rng = np.random.default_rng(seed_seq)
+    age = np.clip(np.round(rng.normal(AGE_MEAN[diag], AGE_SD)), *AGE_RANGE).astype(np.int64)
+    is_female = (rng.random(len(diag)) < FEMALE).astype(np.int64)
+    return dict(age=age, is_female=is_female, idh_mutant=(diag != 0).astype(np.int64))
 
 
 def _bag_sizes(rng: np.random.Generator, patients: int, patches: tuple[int, int],
@@ -218,8 +238,10 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
     _clear(out, overwrite)
     (out / "features").mkdir()
 
-    table_seq, patch_seq = np.random.SeedSequence(seed).spawn(2)
+    # child i of spawn(3) equals child i of spawn(2): the table and patch streams are unchanged
+    table_seq, patch_seq, covariate_seq = np.random.SeedSequence(seed).spawn(3)
     t = _tables(table_seq, patients, conflict, n_tumour, n_tme)
+    covariates = _covariates(covariate_seq, t["diag"])
     rng = np.random.default_rng(patch_seq)
     sizes = _bag_sizes(rng, patients, patches, t["n_slides"])
     prototypes = rng.normal(0.0, 1.0, (len(PATCH_TYPES), dim)).astype(np.float32)
@@ -261,7 +283,8 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
         "survival_days": t["days"][idx], "event": t["event"][idx],
         "diagnosis_name": [DIAGNOSES[d] for d in t["diag"][idx]],
         "synthetic_conflict": t["conflict"][idx].astype(np.int64),
-        "tme_source_diagnosis": t["tme_src"][idx].astype(np.int64)})
+        "tme_source_diagnosis": t["tme_src"][idx].astype(np.int64),
+        **{name: values[idx] for name, values in covariates.items()}})
     genes = ([f"TUM_{j + 1:03d}" for j in range(n_tumour)] + [f"TME_{j + 1:03d}" for j in
              range(n_tme)] + [f"BG_{j + 1:03d}" for j in range(N_BACKGROUND)])
     expression = pd.DataFrame(t["expr"], columns=genes)

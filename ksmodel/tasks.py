@@ -78,9 +78,20 @@ class Task(ABC):
         """The task's training loss on one batch (fp32)."""
 
     @abstractmethod
+    def scores(self, logits: Tensor) -> np.ndarray:
+        """What a prediction is scored on: class probabilities [n, C], or risk [n]."""
+
+    @abstractmethod
+    def evaluate_scores(self, scores: np.ndarray, targets: Mapping[str, np.ndarray]
+                        ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """(validation metrics, prediction-table columns) from ``scores`` of the validation
+        cases - the one place metrics and prediction columns are defined, so the model and the
+        baselines are scored identically."""
+
     def evaluate(self, logits: Tensor, targets: Mapping[str, np.ndarray]
                  ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """(validation metrics, prediction-table columns) for logits of the validation cases."""
+        return self.evaluate_scores(self.scores(logits), targets)
 
     @abstractmethod
     def confidence(self, logits: Tensor, batch: Mapping[str, Tensor]) -> float | None:
@@ -160,16 +171,18 @@ class ClassificationTask(Task):
 
         return classification_loss(logits.float(), batch["label"], fold.class_weights)
 
-    def evaluate(self, logits: Tensor, targets: Mapping[str, np.ndarray]
-                 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    def scores(self, logits: Tensor) -> np.ndarray:
         import torch
 
+        return torch.softmax(logits.float(), dim=1).numpy()
+
+    def evaluate_scores(self, scores: np.ndarray, targets: Mapping[str, np.ndarray]
+                        ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         from ksmodel.metrics import classification_metrics
 
-        prob = torch.softmax(logits.float(), dim=1).numpy()
         label = np.asarray(targets["label"])
-        columns = {"label": label, **{f"prob_{c}": prob[:, c] for c in range(prob.shape[1])}}
-        return classification_metrics(label, prob), columns
+        columns = {"label": label, **{f"prob_{c}": scores[:, c] for c in range(scores.shape[1])}}
+        return classification_metrics(label, scores), columns
 
     def confidence(self, logits: Tensor, batch: Mapping[str, Tensor]) -> float | None:
         """Mean softmax probability of the true class."""
@@ -235,15 +248,18 @@ class SurvivalTask(Task):
 
         return survival_nll(logits.float(), batch["bin"], batch["event"])
 
-    def evaluate(self, logits: Tensor, targets: Mapping[str, np.ndarray]
-                 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    def scores(self, logits: Tensor) -> np.ndarray:
         from ksmodel.losses import survival_risk
+
+        return survival_risk(logits.float()).numpy()
+
+    def evaluate_scores(self, scores: np.ndarray, targets: Mapping[str, np.ndarray]
+                        ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         from ksmodel.metrics import concordance
 
-        risk = survival_risk(logits.float()).numpy()
         time, event = np.asarray(targets["time"]), np.asarray(targets["event"])
-        columns = {"time": time, "event": event.astype(int), "risk": risk}
-        return {"cindex": concordance(time, event, risk)}, columns
+        columns = {"time": time, "event": event.astype(int), "risk": scores}
+        return {"cindex": concordance(time, event, scores)}, columns
 
     def confidence(self, logits: Tensor, batch: Mapping[str, Tensor]) -> float | None:
         """Batch C-index of the subspace's risk; None without a comparable pair."""

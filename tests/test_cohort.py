@@ -77,8 +77,8 @@ def test_synthetic_cohort_loads_and_is_aligned(small_cohort: Path) -> None:
     ids = cohort.case_ids
     assert ids == sorted(ids) and len(ids) == 60
     assert cohort.expression.index.tolist() == ids
-    assert list(cohort.cases.columns[:5]) == ["diagnosis", "grade", "survival_days", "event",
-                                              "slide_ids"]
+    assert list(cohort.cases.columns[:6]) == ["diagnosis", "grade", "idh_mutant", "survival_days",
+                                              "event", "slide_ids"]
     assert "synthetic_conflict" in cohort.cases.columns  # extra clinical columns kept
     # gene-set order, background genes (BG_*) dropped
     assert list(cohort.expression.columns) == cohort.gene_sets["tumour"] + cohort.gene_sets["tme"]

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ksmodel.cohort import CohortError, load_cohort
+from ksmodel.config import TrainConfig
 from ksmodel.importers.mcat import DAYS_PER_MONTH, derive_labels, import_mcat, main
 from ksmodel.splits import check_folds, load_splits
 
@@ -382,3 +383,25 @@ def test_bad_gene_set_file_is_reported_before_anything_is_written(tmp_path):
     with pytest.raises(CohortError, match="gene-set file not found"):
         import_mcat(table, splits, out, gene_sets=tmp_path / "missing.csv")
     assert not out.exists()
+
+
+def test_idh_task_runs_end_to_end_on_an_imported_cohort(imported):
+    """The importer fills idh_mutant from the mutation calls; the idh task trains on it."""
+    from ksmodel.data import load_run_data
+    from ksmodel.train import FoldTrainer, build_model_config, prepare_fold, train_fold
+
+    out, df = imported
+    write_gene_sets(out)
+    data = load_run_data(out, "idh", modalities=["genomics"])
+    assert data.bags is None and "published" in data.splits_source
+    want = df.groupby("case_id")["IDH1_mut"].first().gt(0).astype(int)
+    np.testing.assert_array_equal(data.cohort.targets("idh")["label"],
+                                  want.loc[data.cohort.case_ids].to_numpy())
+    model_cfg = build_model_config(data.cohort, "idh", modality="genomics", dim=16,
+                                   gene_hidden=16)
+    assert model_cfg.n_outputs == 2
+    fold = prepare_fold(data.cohort, None, data.splits, 0, "idh", log1p=False)
+    result = train_fold(FoldTrainer(fold, model_cfg, TrainConfig(task="idh", epochs=2, lam=0.0)))
+    assert set(result.metrics) == {"auc", "accuracy", "balanced_accuracy", "f1"}
+    assert {"label", "prob_0", "prob_1"} <= set(result.predictions.columns)
+    assert set(result.predictions["label"]) <= {0, 1}

@@ -93,6 +93,20 @@ def test_format_and_planted_labels(small_cohort: Path) -> None:
         assert 24 <= sum(sizes) <= 80, case
 
 
+
+def test_clinical_covariates(small_cohort: Path) -> None:
+    """age / is_female / idh_mutant (what the clinical baselines use): glioma-like ranges, IDH
+    status from the diagnosis, GBM IDH-wildtype patients older on average."""
+    cases = load_cohort(small_cohort).cases
+    age, female, idh = (cases[c].to_numpy() for c in ("age", "is_female", "idh_mutant"))
+    assert ((age >= 18) & (age <= 90)).all() and (age == np.round(age)).all()
+    assert set(female.tolist()) == {0, 1} and 0.2 < female.mean() < 0.7
+    assert set(idh.tolist()) == {0, 1}
+    assert (idh == (cases["diagnosis"].to_numpy() != 0)).all()
+    gbm = cases["diagnosis"].to_numpy() == 0
+    assert age[gbm].mean() > age[~gbm].mean() + 10, (age[gbm].mean(), age[~gbm].mean())
+    assert age[gbm].std() > 5 and age[~gbm].std() > 5  # spread, not one age per class
+
 def test_default_cohort_tables_carry_the_planted_signal(tmp_path: Path) -> None:
     """The default cohort's tables (400 patients, seed 0): bag parameters do not change them, so
     tiny bags keep this fast while testing exactly the default clinical/expression tables."""

@@ -140,3 +140,7 @@ def test_config_accepts_exactly_the_registered_coordination_rules() -> None:
         assert TrainConfig(coordination=name).coordination == name
     with pytest.raises(ConfigError, match="coordination"):
         TrainConfig(coordination="not_a_rule")
+
+
+def _yaml(value: object) -> str:
+    return str(list(value)) if isinstance(value, tuple) else str(value)
