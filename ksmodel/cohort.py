@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 
 from ksmodel.config import check_grid
-from ksmodel.errors import CohortError, few
+from ksmodel.errors import CohortError, data_rows, few
 from ksmodel.tasks import LABEL_COLUMNS, get_task, get_tasks
 
 if TYPE_CHECKING:
@@ -128,13 +128,13 @@ def _require_columns(df: pd.DataFrame, columns: Iterable[str], path: Path) -> No
                           f"{_few(df.columns, 8)}); add them or rename the existing ones")
 
 
-def _clean_ids(values: pd.Series, column: str, path: Path) -> pd.Series:
+def clean_ids(values: pd.Series, column: str, path: Path) -> pd.Series:
+    """Ids as stripped strings; CohortError naming the rows where one is blank."""
     text = values.astype("string").str.strip()
     blank = text.isna() | (text == "")
     if blank.any():
-        rows = np.flatnonzero(blank.to_numpy()) + 1
-        raise CohortError(f"{path}: {column} is missing in data row(s) {_few(rows)} (1-based, "
-                          f"header not counted); every row needs a {column}")
+        raise CohortError(f"{path}: {column} is missing in {data_rows(blank.to_numpy())}; every "
+                          f"row needs a {column}")
     return text.astype(str)
 
 
@@ -151,13 +151,12 @@ def _read_clinical(root: Path, tasks: Sequence[Task] | None) -> tuple[pd.DataFra
     if df.empty:
         raise CohortError(f"{path}: the table has no rows; add one row per slide")
     df = df.copy()
-    df["case_id"] = _clean_ids(df["case_id"], "case_id", path)
-    df["slide_id"] = _clean_ids(df["slide_id"], "slide_id", path)
+    df["case_id"] = clean_ids(df["case_id"], "case_id", path)
+    df["slide_id"] = clean_ids(df["slide_id"], "slide_id", path)
     dup = df["slide_id"].duplicated(keep=False)
     if dup.any():
-        rows = np.flatnonzero(dup.to_numpy()) + 1
         raise CohortError(f"{path}: duplicate slide_id {_few(sorted(set(df.loc[dup, 'slide_id'])))}"
-                          f" in data rows {_few(rows)}; each slide must appear once")
+                          f" in {data_rows(dup.to_numpy())}; each slide must appear once")
     bad_name = df["slide_id"].str.contains(r"[/\\]", regex=True)
     if bad_name.any():
         raise CohortError(f"{path}: slide_id {_few(df.loc[bad_name, 'slide_id'])} contains a path "
@@ -217,8 +216,8 @@ def _read_gene_sets(root: Path) -> tuple[dict[str, list[str]], Path]:
 def _gene_sets_csv(path: Path) -> dict[str, list[str]]:
     df = _read_table(path, ("gene", "subspace"))
     _require_columns(df, ("gene", "subspace"), path)
-    genes = _clean_ids(df["gene"], "gene", path)
-    subspace = _clean_ids(df["subspace"], "subspace", path).map(_canonical_subspace)
+    genes = clean_ids(df["gene"], "gene", path)
+    subspace = clean_ids(df["subspace"], "subspace", path).map(_canonical_subspace)
     bad = ~subspace.isin(SUBSPACES)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -255,7 +254,7 @@ def _read_expression(root: Path, cases: pd.DataFrame, genes: list[str], gene_pat
     path = _find_table(root, "expression")
     df = _read_table(path, ("case_id",))
     _require_columns(df, ("case_id",), path)
-    ids = _clean_ids(df["case_id"], "case_id", path)
+    ids = clean_ids(df["case_id"], "case_id", path)
     dup = ids.duplicated(keep=False)
     if dup.any():
         raise CohortError(f"{path}: duplicate expression rows for case_id "
@@ -468,8 +467,9 @@ def load_bags(cohort: Cohort, grid: tuple[int, int], *, seed: int = 0,
     """Read every case's feature files once and bring each bag to the H x W token grid."""
     h, w = check_grid(tuple(grid))
     if cohort.feature_dim is None:
-        raise CohortError(f"{cohort.root}: the cohort has no feature files; write features/"
-                          f"<slide_id>.h5 or use modality=genomics")
+        raise CohortError(f"{cohort.root}: the cohort has no feature files (features/"
+                          f"<slide_id>.h5), so only modality=genomics can run on it; set "
+                          f"modality: genomics (study file 'fixed', or --set modality=genomics)")
     tokens, dim, n = h * w, cohort.feature_dim, len(cohort.cases)
     need = n * tokens * dim * 4 / 1e9
     if need > max_gb:
@@ -500,5 +500,5 @@ def load_bags(cohort: Cohort, grid: tuple[int, int], *, seed: int = 0,
     return Bags(tensor=tensor, case_ids=cohort.case_ids, files_read=files_read)
 
 
-__all__ = ["CohortError", "Cohort", "Bags", "load_cohort", "load_bags", "select_tokens",
-           "arrange_on_grid", "SUBSPACES"]
+__all__ = ["CohortError", "Cohort", "Bags", "load_cohort", "load_bags", "clean_ids",
+           "select_tokens", "arrange_on_grid", "SUBSPACES"]

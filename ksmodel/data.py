@@ -19,7 +19,6 @@ import torch
 
 from ksmodel.cohort import Cohort, load_bags, load_cohort
 from ksmodel.config import SyntheticConfig
-from ksmodel.errors import CohortError
 from ksmodel.splits import check_folds, load_splits, make_splits
 
 SYNTHETIC = "synthetic"
@@ -72,10 +71,6 @@ def load_run_data(root: str | Path, task: str, *, modalities: Iterable[str] = ("
     root = Path(root)
     cohort = load_cohort(root, tasks=[task], require_features=False)
     histology = needs_histology(modalities)
-    if histology and cohort.feature_dim is None:
-        raise CohortError(f"{root}: the cohort has no feature files (features/<slide_id>.h5), so "
-                          f"only modality=genomics can run on it; set modality: genomics "
-                          f"(study file 'fixed', or --set modality=genomics)")
     published = root / "splits.parquet"
     if splits_file is not None:
         splits, source = load_splits(splits_file, cohort), str(splits_file)
@@ -85,7 +80,7 @@ def load_run_data(root: str | Path, task: str, *, modalities: Iterable[str] = ("
         splits = make_splits(cohort, task, k=folds, seed=split_seed)
         source = f"stratified {folds}-fold split, seed {split_seed}"
     check_folds(cohort, splits, task)
-    bags = load_bags(cohort, grid, seed=split_seed).tensor if histology else None
+    bags = load_bags(cohort, grid, seed=split_seed).tensor if histology else None  # needs features
     return RunData(cohort, splits, source, bags)
 
 

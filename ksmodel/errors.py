@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
@@ -24,4 +26,11 @@ def few(items: Iterable[object], n: int = 5) -> str:
     return head + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
-__all__ = ["ConfigError", "CohortError", "few"]
+def data_rows(mask: Iterable[bool]) -> str:
+    """'data row(s) 4, 9 (1-based, header not counted)': the one row numbering of every table
+    message (cohort tables and imported tables alike)."""
+    rows = np.flatnonzero(np.asarray(list(mask), dtype=bool)) + 1
+    return f"data row(s) {few(rows.tolist())} (1-based, header not counted)"
+
+
+__all__ = ["ConfigError", "CohortError", "few", "data_rows"]

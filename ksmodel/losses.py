@@ -1,4 +1,4 @@
-"""Task losses and the gene-guided consistency loss (DESIGN §3.5, §3.7).
+"""Task losses and the gene-guided consistency loss.
 
 The total objective is ``L_task + lam * consistency_total(out, alpha)``; the trainer applies
 ``lam`` (so ``lam = 0`` can skip computing the consistency term altogether).
@@ -101,7 +101,7 @@ def _cosine_gram(x: Tensor) -> Tensor:
 
 
 def consistency_loss(gene_emb: Tensor, vgrid: Tensor) -> Tensor:
-    """Gene-guided consistency ``sum((G_gene - G_grid)^2) / B`` (DESIGN §3.5).
+    """Gene-guided consistency ``sum((G_gene - G_grid)^2) / B``.
 
     "Row-normalised Gram" is taken as the cosine Gram (rows L2-normalised, then X X^T): scale
     free, entries in [-1, 1] on both sides so the two matrices are comparable. G_grid is the

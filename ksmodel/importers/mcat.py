@@ -59,7 +59,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ksmodel.cohort import CohortError, _few
+from ksmodel.cohort import clean_ids
+from ksmodel.errors import CohortError, data_rows
+from ksmodel.errors import few as _few
 
 DAYS_PER_MONTH = 30.44
 """Mean Gregorian month (365.25 / 12 = 30.4375, rounded as is customary)."""
@@ -188,15 +190,6 @@ def _check_header(path: Path) -> list[str]:
     return sorted(repeated)
 
 
-def _ids(values: pd.Series, column: str, path: Path) -> pd.Series:
-    text = values.astype("string").str.strip()
-    blank = text.isna() | (text == "")
-    if blank.any():
-        rows = np.flatnonzero(blank.to_numpy()) + 2  # 1-based, after the header line
-        raise CohortError(f"{path}: {column} is empty on line(s) {_few(rows)}; every row needs one")
-    return text.astype(str)
-
-
 def _strip_extension(slide: str) -> str:
     lower = slide.lower()
     for ext in SLIDE_EXTENSIONS:
@@ -310,9 +303,9 @@ def _mutated(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     values = pd.to_numeric(df[column], errors="coerce")
     bad = df[column].notna() & values.isna()
     if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-        raise CohortError(f"{path}: column {column} must be numeric mutation calls (0/1); line "
-                          f"{row} has {df[column].iloc[row - 2]!r}")
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        raise CohortError(f"{path}: column {column} must be numeric mutation calls (0/1); "
+                          f"{data_rows(bad.to_numpy())}, e.g. {df[column].iloc[first]!r}")
     return values.fillna(0) > 0
 
 
@@ -406,14 +399,14 @@ def _check_columns(df: pd.DataFrame, table: Path) -> tuple[str, list[str]]:
 
 def _clean_slide_ids(df: pd.DataFrame, table: Path) -> None:
     """Non-empty case/slide ids; slide_id without its image extension, each slide once."""
-    df["case_id"] = _ids(df["case_id"], "case_id", table)
-    df["slide_file"] = _ids(df["slide_id"], "slide_id", table)
+    df["case_id"] = clean_ids(df["case_id"], "case_id", table)
+    df["slide_file"] = clean_ids(df["slide_id"], "slide_id", table)
     df["slide_id"] = df["slide_file"].map(_strip_extension)
     dup = df["slide_id"].duplicated(keep=False)
     if dup.any():
-        lines = np.flatnonzero(dup.to_numpy()) + 2
-        raise CohortError(f"{table}: duplicate slide {df.loc[dup, 'slide_file'].iloc[0]} (lines "
-                          f"{_few(lines)}); each slide must appear once -- remove the repeats")
+        raise CohortError(f"{table}: duplicate slide {df.loc[dup, 'slide_file'].iloc[0]} "
+                          f"({data_rows(dup.to_numpy())}); each slide must appear once -- remove "
+                          f"the repeats")
 
 
 def _known_codes(df: pd.DataFrame, table: Path, drop_unknown: bool,
