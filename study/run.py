@@ -11,28 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import yaml
-
 from ksmodel.config import ConfigError, ModelConfig, parse_overrides
 from ksmodel.data import SYNTHETIC, RunData, load_run_data, resolve_cohort
 from ksmodel.errors import CohortError
 from ksmodel.splits import save_splits
-from study.record import Artifacts, Status, Tags, best_metric, val_metric
+from study.finish import finish_study
+from study.folder import STATE_FILE, StudyError, prepare_folder
+from study.record import Artifacts, Tags, val_metric
+from study.search import make_scheduler, make_search
 from study.space import SpaceError, StudyConfig, dump_study, load_study
-
-STATE_FILE = "study.json"
-
-
-class StudyError(RuntimeError):
-    """The study cannot start (folder conflict, cohort incompatible with the study)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -87,24 +80,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two studies in one folder; never delete a finished one."""
-    state = out / STATE_FILE
-    if resume:
-        if not state.is_file():
-            raise StudyError(f"--resume: {out} holds no study to resume ({STATE_FILE} missing); "
-                             "drop --resume to start one")
-        return
-    if state.is_file():
-        if not overwrite:
-            raise StudyError(f"{out} already holds a study; use --resume to continue it, "
-                             "--overwrite to start afresh (the old one is kept aside), or --out")
-        aside = out.with_name(f"{out.name}.{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(str(out), str(aside))
-        print(f"previous study moved to {aside}")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _modalities(cfg: StudyConfig) -> set[str]:
     for p in cfg.search:
         if p.name == "modality":
@@ -130,64 +105,10 @@ def load_data(cfg: StudyConfig, out: Path, resume: bool) -> RunData:
     return data
 
 
-def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
-    """(search_alg, param_space, num_samples) for the Tuner."""
-    from ray import tune
-
-    if cfg.sampler == "grid":
-        return None, {p.name: tune.grid_search(p.grid_values()) for p in cfg.search}, 1
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    seed = cfg.sampler_seed
-    sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-               "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-               "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed)}[cfg.sampler]()
-    search = OptunaSearch(space=cfg.optuna_space(), metric=val_metric(cfg.metric),
-                          mode=cfg.mode, sampler=sampler)
-    return ConcurrencyLimiter(search, max_concurrent=cfg.max_concurrent), {}, cfg.num_samples
-
-
-def make_scheduler(cfg: StudyConfig) -> Any:
-    if cfg.scheduler.type == "none":
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
-                         grace_period=min(cfg.scheduler.grace_period, cfg.epochs),
-                         reduction_factor=cfg.scheduler.reduction_factor)
-
-
 def parent_tags(cfg: StudyConfig, out: Path) -> dict[str, str]:
     return {Tags.STUDY: cfg.name, Tags.TASK: cfg.task, Tags.METRIC: cfg.metric,
             Tags.MODE: cfg.mode, Tags.SAMPLER: cfg.sampler, Tags.OUT: str(out),
             Tags.SEARCHED: ",".join(cfg.searched)}
-
-
-def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
-    """One row per trial: id, status, searched params, final metric."""
-    from study.trial import COMPLETED, NODE, RUN_ID
-
-    key = val_metric(cfg.metric)
-    rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        iters = metrics.get("training_iteration", 0) or 0
-        if result.error is not None:
-            status = Status.FAILED
-        elif metrics.get(COMPLETED):
-            status = Status.COMPLETED
-        else:
-            status = Status.STOPPED_EARLY if iters else "NOT_RUN"
-        trial_id = metrics.get("trial_id") or Path(result.path).name.split("_")[2]
-        rows.append({"trial_id": trial_id, "status": status,
-                     **{f"param.{k}": v for k, v in (result.config or {}).items()},
-                     key: metrics.get(key), "epochs": iters,
-                     "mlflow_run_id": metrics.get(RUN_ID),
-                     "node_id": metrics.get(NODE),
-                     "error": str(result.error).splitlines()[0][:200] if result.error else ""})
-    return pd.DataFrame(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,48 +202,6 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
             run_config=run_config)
     grid = tuner.fit()
     return finish_study(grid, cfg, out, client, parent, time.time() - start)
-
-
-def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: str,
-                 seconds: float) -> int:
-    """summary.csv, the terminal table, best_config.yaml; close the parent run."""
-    from study.tracking import log_frame, retry
-
-    summary = summarise(grid, cfg)
-    summary.to_csv(out / Artifacts.SUMMARY, index=False)
-    log_frame(client, parent, summary, Artifacts.SUMMARY)
-    key = val_metric(cfg.metric)
-    counts = summary["status"].value_counts()
-    print(f"\n{cfg.name}: {len(summary)} trials in {seconds:.0f} s — "
-          f"{counts.get(Status.COMPLETED, 0)} completed, "
-          f"{counts.get(Status.STOPPED_EARLY, 0)} stopped early by ASHA, "
-          f"{counts.get(Status.FAILED, 0)} failed")
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        cols = [c for c in summary.columns if c not in ("mlflow_run_id", "node_id")]
-        print(summary[cols].sort_values(key, ascending=False, na_position="last")
-              .to_string(index=False))
-    done = summary[summary["status"] == Status.COMPLETED]
-    if done.empty:
-        print("no trial completed; see the errors above and in MLflow", file=sys.stderr)
-        retry(lambda: client.set_terminated(parent, "FAILED"))
-        return 1
-    best = done.loc[done[key].idxmax()]
-    best_params = {k.removeprefix("param."): _plain(v) for k, v in best.items()
-                   if k.startswith("param.") and pd.notna(v)}
-    best_cfg = {"study": cfg.name, "trial_id": best["trial_id"], cfg.metric: float(best[key]),
-                "params": {**cfg.fixed, **best_params}}
-    (out / Artifacts.BEST_CONFIG).write_text(yaml.safe_dump(best_cfg, sort_keys=False))
-    retry(lambda: client.log_artifact(parent, str(out / Artifacts.BEST_CONFIG)))
-    retry(lambda: client.log_metric(parent, best_metric(cfg.metric), float(best[key])))
-    retry(lambda: client.set_terminated(parent, "FINISHED"))
-    print(f"best {cfg.metric} {float(best[key]):.4f} (trial {best['trial_id']}): "
-          f"{best_params} -> {out / Artifacts.BEST_CONFIG}")
-    print(f"MLflow: mlflow ui --backend-store-uri {client.tracking_uri}")
-    return 0
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 if __name__ == "__main__":

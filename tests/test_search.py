@@ -11,7 +11,7 @@ import ray
 import yaml
 from ray import tune
 
-from study.run import make_search
+from study.search import make_search
 from study.space import load_study
 
 PLANTED = {"alpha": 0.73, "lam": 0.21}
