@@ -52,7 +52,8 @@ class Tags:
     TRIAL_ID = "ks.trial_id"
     ATTEMPT = "ks.attempt"
     RETRY_OF = "ks.retry_of"
-    METHOD = "ks.method"  # the label the analysis groups by (coordination rule, or 'single')
+    METHOD = "ks.method"  # the coordination rule, or 'single' without decomposition
+    VARIANT = "ks.variant"  # the named variant of a variants study (what the analysis groups by)
     TASK = "ks.task"
     METRIC = "ks.metric"  # the task's selection metric, e.g. auc or cindex
     FOLDS = "ks.folds"  # comma-separated fold ids the trial was evaluated on
@@ -66,6 +67,9 @@ class Tags:
     SAMPLER = "ks.sampler"
     OUT = "ks.out"
     SEARCHED = "ks.searched"  # comma-separated names of the searched parameters
+    REFERENCE = "ks.reference"  # the reference variant of a variants study
+    EVALUATION = "ks.evaluation"  # cv | nested
+    COORD_TARGET = "ks.coord_target"  # where coordination acts: classifier_rows | shared_trunk
 
 
 class Params:
