@@ -64,10 +64,12 @@ def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (7.5, 5.
     return fig, axes
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, *, tight: bool = False) -> Path:
+    """Write ``path``; ``tight``: grow the canvas to every artist (labels drawn in data
+    coordinates outside the axes, as in the CD diagram)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, **({"bbox_inches": "tight", "pad_inches": 0.15} if tight else {}))
     return path
 
 
@@ -558,6 +560,11 @@ def cd_diagram(result, path: Path) -> FigureResult:
         cd=result.cd if np.isfinite(result.cd) else None,
         color_palette={a: st[a].colour for a in ranks.index},
         label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}")
+    # the whole rank scale 1..k, so that close ranks look close (the package zooms to the data)
+    k = len(ranks)
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(min(lo, 1.0), max(hi, float(k)))
+    ax.set_xticks(np.arange(1, k + 1))
     p = "–" if not np.isfinite(result.p) else (
         "< 0.001" if result.p < 0.001 else f"= {result.p:.3g}")
     ax.set_title(
@@ -565,4 +572,4 @@ def cd_diagram(result, path: Path) -> FigureResult:
         f"complete (seed, fold) blocks\nFriedman χ² = {result.statistic:.3g}, p {p}; bars join "
         f"methods Nemenyi does not separate (α = {result.alpha:g})", fontsize=9, pad=28)
     data = pd.DataFrame({"arm": ranks.index, "mean_rank": ranks.to_numpy()})
-    return FigureResult(_save(fig, path), data, {"cd": result.cd})
+    return FigureResult(_save(fig, path, tight=True), data, {"cd": result.cd})
