@@ -1,9 +1,14 @@
 """Paired statistics for method comparisons (pure functions on numpy / pandas).
 
-Every trial of a study sees the same patient-level folds (docs/cohort-format.md), so methods are
-compared on identical (seed, fold) keys: difference = candidate − baseline (all metrics are
-maximised, so > 0 means the candidate did better). Keys present for one method and not the other
-are reported, never silently dropped.
+Every trial of a study sees the same patient-level folds, so methods are compared on identical
+(seed, fold) keys: difference = candidate − baseline (all metrics are maximised, so > 0 means the
+candidate did better). Keys present for one method and not the other are reported, never silently
+dropped.
+
+Budgets are never mixed: every summary and test here uses only trials that ran their whole budget
+(status COMPLETED: all epochs, or until their own early-stopping patience). Trials the scheduler
+(ASHA) stopped early were judged after fewer epochs; they are counted, listed and drawn apart
+(figures.py), never averaged with the others.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from scipy import stats as sps
 from study.record import Status
 
 KEY = ["seed", "fold"]
-#: Trial states whose metrics are usable (STOPPED_EARLY = cut short by the ASHA scheduler).
+#: Trial states that reached the study's full budget: the only ones summarised and compared.
+FULL_BUDGET_STATUSES = (Status.COMPLETED,)
+#: Trial states with validation metrics (STOPPED_EARLY = cut short by the ASHA scheduler; its
+#: values come from fewer epochs, so it only appears where it is marked as such).
 USABLE_STATUSES = Status.USABLE
 #: Below this many non-zero paired differences the Wilcoxon test cannot reach p < 0.05
 #: (two-sided exact test: smallest attainable p = 2 / 2**n).
@@ -25,24 +33,38 @@ WILCOXON_MIN_SIGNIFICANT = 6
 
 
 def usable(folds: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Rows with a finite ``metric`` value from runs that completed or were stopped early."""
+    """Rows with a finite ``metric`` value from runs that reached the full budget (COMPLETED)."""
     if metric not in folds:
         return folds.iloc[0:0]
-    ok = folds["status"].isin(USABLE_STATUSES) & np.isfinite(folds[metric].astype(float))
+    ok = folds["status"].isin(FULL_BUDGET_STATUSES) & np.isfinite(folds[metric].astype(float))
     return folds[ok]
+
+
+def full_budget(trials: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
+    """Latest attempts that reached the full budget and have a finite final value."""
+    t = trials if task is None else trials[trials["task"] == task]
+    ok = (t["status"].isin(FULL_BUDGET_STATUSES) & ~t["superseded"].astype(bool)
+          & np.isfinite(t["final"].astype(float)))
+    return t[ok]
+
+
+def stopped_early(trials: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
+    """Latest attempts stopped by the scheduler before the full budget (with their last value)."""
+    t = trials if task is None else trials[trials["task"] == task]
+    return t[(t["status"] == Status.STOPPED_EARLY) & ~t["superseded"].astype(bool)]
 
 
 def describe_methods(folds: pd.DataFrame, trials: pd.DataFrame, metric: str,
                      task: str) -> pd.DataFrame:
     """Per arm: trials (by their latest attempt: completed / stopped early / failed or
-    unfinished) and mean, sd (ddof=1), median, min, max of ``metric`` over all usable
-    (seed, fold) values."""
+    unfinished) and mean, sd (ddof=1), median, min, max of ``metric`` over the (seed, fold)
+    values of completed trials only (stopped-early trials are counted, not averaged)."""
     t = trials[(trials["task"] == task) & ~trials["superseded"]]
     f = usable(folds[folds["task"] == task], metric)
     counts = t.groupby("arm")["status"].agg(
         trials="size",
-        completed=lambda s: int((s == "COMPLETED").sum()),
-        stopped_early=lambda s: int((s == "STOPPED_EARLY").sum()),
+        completed=lambda s: int((s == Status.COMPLETED).sum()),
+        stopped_early=lambda s: int((s == Status.STOPPED_EARLY).sum()),
         failed=lambda s: int((~s.isin(USABLE_STATUSES)).sum()))
     values = f.groupby("arm")[metric].agg(
         n_values="size", mean="mean", sd=lambda v: v.std(ddof=1) if len(v) > 1 else np.nan,
@@ -153,7 +175,7 @@ def duplicated_arms(folds: pd.DataFrame, metric: str) -> list[str]:
 def missing_keys(folds: pd.DataFrame, trials: pd.DataFrame, metric: str,
                  task: str) -> pd.DataFrame:
     """Every (arm, seed, fold) of the full grid (all arms × all seeds × all folds seen in the task)
-    without a usable value, with the reason (no run logged / run failed / not logged)."""
+    without a full-budget value, with the reason (no run / failed / stopped early / not logged)."""
     f = folds[folds["task"] == task]
     t = trials[trials["task"] == task]
     cols = ["task", "metric", "arm", "seed", "fold", "reason", "run_id"]
@@ -174,17 +196,17 @@ def missing_keys(folds: pd.DataFrame, trials: pd.DataFrame, metric: str,
         status = set(r["status"])
         if r.empty:
             reason = "no run logged"
-        elif status <= {"FAILED"}:
+        elif status <= {Status.FAILED}:
             err = next((e for e in r["error"] if isinstance(e, str) and e), "")
             reason = "run failed" + (f": {err.strip().splitlines()[-1][:200]}" if err else "")
-        elif status <= {"RUNNING"}:
+        elif status <= {Status.RUNNING}:
             reason = "run unfinished (status RUNNING)"
-        elif status <= {"STOPPED_EARLY"}:
-            reason = "stopped early by the scheduler (no final fold metrics)"
+        elif status <= {Status.STOPPED_EARLY}:
+            reason = "stopped early by the scheduler (did not reach the full budget; left out)"
         elif not status & set(USABLE_STATUSES):
             reason = "run " + "/".join(sorted(status)).lower()
         else:
-            reason = f"fold_{rec.fold}_{metric} not logged"
+            reason = f"{metric} of fold {rec.fold} not logged"
         rows.append((task, metric, rec.arm, int(rec.seed), int(rec.fold), reason, run_id))
     return pd.DataFrame(rows, columns=cols)
 

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import AnalysisError, Study, load_study
-from analysis.stats import USABLE_STATUSES
+from analysis.stats import USABLE_STATUSES, full_budget
+from study.record import Status
 
 
 def _missing(v: object) -> bool:
@@ -25,15 +26,17 @@ def _fmt(v: object) -> str:
 
 def summary_table(study: Study) -> pd.DataFrame:
     """Per (task, method): trials, completed / stopped early / failed, mean ± sd and best of the
-    final metric (mean over folds of each trial)."""
+    final metric (mean over folds of each trial) over COMPLETED trials only: a trial stopped early
+    by the scheduler was judged after fewer epochs, so it is counted but not averaged."""
     t = study.trials[~study.trials["superseded"]]  # a retried trial counts once
-    ok = t["status"].isin(USABLE_STATUSES) & np.isfinite(t["final"].astype(float))
+    ok = pd.Series(False, index=t.index)
+    ok[full_budget(t).index] = True
     rows = []
     for (task, arm), g in t.groupby(["task", "arm"]):
         v = g.loc[ok[g.index], "final"].astype(float)
         rows.append({"task": task, "method": arm, "metric": study.metric_for(task),
-                     "trials": len(g), "completed": int((g["status"] == "COMPLETED").sum()),
-                     "stopped": int((g["status"] == "STOPPED_EARLY").sum()),
+                     "trials": len(g), "completed": int((g["status"] == Status.COMPLETED).sum()),
+                     "stopped": int((g["status"] == Status.STOPPED_EARLY).sum()),
                      "failed": int((~g["status"].isin([*USABLE_STATUSES, "RUNNING"])).sum()),
                      "running": int((g["status"] == "RUNNING").sum()),
                      "mean": v.mean() if len(v) else np.nan,
@@ -42,10 +45,10 @@ def summary_table(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best_trial(study: Study) -> pd.Series | None:
-    t = study.trials
-    ok = t[t["status"].isin(USABLE_STATUSES) & np.isfinite(t["final"].astype(float))]
-    return None if ok.empty else ok.loc[ok["final"].idxmax()]
+def best_trial(study: Study, task: str | None = None) -> pd.Series | None:
+    """The completed trial with the highest final metric (stopped-early trials never win)."""
+    ok = full_budget(study.trials, task)
+    return None if ok.empty else ok.loc[ok["final"].astype(float).idxmax()]
 
 
 def format_summary(study: Study) -> str:
@@ -61,13 +64,18 @@ def format_summary(study: Study) -> str:
         best = "–" if not np.isfinite(r.best) else f"{r.best:.4f}"
         lines.append(f"{r.task:<10} {r.method:<24} {r.trials:>6} {r.completed:>5} "
                      f"{r.stopped:>5} {r.failed:>5}  {ms:<26} {best:>7}")
+    stopped = int(table["stopped"].sum()) if len(table) else 0
+    if stopped:
+        lines.append(f"({stopped} trial(s) stopped early by the scheduler are counted under "
+                     f"'stop' but left out of mean ± sd and best: they did not reach the full "
+                     f"budget)")
     running = int(table["running"].sum()) if len(table) else 0
     if running:
         lines.append(f"({running} trial run(s) still RUNNING or never finished)")
     b = best_trial(study)
     lines.append("")
     if b is None:
-        lines.append("No finished trial with a final metric.")
+        lines.append("No completed trial with a final metric.")
     else:
         lines.append(f"Best trial: {b['trial_id']} ({b['arm']}, run {b['run_id']}): "
                      f"final {study.metric_for(b['task'])} = {b['final']:.4f}")

@@ -32,6 +32,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from analysis.load import Study
 from study.record import (
     EPOCHS_RUN,
     Artifacts,
@@ -59,9 +60,13 @@ def artifact_root_for(tracking_uri: str) -> str | None:
 
 def log_study(tracking_uri: str, name: str, table: Iterable[Mapping] | pd.DataFrame, *,
               task: str = "grade", metric: str = "auc", n_folds: int = 5,
-              node_id: str = "node-0", searched: str = "") -> str:
+              node_id: str = "node-0", searched: str = "",
+              parent_params: Mapping[str, object] | None = None,
+              parent_tags: Mapping[str, str] | None = None) -> str:
     """Create experiment ``name`` (if needed), one parent run and one child run per row of
-    ``table``; returns the parent run id."""
+    ``table``; returns the parent run id. ``parent_params`` / ``parent_tags``: more params
+    (e.g. ``study.epochs``, ``cohort.n_cases``) and tags (e.g. ``ks.sampler``) of the parent;
+    a row's ``tags`` adds tags to its trial run (e.g. ``ks.variant``)."""
     rows = table.to_dict("records") if isinstance(table, pd.DataFrame) else list(table)
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(name)
@@ -69,7 +74,9 @@ def log_study(tracking_uri: str, name: str, table: Iterable[Mapping] | pd.DataFr
         name, artifact_location=artifact_root_for(tracking_uri))
     parent = client.create_run(exp_id, run_name=run_name(Roles.STUDY, name), tags={
         Tags.ROLE: Roles.STUDY, Tags.STUDY: name, Tags.TASK: task, Tags.METRIC: metric,
-        Tags.MODE: "max", Tags.SEARCHED: searched}).info.run_id
+        Tags.MODE: "max", Tags.SEARCHED: searched, **(parent_tags or {})}).info.run_id
+    if parent_params:
+        client.log_batch(parent, params=[Param(k, str(v)) for k, v in parent_params.items()])
     fold_tag = ",".join(str(k) for k in range(n_folds))
     best = -math.inf
     for i, row in enumerate(rows):
@@ -82,7 +89,7 @@ def log_study(tracking_uri: str, name: str, table: Iterable[Mapping] | pd.DataFr
             Tags.PARENT: parent, Tags.ROLE: Roles.TRIAL, Tags.TRIAL_ID: trial_id,
             Tags.ATTEMPT: str(row.get("attempt", 1)), Tags.METHOD: row["method"],
             Tags.TASK: task, Tags.METRIC: metric, Tags.NODE_ID: node_id, Tags.STATUS: status,
-            Tags.FOLDS: fold_tag, Tags.SEED: str(row["seed"])})
+            Tags.FOLDS: fold_tag, Tags.SEED: str(row["seed"]), **row.get("tags", {})})
         rid = run.info.run_id
         metrics: list[Metric] = []
         tags: list[RunTag] = []
@@ -117,3 +124,61 @@ def log_study(tracking_uri: str, name: str, table: Iterable[Mapping] | pd.DataFr
         client.log_metric(parent, best_metric(metric), best)
     client.set_terminated(parent, "FINISHED")
     return parent
+
+
+# --- in-memory studies (no MLflow): the tidy frames analysis/load.py produces -----------------
+
+def make_study(rows: Iterable[Mapping], *, name: str = "memory", task: str = "grade",
+               metric: str = "auc", n_folds: int = 5,
+               parent_tags: Mapping[str, str] | None = None) -> Study:
+    """A ``Study`` built directly from rows like ``log_study``'s, shaped as ``load_study`` returns
+    it (trials: one row per run; folds: one row per (run, expected fold)), for tests of the
+    analysis that do not depend on MLflow metric names.
+
+    Extra row keys: ``arm`` (default: the method), ``final`` (default: mean of the fold values
+    of ``metric`` for a COMPLETED row; required for a STOPPED_EARLY row: its last value),
+    ``epochs_run``, any further column (e.g. ``variant``) via ``columns``. Like the study runner,
+    only COMPLETED rows keep their fold values.
+    """
+    trows, frows = [], []
+    for i, row in enumerate(rows):
+        status = row.get("status", "COMPLETED")
+        run_id = row.get("run_id", f"run{i:04d}")
+        params = {**DEFAULT_PARAMS, "coordination": row["method"], "seed": row["seed"],
+                  **row.get("params", {})}
+        values = {f: (v if isinstance(v, Mapping) else {metric: v})
+                  for f, v in row.get("folds", {}).items()}
+        primary = [v.get(metric, math.nan) for v in values.values()]
+        final = row.get("final")
+        if final is None and status == "COMPLETED" and primary \
+                and all(not math.isnan(float(v)) for v in primary):
+            final = sum(primary) / len(primary)
+        base = {"run_id": run_id, "trial_id": row.get("trial_id", f"trial_{i:03d}"),
+                "task": task, "metric": metric, "method": row["method"],
+                "arm": row.get("arm", row["method"]), "seed": int(row["seed"]),
+                "status": status, **row.get("columns", {})}
+        trows.append({**base, "mlflow_status": "FINISHED", "error": row.get("error"),
+                      "node_id": "node-0", "final": math.nan if final is None else float(final),
+                      "final_source": None if final is None else f"final_{metric}",
+                      "epochs_run": float(row.get("epochs_run", params.get("epochs", 4))),
+                      "start_time": pd.Timestamp("2026-01-01") + pd.Timedelta(seconds=i),
+                      "attempt": int(row.get("attempt", 1)), "superseded": False,
+                      "folds": list(range(n_folds)),
+                      **{f"params.{k}": v for k, v in params.items()}})
+        for fold in range(n_folds):
+            named = values.get(fold, {}) if status == "COMPLETED" else {}
+            frows.append({**base, "fold": fold,
+                          **{m: float(v) for m, v in named.items()},
+                          **{f"params.{k}": v for k, v in params.items()}})
+    trials = pd.DataFrame(trows)
+    # retries share a trial id: only the latest attempt speaks for the trial
+    trials["superseded"] = trials["attempt"] < trials.groupby("trial_id")["attempt"].transform(
+        "max")
+    folds = pd.DataFrame(frows)
+    for col in [c for c in folds.columns if c.startswith("params.")]:
+        if folds[col].map(lambda v: isinstance(v, float)).all():
+            folds[col] = folds[col].astype(float)
+            trials[col] = trials[col].astype(float)
+    return Study(name=name, tracking_uri="sqlite:///:memory:", experiment_id="0",
+                 parent_run_id=None, parent_tags=dict(parent_tags or {}), trials=trials,
+                 folds=folds, metric_keys={r: set() for r in trials["run_id"]})

@@ -13,14 +13,14 @@ from lifelines.statistics import logrank_test
 from mlflow import MlflowClient
 from scipy import stats as sps
 
-from analysis import compare, summary
+from analysis import compare, figures, fmt, stats, summary
 from analysis.load import AnalysisError, load_study, parse_param_column
 from analysis.stats import holm, wilcoxon_test
 
 try:  # tests/ as a package or as a plain folder on sys.path (pytest's default)
-    from tests.analysis_fixtures import log_study
+    from tests.analysis_fixtures import log_study, make_study
 except ModuleNotFoundError:
-    from analysis_fixtures import log_study
+    from analysis_fixtures import log_study, make_study
 
 SEEDS, FOLDS = (0, 1, 2), (0, 1, 2, 3, 4)
 METHODS = ("uniform", "pcgrad", "cgcoord")
@@ -283,20 +283,26 @@ def test_report_lists_missing_and_failed_and_is_logged(store, ablation_report):
     assert "sensitivity curves skipped" in report and "Kaplan–Meier skipped" in report
     # seed / seeds vary but are not hyper-parameters: only 'coordination' is left for fANOVA
     assert "parameter importance skipped" in report
-    for name in ("grade_per_fold_auc.png", "grade_telemetry.png", "grade_history.png"):
+    # one figure per question: each telemetry key has its own
+    for name in ("grade_per_fold_auc.png", "grade_telemetry_conflict_rate.png",
+                 "grade_telemetry_cos_mean.png", "grade_cd_auc.png"):
         assert (ablation_report / name).stat().st_size > 10_000
         assert f"]({name})" in report
+    # a grid (one trial per method and seed): no optimisation history
+    assert not (ablation_report / "grade_history.png").exists()
+    assert "optimisation history not drawn: a grid study" in report
     client = MlflowClient(tracking_uri=store["uri"])
     logged = {f.path for f in client.list_artifacts(store["parents"]["ablation"], "report")}
-    assert {"report/report.md", "report/comparison.csv", "report/methods.csv",
-            "report/grade_per_fold_auc.png", "report/grade_telemetry.png"} <= logged
+    assert {"report/report.md", "report/report.html", "report/comparison.csv",
+            "report/methods.csv", "report/friedman.csv", "report/grade_per_fold_auc.png",
+            "report/grade_telemetry_conflict_rate.png"} <= logged
 
 
 def test_telemetry_and_per_fold_figures_plot_the_logged_numbers(store, tmp_path):
     r = compare.run_compare("ablation", store["uri"], tmp_path, n_boot=200, log_to_mlflow=False,
                             baselines=["pcgrad"], progress=_quiet)
     assert list(r.comparison["baseline"]) == ["pcgrad"]
-    tele = r.figures["grade_telemetry"].data
+    tele = r.figures["grade_telemetry_conflict_rate"].data
     cr = tele[(tele["key"] == "coord/conflict_rate") & (tele["arm"] == "uniform")
               & (tele["step"] == 1)]
     # uniform runs: seeds 0, 1, 2 -> 0.35 + 0.02 * seed at epoch 1
@@ -333,18 +339,32 @@ def test_search_study_sensitivity_history_importance(reports):
     r = reports["search"]
     assert r.comparison.empty
     assert any("only one method" in s for s in r.skipped)
-    sens = r.figures["grade_sensitivity"].data
-    assert set(sens["param"]) == {"alpha", "lam"}  # tau_* constant, lr not a sensitivity param
-    a = sens[sens["param"] == "alpha"]
-    assert a["n"].sum() == 16
+    # one figure per parameter; tau_* constant, lr not a sensitivity param
+    assert {k for k in r.figures if "_sensitivity_" in k} == {"grade_sensitivity_alpha",
+                                                             "grade_sensitivity_lam"}
+    a = r.figures["grade_sensitivity_alpha"].data
+    assert a["n"].sum() == 15  # trial 5 was stopped early: drawn hollow, not binned
+    stopped = r.figures["grade_sensitivity_alpha"].stats["stopped"]
+    assert stopped["x"].tolist() == pytest.approx([SEARCH_ALPHA[5]])
+    completed = np.arange(16) != 5
     first = a.sort_values("x_low").iloc[0]
     lo, hi = first["x_low"], first["x_high"]
-    in_bin = (SEARCH_ALPHA - lo >= 0) & (hi - SEARCH_ALPHA >= 0)
+    in_bin = (SEARCH_ALPHA - lo >= 0) & (hi - SEARCH_ALPHA >= 0) & completed
     assert first["mean"] == pytest.approx(SEARCH_FINAL[in_bin].mean())
     hist = r.figures["grade_history"].data
     np.testing.assert_allclose(hist["value"], SEARCH_FINAL)
-    np.testing.assert_allclose(hist["best_so_far"], np.maximum.accumulate(SEARCH_FINAL))
+    # the best-so-far line follows completed trials only
+    best = pd.Series(np.where(completed, SEARCH_FINAL, np.nan)).cummax().ffill()
+    np.testing.assert_allclose(hist["best_so_far"], best)
     assert r.study.trials.set_index("status").loc["STOPPED_EARLY", "final_source"] == "last val_auc"
+    # the best configuration is the best completed trial, with its logged per-fold values
+    b = r.best["grade"]
+    i = int(np.argmax(np.where(completed, SEARCH_FINAL, -np.inf)))
+    assert b.kind == "trial" and b.value == pytest.approx(SEARCH_FINAL[i])
+    np.testing.assert_allclose(b.per_fold.sort_values("fold")["auc"],
+                               [SEARCH_ROWS[i]["folds"][f] for f in FOLDS])
+    assert b.searched == ["alpha", "lam", "lr"]
+    assert b.params["alpha"] == pytest.approx(SEARCH_ALPHA[i])
     imp = r.figures["grade_importance"].data.set_index("param")["importance"]
     assert set(imp.index) == {"alpha", "lam", "lr"}
     assert imp.idxmax() == "alpha" and imp.sum() == pytest.approx(1.0)
@@ -377,3 +397,211 @@ def test_cli_help_explains(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--tracking-uri" in out and "Wilcoxon" in out and "--baseline" in out
+
+
+# --- budgets are never mixed --------------------------------------------------------------
+
+def _budget_rows() -> list[dict]:
+    """Flat in alpha at the full budget (AUC ~0.80); six trials ASHA stopped after 2 epochs, all
+    at alpha = 0.6, with their (low) last values: mixing them in draws a dip at 0.6."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for a in (0.2, 0.4, 0.6, 0.8):
+        for _ in range(3):
+            base = 0.80 + 0.004 * rng.standard_normal()
+            rows.append({"method": "cgcoord", "seed": 0,
+                         "params": {"alpha": a, "lam": float(10 ** rng.uniform(-3, 0))},
+                         "folds": {f: base + 0.01 * (f - 2) + 0.003 * rng.standard_normal()
+                                   for f in FOLDS}})
+    for j in range(6):
+        rows.append({"method": "cgcoord", "seed": 0, "status": "STOPPED_EARLY",
+                     "final": 0.62 + 0.01 * j, "epochs_run": 2,
+                     "params": {"alpha": 0.6, "lam": float(10 ** rng.uniform(-3, 0))}})
+    return rows
+
+
+def test_stopped_trials_never_mix_with_completed_ones(tmp_path):
+    rows = _budget_rows()
+    study = make_study(rows, parent_tags={"ks.sampler": "tpe"})
+    done = [r for r in rows if r.get("status", "COMPLETED") == "COMPLETED"]
+    final = {id(r): np.mean([r["folds"][f] for f in FOLDS]) for r in done}
+    at = {a: [final[id(r)] for r in done if r["params"]["alpha"] == a]
+          for a in (0.2, 0.4, 0.6, 0.8)}
+    # the trap is real: mixing the stopped trials in would make a dip of ~0.1 at alpha = 0.6
+    mixed_06 = np.mean(at[0.6] + [r["final"] for r in rows if r.get("status") == "STOPPED_EARLY"])
+    assert np.mean(at[0.4]) - mixed_06 > 0.05
+
+    fig = figures.sensitivity(study.trials, study.folds, "auc", "grade", "alpha",
+                              tmp_path / "sens.png")
+    d = fig.data.set_index("x_low")
+    assert list(d["n"]) == [3, 3, 3, 3]
+    for a, values in at.items():
+        assert d.loc[a, "mean"] == pytest.approx(np.mean(values), abs=1e-12)
+    assert d["mean"].max() - d["mean"].min() < 0.02  # no dip
+    stopped = fig.stats["stopped"]
+    assert len(stopped) == 6 and (stopped["x"] == 0.6).all()
+    legend = " ".join(fig.stats["legend"])
+    assert "6 stopped early by ASHA after ≤ 2 epochs (last value; not in the mean)" in legend
+    assert "95% bootstrap interval of the bin mean (folds resampled, B=2000)" in legend
+
+    table = summary.summary_table(study).iloc[0]
+    completed = np.array([final[id(r)] for r in done])
+    assert (table["completed"], table["stopped"]) == (12, 6)
+    assert table["mean"] == pytest.approx(completed.mean())
+    assert table["sd"] == pytest.approx(completed.std(ddof=1))
+    assert table["best"] == pytest.approx(completed.max())
+    assert summary.best_trial(study)["status"] == "COMPLETED"
+    m = stats.describe_methods(study.folds, study.trials, "auc", "grade").iloc[0]
+    assert (m["n_values"], m["stopped_early"]) == (60, 6)
+    assert m["mean"] == pytest.approx(np.mean([r["folds"][f] for r in done for f in FOLDS]))
+    assert len(figures.rebuild_study(study.trials, "grade").trials) == 12  # fANOVA input
+
+    r = compare.analyse(study, tmp_path / "report", n_boot=200, log_to_mlflow=False,
+                        progress=_quiet)
+    text = (r.out_dir / "report.md").read_text()
+    assert "6 trial(s) were stopped early by the scheduler (ASHA)" in text
+    assert "left out of the method summaries" in text
+    assert len(r.figures["grade_importance"].data)  # drawn, from the 12 completed trials
+
+
+def test_sensitivity_band_is_the_documented_fold_bootstrap(tmp_path):
+    rows = _budget_rows()
+    study = make_study(rows)
+    fig = figures.sensitivity(study.trials, study.folds, "auc", "grade", "alpha",
+                              tmp_path / "s.png", n_boot=500, seed=3)
+    row = fig.data.set_index("x_low").loc[0.2]
+    v = np.array([[r["folds"][f] for f in FOLDS] for r in rows
+                  if r.get("status") is None and r["params"]["alpha"] == 0.2])
+    idx = np.random.default_rng(3).integers(0, 5, size=(500, 5))
+    stat = v[:, idx].mean(axis=2).mean(axis=0)
+    assert [row["band_low"], row["band_high"]] == pytest.approx(
+        list(np.quantile(stat, [0.025, 0.975])), abs=1e-12)
+    assert row["band_low"] < row["mean"] < row["band_high"]
+    # without per-fold values there is no band, and the legend says so
+    bare = make_study([{**r, "folds": {}, "final": 0.8} for r in rows
+                       if r.get("status") is None])
+    fig = figures.sensitivity(bare.trials, bare.folds, "auc", "grade", "alpha",
+                              tmp_path / "bare.png")
+    assert fig.data["band_low"].isna().all() and not fig.stats["band"]
+    legend = " ".join(fig.stats["legend"])
+    assert "no band" in legend and "bootstrap" not in legend
+
+
+# --- the report a reviewer reads ----------------------------------------------------------
+
+def test_effects_printed_with_the_digits_they_need():
+    assert fmt.effect(1e-5, -5e-6, 2.5e-5) == "+0.000010 (95% CI -0.000005 to +0.000025)"
+    assert fmt.effect(0.0213, 0.0048, 0.0371) == "+0.021 (95% CI +0.005 to +0.037)"
+    assert fmt.effect(0.3, 0.1, 0.5) == "+0.30 (95% CI +0.10 to +0.50)"
+    assert fmt.effect(0.0, 0.0, 0.0) == "0 (every paired difference is exactly zero)"
+    assert fmt.effect(-0.02, np.nan, np.nan) == "-0.020"
+    assert fmt.pvalue(0.0004) == "<0.001" and fmt.p_eq(0.0123) == "= 0.0123"
+
+
+def test_selection_rule_named_from_patience():
+    def trials(patience):
+        rows = [{"method": "uniform", "seed": s, "folds": {0: 0.7},
+                 "params": {} if p is None else {"patience": p}}
+                for s, p in enumerate(patience)]
+        return make_study(rows, n_folds=1).trials
+
+    assert compare.selection_rule(trials([0, 0])) == "last epoch"
+    assert compare.selection_rule(trials([5, 5])) == "best epoch, early stopping with patience 5"
+    assert compare.selection_rule(trials([0, 5])) == (
+        "last epoch (1 trials); best epoch, early stopping with patience 5 (1 trials)")
+    assert compare.selection_rule(trials([None])).startswith("not recorded")
+
+
+def test_history_only_for_searches():
+    grid_tag = make_study(SEARCH_ROWS, parent_tags={"ks.sampler": "grid"})
+    assert not compare.is_search(grid_tag, "grade")
+    assert compare.is_search(make_study(SEARCH_ROWS), "grade")  # several trials per seed
+    assert compare.is_search(make_study(_ablation_table(), parent_tags={"ks.sampler": "tpe"}),
+                             "grade")
+    assert not compare.is_search(make_study(_ablation_table()), "grade")
+
+
+TINY = {m: np.round(0.7 + 0.01 * np.arange(15).reshape(3, 5), 6) for m in ("uniform",)}
+
+
+def _tiny_rows(patience: int = 0) -> list[dict]:
+    """cgcoord = uniform + 1e-5 * (1 + small): an effect far below 0.001."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for s in SEEDS:
+        for m, shift in (("uniform", 0.0), ("cgcoord", 1.0)):
+            rows.append({"method": m, "seed": s, "params": {"patience": patience},
+                         "history": {"val_auc": [0.6, 0.65, 0.7, 0.72]},
+                         "folds": {f: float(TINY["uniform"][s, f]
+                                            + shift * 1e-5 * (1 + 0.5 * rng.random()))
+                                   for f in FOLDS}})
+    return rows
+
+
+STUDY_PARAMS = {"study.epochs": 30, "study.folds": 5, "study.seeds": "0,1,2",
+                "study.coord_target": "shared_trunk", "cohort.n_cases": 320,
+                "cohort.genes_tumour": 59, "cohort.genes_tme": 48, "cohort.genes_table": 1544,
+                "study.space_file": "search_spaces/ablation.yaml"}
+
+
+def test_report_a_reviewer_can_trust(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = log_study(uri, "tiny", _tiny_rows(), parent_params=STUDY_PARAMS,
+                       parent_tags={"ks.sampler": "grid"})
+    r = compare.run_compare("tiny", uri, tmp_path / "rep", n_boot=2000, progress=_quiet)
+    md = (r.out_dir / "report.md").read_text()
+    row = r.comparison.iloc[0]
+    assert 0 < row["mean_diff"] < 1e-4
+    # the effect as the CI width needs it, never rounded away
+    assert "+0.000 (" not in md and "+0.000 to" not in md
+    assert fmt.effect(row["mean_diff"], row["ci_low"], row["ci_high"]) in md
+    assert fmt.effect(row["mean_diff"], row["ci_low"], row["ci_high"]).startswith("+0.0000")
+    # what the parent recorded, in order, and what it did not
+    study = md[md.index("## Study"):md.index("## Conclusion")]
+    assert "| epochs per trial | 30 | `study.epochs` |" in study
+    assert "| coordination target | shared_trunk | `study.coord_target` |" in study
+    assert "| genes reaching the model | 107 of 1544 (6.9%) | (derived) |" in study
+    assert "| evaluation | not recorded | `study.evaluation` |" in study
+    assert "| space file | search_spaces/ablation.yaml | `study.space_file` |" in study
+    assert study.index("epochs per trial") < study.index("folds") < study.index("seeds")
+    assert "| sampler | grid | `ks.sampler` |" in study
+    # selection rule from patience = 0; best configuration with per-fold values; optimism
+    assert "| selection rule (grade) | last epoch |" in study
+    assert "best-epoch" not in md and "best epoch" not in md
+    assert "Best-of-search is optimistically biased" in md
+    best = md[md.index("## Best configuration"):md.index("## Per-method results")]
+    assert "method **cgcoord**" in best and "each fold's value is taken at the last epoch" in best
+    expected = {(row["seed"], f): v for row in _tiny_rows() if row["method"] == "cgcoord"
+                for f, v in row["folds"].items()}
+    pf = r.best["grade"].per_fold
+    assert {(int(a), int(b)): v for a, b, v in zip(pf["seed"], pf["fold"], pf["auc"],
+                                                   strict=True)} == pytest.approx(expected)
+    assert f"| 2 | 4 | {expected[(2, 4)]:.4f} |" in best
+    assert not (r.out_dir / "grade_history.png").exists()  # a grid
+    # the same report as self-contained HTML, logged beside report.md
+    html = (r.out_dir / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert html.count("<h2>") == md.count("\n## ") and "<table>" in html
+    n_images = md.count("](")
+    assert n_images >= 2 and html.count('src="data:image/png;base64,') == n_images
+    assert html.count("src=") == n_images  # nothing outside the file
+    assert "+0.0000" in html and "optimistically biased" in html
+    logged = {f.path for f in MlflowClient(tracking_uri=uri).list_artifacts(parent, "report")}
+    assert {"report/report.html", "report/report.md", "report/best_per_fold.csv"} <= logged
+
+
+def test_nested_hook_is_shown_when_the_study_ran_nested(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_study(uri, "nested", _tiny_rows(patience=5), parent_tags={"ks.evaluation": "nested"})
+    r = compare.run_compare("nested", uri, tmp_path / "a", n_boot=200, log_to_mlflow=False,
+                            progress=_quiet)
+    md = (r.out_dir / "report.md").read_text()
+    assert "cannot read its nested estimate yet" in md
+    assert "best epoch, early stopping with patience 5" in md
+    monkeypatch.setattr(compare, "nested_estimate", lambda study, task, metric: pd.DataFrame(
+        {"outer_fold": [0, 1], "value": [0.61234, 0.65432]}))
+    r = compare.run_compare("nested", uri, tmp_path / "b", n_boot=200, log_to_mlflow=False,
+                            progress=_quiet)
+    md = (r.out_dir / "report.md").read_text()
+    assert "**Nested estimate (unbiased)**" in md and "| 1 | 0.6543 |" in md
+    assert "Best-of-search is optimistically biased" in md
