@@ -11,6 +11,7 @@ import pytest
 
 from ksmodel.data import CACHE_ENV
 from ksmodel.synthetic import generate
+from tests.servers import mlflow_on_postgres, postgres_server  # noqa: F401 - real-server fixtures
 
 
 @pytest.fixture(scope="session", autouse=True)
