@@ -1,0 +1,96 @@
+"""A multi-node study logging through a real MLflow tracking server (HTTP) on real PostgreSQL.
+
+This is the production layout (docs/cluster.md): trials on worker nodes write their own runs to
+the server, the driver closes the runs a trial could not close, and the rows end up in the
+database - checked here through the MLflow client and, independently, with SQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.servers import TrackingServer, psycopg2_dsn
+from tests.study_helpers import SMOKE, run_study
+
+EPOCHS = yaml.safe_load(SMOKE.read_text())["epochs"]
+
+
+@pytest.mark.cluster
+def test_multi_node_study_through_mlflow_server_on_postgres(
+        tmp_path: Path, mlflow_on_postgres: TrackingServer) -> None:
+    import psycopg2
+    from ray.cluster_utils import Cluster
+
+    server = mlflow_on_postgres
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        out = tmp_path / "study"
+        # smoke.yaml as is: 4 trials, 4 epochs, ASHA stopping some of them early
+        proc = run_study(out, "--address", cluster.address, "--tracking-uri", server.url,
+                         timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        cluster.shutdown()
+
+    assert not (out / "mlflow.db").exists()  # nothing went to the embedded default store
+    client = MlflowClient(server.url)
+    experiment = client.get_experiment_by_name("smoke")
+    assert experiment is not None
+    all_runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in all_runs if r.data.tags.get("ks.role") == "study"]
+    trials = [r for r in all_runs if r.data.tags.get("ks.role") == "trial"]
+    assert len(parents) == 1 and len(trials) == 4, [r.data.tags for r in all_runs]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+
+    summary = pd.read_csv(out / "summary.csv").set_index("mlflow_run_id")
+    assert set(summary.index) == {r.info.run_id for r in trials}
+    for run in trials:
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED", (run.info.run_id, run.info.status)
+        assert tags["ks.status"] in {"COMPLETED", "STOPPED_EARLY"}
+        assert tags["ks.status"] == summary.loc[run.info.run_id, "status"]
+        expected = int(tags["ks.stopped_at_epoch"]) if tags["ks.status"] == "STOPPED_EARLY" \
+            else EPOCHS
+        assert expected == summary.loc[run.info.run_id, "epochs"]
+        for key in ("val_auc", "train_loss"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == list(range(1, expected + 1)), key
+        if tags["ks.status"] == "COMPLETED":  # artifacts went through the server's proxy
+            assert "predictions.parquet" in {a.path for a in
+                                             client.list_artifacts(run.info.run_id)}
+    assert any(r.data.tags["ks.status"] == "COMPLETED" for r in trials)
+
+    # trials ran on both worker nodes, none on the CPU-less head
+    nodes = {r.data.tags["ks.node_id"] for r in trials}
+    assert nodes == {w.node_id for w in workers}, nodes
+
+    # the parent run's artifacts are files in the server's artifact destination
+    assert {"config.yaml", "summary.csv"} <= {a.path for a in
+                                              client.list_artifacts(parent.info.run_id)}
+    assert list(server.artifact_dir.rglob("summary.csv"))
+
+    # the rows really are in PostgreSQL (read with SQL, not through MLflow)
+    conn = psycopg2.connect(psycopg2_dsn(server.db_uri))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT run_uuid, status FROM runs WHERE experiment_id = %s",
+                        (int(experiment.experiment_id),))
+            rows = dict(cur.fetchall())
+            cur.execute("SELECT run_uuid, count(*), count(DISTINCT step) FROM metrics "
+                        "WHERE key = 'val_auc' GROUP BY run_uuid")
+            val_auc = {run_id: (n, distinct) for run_id, n, distinct in cur.fetchall()}
+    finally:
+        conn.close()
+    assert rows == {r.info.run_id: "FINISHED" for r in all_runs}
+    for run in trials:
+        n, distinct = val_auc[run.info.run_id]
+        assert n == distinct == len(client.get_metric_history(run.info.run_id, "val_auc"))
