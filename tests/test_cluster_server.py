@@ -7,6 +7,9 @@ database - checked here through the MLflow client and, independently, with SQL.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.servers import TrackingServer, psycopg2_dsn
-from tests.study_helpers import SMOKE, run_study
+from tests.study_helpers import ROOT, SMOKE, run_study, study_env
 
 EPOCHS = yaml.safe_load(SMOKE.read_text())["epochs"]
 
@@ -94,3 +97,27 @@ def test_multi_node_study_through_mlflow_server_on_postgres(
     for run in trials:
         n, distinct = val_auc[run.info.run_id]
         assert n == distinct == len(client.get_metric_history(run.info.run_id, "val_auc"))
+
+
+@pytest.mark.slow
+def test_concurrent_trial_loggers_lose_nothing(tmp_path: Path,
+                                               mlflow_on_postgres: TrackingServer) -> None:
+    """benchmarks/mlflow_load.py, reduced: 8 trial processes x 5 epochs x 40 metrics through
+    TrialLogger over HTTP; every value read back exactly once, and counted in PostgreSQL."""
+    report = tmp_path / "load.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mlflow_load.py"),
+         "--tracking-uri", mlflow_on_postgres.url, "--db-uri", mlflow_on_postgres.db_uri,
+         "--trials", "8", "--epochs", "5", "--metrics", "40", "--epoch-seconds", "0.2",
+         "--json", str(report)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=study_env())
+    print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
+    assert proc.returncode == 0
+    figures = json.loads(report.read_text())
+    sent = 8 * (5 * 40 + 2)  # + final_auc and epochs_run per trial
+    assert figures["values_sent"] == sent
+    assert figures["values_stored"] == figures["sql_metric_rows"] == sent
+    assert figures["missing"] == figures["duplicates"] == figures["wrong"] == 0
+    assert figures["histories_checked"] == 8 * 42
+    assert len(figures["per_trial"]) == 8
+    assert figures["values_per_s"] > 0 and 0 < figures["logging_share_mean"] < 1
