@@ -29,8 +29,10 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import queue
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -69,9 +71,29 @@ def final_metrics(trial: int) -> dict[str, float]:
     return {"final_auc": trial + 0.5 + 1 / 7, "epochs_run": 0.0 + trial}
 
 
+def _count_failed_calls() -> list[str]:
+    """Record the MLflow client calls that raised in this trial process (study.tracking retries
+    them): a lost value would show in the read-back, a retried one only here."""
+    errors: list[str] = []
+
+    def counted(fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                errors.append(f"{fn.__name__}: {type(exc).__name__}: {exc}"[:400])
+                raise
+        return call
+
+    for name in ("log_batch", "create_run", "search_runs", "log_artifact", "set_terminated"):
+        setattr(MlflowClient, name, counted(getattr(MlflowClient, name)))
+    return errors
+
+
 def _trial(index: int, url: str, experiment_id: str, parent: str, epochs: int, keys: list[str],
            epoch_seconds: float, barrier: Any, results: Any) -> None:
     """One trial process: create its run, then per epoch compute (sleep) and log."""
+    errors = _count_failed_calls()
     barrier.wait()
     start = time.perf_counter()
     t = time.perf_counter()
@@ -96,6 +118,7 @@ def _trial(index: int, url: str, experiment_id: str, parent: str, epochs: int, k
     complete_s = time.perf_counter() - t
     wall = time.perf_counter() - start
     results.put({"trial": index, "run_id": logger.run_id, "wall_s": wall,
+                 "failed_calls": len(errors), "errors": errors[:3],
                  "compute_s": compute_s, "create_s": create_s, "log_epoch_s": log_epoch_s,
                  "complete_s": complete_s, "end": time.time()})
 
@@ -118,10 +141,23 @@ def run_load(url: str, trials: int = 32, epochs: int = 20, metrics: int = 40,
                                               epoch_seconds, barrier, results))
              for i in range(trials)]
     for p in procs:
+        p.daemon = True  # they end with this process
         p.start()
-    barrier.wait()
+    try:
+        barrier.wait(timeout=300)
+    except threading.BrokenBarrierError:
+        dead = [p.exitcode for p in procs if not p.is_alive()]
+        raise RuntimeError(f"trial processes did not start ({len(dead)} exited)") from None
     start, load_start = time.time(), os.getloadavg()[0]
-    rows = [results.get(timeout=600 + epochs * epoch_seconds * 4) for _ in procs]
+    rows = []
+    deadline = time.time() + 900 + epochs * epoch_seconds * 4
+    while len(rows) < trials:
+        try:
+            rows.append(results.get(timeout=5))
+        except queue.Empty:
+            if time.time() > deadline or not any(p.is_alive() for p in procs):
+                raise RuntimeError(f"{trials - len(rows)} trial processes never reported (exit "
+                                   f"codes {[p.exitcode for p in procs]})") from None
     for p in procs:
         p.join(timeout=60)
     failed = [p.exitcode for p in procs if p.exitcode != 0]
@@ -143,6 +179,7 @@ def run_load(url: str, trials: int = 32, epochs: int = 20, metrics: int = 40,
         "wall_s": wall, "values_per_s": check["values_stored"] / wall,
         "offered_values_per_s": (trials * len(keys) / epoch_seconds if epoch_seconds
                                  else float("nan")),
+        "failed_calls_retried": int(table["failed_calls"].sum()),
         "create_run_s_mean": table["create_s"].mean(),
         "log_epoch_ms_mean": 1000 * table["log_epoch_s"].sum() / (trials * epochs),
         "complete_s_mean": table["complete_s"].mean(),
@@ -234,6 +271,10 @@ def main() -> int:
     per_trial = report.pop("per_trial")
     print("\n".join(f"{k:>26}: {v:.4g}" if isinstance(v, float) else f"{k:>26}: {v}"
                     for k, v in report.items()))
+    messages = sorted({e for row in per_trial for e in row["errors"]})
+    if messages:
+        print("MLflow calls that failed and were retried (first few):\n  " +
+              "\n  ".join(messages[:5]))
     ok = report["values_stored"] == report["values_sent"] and not (
         report["missing"] or report["duplicates"] or report["wrong"])
     print("every value arrived exactly once" if ok else "VALUES LOST, DUPLICATED OR WRONG")
