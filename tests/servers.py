@@ -5,8 +5,8 @@ data directory on 127.0.0.1 and a free port; `mlflow_server` runs `mlflow server
 virtual environment over HTTP. PostgreSQL refuses to run as root, so as root both its commands
 run as the unprivileged `postgres` system user (`runuser`), which owns the data directory.
 
-Fixtures: `postgres_server` (session scope, a `postgresql://` URI for MLflow through psycopg2)
-and `mlflow_on_postgres` (a fresh database plus a tracking server on it, module scope). The
+Fixtures: `postgres_server` (session scope: the `postgresql+psycopg2://` URI of a database, for
+MLflow) and `mlflow_on_postgres` (per test: a fresh database and a tracking server on it). The
 context managers are importable on their own (benchmarks/mlflow_load.py uses them).
 """
 
@@ -156,16 +156,21 @@ def _log_tail(path: Path, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def server_log(artifact_dir: Path) -> Path:
+    """Where `mlflow_server` writes the server's output: next to its artifact folder."""
+    return Path(artifact_dir).parent / f"mlflow-server-{Path(artifact_dir).name}.log"
+
+
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, artifact_dir: Path, workers: int = 2,
                   timeout: float = 180) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1:<free port> over `backend_uri`, artifacts proxied to
-    `artifact_dir`; yields its URL once /health answers. Its log (artifact_dir's sibling
-    `mlflow-server.log`) is printed when it fails to start, when it dies, and when the code
-    inside the `with` raises."""
+    `artifact_dir`; yields its URL once /health answers. Its log (`server_log(artifact_dir)`)
+    is printed when it fails to start, when it dies, and when the code inside the `with`
+    raises."""
     artifact_dir = Path(artifact_dir)
     artifact_dir.mkdir(parents=True, exist_ok=True)
-    log = artifact_dir.parent / f"mlflow-server-{artifact_dir.name}.log"
+    log = server_log(artifact_dir)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
@@ -238,11 +243,14 @@ def postgres_server() -> Iterator[str]:
         yield uri
 
 
-@pytest.fixture(scope="module")
-def mlflow_on_postgres(postgres_server: str,
-                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
-    """An MLflow tracking server over HTTP whose backend store is a fresh PostgreSQL database."""
+@pytest.fixture
+def mlflow_on_postgres(postgres_server: str, tmp_path: Path) -> Iterator[TrackingServer]:
+    """An MLflow tracking server over HTTP whose backend store is a fresh PostgreSQL database.
+
+    The server's log tail is printed at teardown: pytest shows it with a failing test."""
     db_uri = create_database(postgres_server)
-    artifacts = tmp_path_factory.mktemp("mlflow") / "artifacts"
+    artifacts = tmp_path / "mlflow-artifacts"
     with mlflow_server(db_uri, artifacts) as url:
         yield TrackingServer(url, db_uri, artifacts)
+    print(f"--- mlflow server log ({server_log(artifacts)}) ---\n"
+          f"{_log_tail(server_log(artifacts))}")
