@@ -47,17 +47,23 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one l
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from study import record  # noqa: E402
 from study.tracking import TrialLogger, ensure_experiment, start_parent_run  # noqa: E402
 
-TELEMETRY = ("cos_mean", "conflict_rate", "projected_t", "projected_m", "proj_norm")
-FOLD_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1", "ece", "brier", "loss")
+# the coordinator's telemetry keys (ksmodel.coordination.coordinator.TELEMETRY_KEYS; not imported
+# here because that pulls torch into each of the 32 trial processes)
+TELEMETRY = ("cos_mean", "conflict_rate", "projected_tumour", "projected_tme", "proj_norm",
+             "skipped")
+FOLD_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1", "loss", "ece", "brier")
 
 
 def metric_keys(n: int) -> list[str]:
-    """`n` per-epoch keys named as a 5-fold trial names them (val_auc, train_loss, coord_*,
-    fold<k>_val_<m>), padded with extra_<j>."""
-    keys = ["val_auc", "train_loss", *(f"coord_{k}" for k in TELEMETRY),
-            *(f"fold{f}_val_{m}" for m in FOLD_METRICS for f in range(5))]
+    """`n` per-epoch keys named as the record names a 5-fold trial's (val_auc, train_loss,
+    coord/<key>, fold_<k>/val_<m>), padded with extra_<j>."""
+    keys = [record.val_metric("auc"), record.TRAIN_LOSS,
+            *(record.telemetry_metric(k) for k in TELEMETRY),
+            *(record.fold_metric(f, record.val_metric(m)) for m in FOLD_METRICS
+              for f in range(5))]
     keys += [f"extra_{j}" for j in range(max(0, n - len(keys)))]
     return keys[:n]
 
@@ -68,7 +74,7 @@ def value(trial: int, epoch: int, k: int) -> float:
 
 
 def final_metrics(trial: int) -> dict[str, float]:
-    return {"final_auc": trial + 0.5 + 1 / 7, "epochs_run": 0.0 + trial}
+    return {record.final_metric("auc"): trial + 0.5 + 1 / 7, record.EPOCHS_RUN: 0.0 + trial}
 
 
 def _count_failed_calls() -> list[str]:
@@ -99,8 +105,8 @@ def _trial(index: int, url: str, experiment_id: str, parent: str, epochs: int, k
     t = time.perf_counter()
     logger = TrialLogger(url, experiment_id, parent, f"load{index:03d}",
                          {"lr": 1e-3 * (index + 1), "alpha": 0.5, "coordination": "cgcoord"},
-                         {"ks.method": "cgcoord", "ks.task": "diagnosis", "ks.metric": "auc",
-                          "ks.node_id": f"proc-{index}"})
+                         {record.Tags.METHOD: "cgcoord", record.Tags.TASK: "diagnosis",
+                          record.Tags.METRIC: "auc", record.Tags.NODE_ID: f"proc-{index}"})
     create_s = time.perf_counter() - t
     compute_s = log_epoch_s = 0.0
     for epoch in range(1, epochs + 1):
@@ -114,7 +120,7 @@ def _trial(index: int, url: str, experiment_id: str, parent: str, epochs: int, k
     t = time.perf_counter()
     predictions = pd.DataFrame({"case_id": [f"c{i}" for i in range(100)], "fold": 0,
                                 "prob": 0.5})
-    logger.complete(final_metrics(index), predictions, {"ks.wall_seconds": 0})
+    logger.complete(final_metrics(index), predictions, {record.Tags.WALL_SECONDS: 0})
     complete_s = time.perf_counter() - t
     wall = time.perf_counter() - start
     results.put({"trial": index, "run_id": logger.run_id, "wall_s": wall,
@@ -131,7 +137,7 @@ def run_load(url: str, trials: int = 32, epochs: int = 20, metrics: int = 40,
     client = MlflowClient(url)
     name = f"mlflow-load-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}"
     experiment_id = ensure_experiment(client, name, None)
-    parent = start_parent_run(client, experiment_id, f"study-{name}", {"ks.study": name}, [])
+    parent = start_parent_run(client, experiment_id, name, {record.Tags.STUDY: name}, [])
     # forkserver: trial processes start from a clean process that preloaded the logging code,
     # not from this one (a forked copy would share this process's pooled HTTP connections)
     ctx = mp.get_context("forkserver")

@@ -56,6 +56,19 @@ def check_study_command(args: list[str]) -> None:
         "the study folder lives on shared storage"
 
 
+@pytest.mark.parametrize("name", ["ray-cluster.yaml", "kuberay-rayjob.yaml",
+                                  "slurm-study.sbatch"])
+def test_generated_cohorts_cached_on_shared_storage(name: str) -> None:
+    """A --resume from another node finds the study's synthetic cohort where it was made."""
+    from ksmodel.data import CACHE_ENV
+
+    text = (CLUSTER / name).read_text()
+    values = re.findall(CACHE_ENV + r"(?:=|, value: )(\S+)", text)  # shell, or a k8s env entry
+    assert values, f"{name} does not set {CACHE_ENV}"
+    for value in values:
+        assert value.startswith("/shared") or "$KS_SHARED/" in value, value
+
+
 def test_ray_launcher_yaml() -> None:
     text = (CLUSTER / "ray-cluster.yaml").read_text()
     cfg = yaml.safe_load(text)

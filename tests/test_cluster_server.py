@@ -17,10 +17,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from study.record import TRAIN_LOSS, Artifacts, Roles, Status, Tags, val_metric
 from tests.servers import TrackingServer, psycopg2_dsn
 from tests.study_helpers import ROOT, SMOKE, run_study, study_env
 
 EPOCHS = yaml.safe_load(SMOKE.read_text())["epochs"]
+VAL_AUC = val_metric("auc")
 
 
 @pytest.mark.cluster
@@ -47,8 +49,8 @@ def test_multi_node_study_through_mlflow_server_on_postgres(
     experiment = client.get_experiment_by_name("smoke")
     assert experiment is not None
     all_runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in all_runs if r.data.tags.get("ks.role") == "study"]
-    trials = [r for r in all_runs if r.data.tags.get("ks.role") == "trial"]
+    parents = [r for r in all_runs if r.data.tags.get(Tags.ROLE) == Roles.STUDY]
+    trials = [r for r in all_runs if r.data.tags.get(Tags.ROLE) == Roles.TRIAL]
     assert len(parents) == 1 and len(trials) == 4, [r.data.tags for r in all_runs]
     parent = parents[0]
     assert parent.info.status == "FINISHED"
@@ -57,29 +59,29 @@ def test_multi_node_study_through_mlflow_server_on_postgres(
     assert set(summary.index) == {r.info.run_id for r in trials}
     for run in trials:
         tags = run.data.tags
-        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags[Tags.PARENT] == parent.info.run_id
         assert run.info.status == "FINISHED", (run.info.run_id, run.info.status)
-        assert tags["ks.status"] in {"COMPLETED", "STOPPED_EARLY"}
-        assert tags["ks.status"] == summary.loc[run.info.run_id, "status"]
-        expected = int(tags["ks.stopped_at_epoch"]) if tags["ks.status"] == "STOPPED_EARLY" \
-            else EPOCHS
+        assert tags[Tags.STATUS] in Status.USABLE
+        assert tags[Tags.STATUS] == summary.loc[run.info.run_id, "status"]
+        stopped = tags[Tags.STATUS] == Status.STOPPED_EARLY
+        expected = int(tags[Tags.STOPPED_AT]) if stopped else EPOCHS
         assert expected == summary.loc[run.info.run_id, "epochs"]
-        for key in ("val_auc", "train_loss"):
+        for key in (VAL_AUC, TRAIN_LOSS):
             history = client.get_metric_history(run.info.run_id, key)
             assert sorted(m.step for m in history) == list(range(1, expected + 1)), key
-        if tags["ks.status"] == "COMPLETED":  # artifacts went through the server's proxy
-            assert "predictions.parquet" in {a.path for a in
+        if not stopped:  # artifacts went through the server's proxy
+            assert Artifacts.PREDICTIONS in {a.path for a in
                                              client.list_artifacts(run.info.run_id)}
-    assert any(r.data.tags["ks.status"] == "COMPLETED" for r in trials)
+    assert any(r.data.tags[Tags.STATUS] == Status.COMPLETED for r in trials)
 
     # trials ran on both worker nodes, none on the CPU-less head
-    nodes = {r.data.tags["ks.node_id"] for r in trials}
+    nodes = {r.data.tags[Tags.NODE_ID] for r in trials}
     assert nodes == {w.node_id for w in workers}, nodes
 
     # the parent run's artifacts are files in the server's artifact destination
-    assert {"config.yaml", "summary.csv"} <= {a.path for a in
-                                              client.list_artifacts(parent.info.run_id)}
-    assert list(server.artifact_dir.rglob("summary.csv"))
+    assert {Artifacts.CONFIG, Artifacts.SUMMARY} <= {a.path for a in
+                                                     client.list_artifacts(parent.info.run_id)}
+    assert list(server.artifact_dir.rglob(Artifacts.SUMMARY))
 
     # the rows really are in PostgreSQL (read with SQL, not through MLflow)
     conn = psycopg2.connect(psycopg2_dsn(server.db_uri))
@@ -89,14 +91,14 @@ def test_multi_node_study_through_mlflow_server_on_postgres(
                         (int(experiment.experiment_id),))
             rows = dict(cur.fetchall())
             cur.execute("SELECT run_uuid, count(*), count(DISTINCT step) FROM metrics "
-                        "WHERE key = 'val_auc' GROUP BY run_uuid")
+                        "WHERE key = %s GROUP BY run_uuid", (VAL_AUC,))
             val_auc = {run_id: (n, distinct) for run_id, n, distinct in cur.fetchall()}
     finally:
         conn.close()
     assert rows == {r.info.run_id: "FINISHED" for r in all_runs}
     for run in trials:
         n, distinct = val_auc[run.info.run_id]
-        assert n == distinct == len(client.get_metric_history(run.info.run_id, "val_auc"))
+        assert n == distinct == len(client.get_metric_history(run.info.run_id, VAL_AUC))
 
 
 @pytest.mark.slow
