@@ -102,8 +102,10 @@ def worker(spec: dict) -> dict:
 
         for name, mod in model.attention.items():
             ref = ReferenceDeformableAttention(
-                cfg.dim, cfg.grid, cfg.heads, cfg.head_dim, cfg.offset_groups, cfg.downsample,
-                cfg.offset_kernel, cfg.offset_scale, cfg.rpb_hidden, cfg.rpb_depth).to(device)
+                dim=cfg.dim, grid=cfg.grid, heads=cfg.heads, head_dim=cfg.head_dim,
+                groups=cfg.offset_groups, downsample=cfg.downsample, kernel=cfg.offset_kernel,
+                offset_scale=cfg.offset_scale, rpb_hidden=cfg.rpb_hidden,
+                rpb_depth=cfg.rpb_depth).to(device)
             ref.load_state_dict(mod.state_dict())
             model.attention[name] = ref
     batch = random_batch(cfg, b, device)

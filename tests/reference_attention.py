@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 
 class ReferenceDeformableAttention(nn.Module):
-    def __init__(self, dim: int, grid: tuple[int, int], heads: int, head_dim: int, groups: int,
-                 downsample: int, kernel: int, offset_scale: float, rpb_hidden: int,
+    def __init__(self, *, dim: int, grid: tuple[int, int], heads: int, head_dim: int,
+                 groups: int, downsample: int, kernel: int, offset_scale: float, rpb_hidden: int,
                  rpb_depth: int, **_: object) -> None:
         super().__init__()
         self.dim, self.grid, self.groups = dim, grid, groups

@@ -18,6 +18,7 @@ from ksmodel.model import (
     Teacher,
     rpb_bias,
 )
+from ksmodel.model import _rpb_kernel as kernel
 from ksmodel.model.deform_attention import reference_size
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,9 +49,10 @@ def test_reference_grid_is_floor_size_over_r_and_never_empty(size, want):
 
 def test_paper_config_samples_144_keys_per_group():
     cfg = ModelConfig.paper()
-    att = DeformableCrossAttention(cfg.dim, cfg.grid, cfg.heads, cfg.head_dim, cfg.offset_groups,
-                                   cfg.downsample, cfg.offset_kernel, cfg.offset_scale,
-                                   cfg.rpb_hidden, cfg.rpb_depth)
+    att = DeformableCrossAttention(
+        dim=cfg.dim, grid=cfg.grid, heads=cfg.heads, head_dim=cfg.head_dim,
+        groups=cfg.offset_groups, downsample=cfg.downsample, kernel=cfg.offset_kernel,
+        offset_scale=cfg.offset_scale, rpb_hidden=cfg.rpb_hidden, rpb_depth=cfg.rpb_depth)
     pos = att.sample_positions(torch.randn(1, cfg.n_tokens, cfg.dim))
     assert pos.shape == (cfg.offset_groups, 12, 12, 2)
     # offsets are bounded by offset_scale half-cells around the reference centres
@@ -131,8 +133,6 @@ def test_rpb_kernel_independent_of_chunking():
 
 
 def test_rpb_kernel_threaded_chunks_equal_single_thread(monkeypatch):
-    from ksmodel.model import deform_attention as da
-
     g = torch.Generator().manual_seed(4)
     leaves = [torch.randn(*s, generator=g).requires_grad_()
               for s in ((6, 8, 9, 8), (6, 5, 9, 8), (1, 8), (8, 8), (8,))]
@@ -144,12 +144,12 @@ def test_rpb_kernel_threaded_chunks_equal_single_thread(monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        monkeypatch.setattr(da, "THREADED_CHUNKS", False)
+        monkeypatch.setattr(kernel, "THREADED_CHUNKS", False)
         want, want_g = run()
-        monkeypatch.setattr(da, "THREADED_CHUNKS", True)
-        da._POOLS.clear()
+        monkeypatch.setattr(kernel, "THREADED_CHUNKS", True)
+        kernel._POOLS.clear()
         got, got_g = run()
-        assert 2 in da._POOLS  # the worker pool really ran the chunks
+        assert 2 in kernel._POOLS  # the worker pool really ran the chunks
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(got, want)

@@ -1,6 +1,7 @@
-"""KS-Fusion model: encoders, cross-modal deformable attention, the fused model."""
+"""KS-Fusion: encoders, cross-modal deformable attention, the fused model."""
 
-from ksmodel.model.deform_attention import DeformableCrossAttention, rpb_bias
+from ksmodel.model._rpb_kernel import rpb_bias
+from ksmodel.model.deform_attention import DeformableCrossAttention
 from ksmodel.model.encoders import GeneEncoder, PatchProjection, Teacher
 from ksmodel.model.ksfusion import KSFusion, KSOutput
 

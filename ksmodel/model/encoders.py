@@ -1,9 +1,10 @@
-"""Gene and patch encoders (DESIGN §3.1-3.2)."""
+"""Per-subspace encoders: genes -> embedding, patches -> tokens, and the teacher fusing them."""
 
 from __future__ import annotations
 
 import math
 
+from einops import rearrange
 from torch import Tensor, nn
 
 
@@ -52,5 +53,6 @@ class Teacher(nn.Linear):
 
     def forward(self, patches: Tensor, gene_emb: Tensor) -> Tensor:  # type: ignore[override]
         d = self.dim
-        per_patient = nn.functional.linear(gene_emb, self.weight[:, d:], self.bias)  # [B, d]
-        return nn.functional.linear(patches, self.weight[:, :d]) + per_patient[:, None, :]
+        per_patient = nn.functional.linear(gene_emb, self.weight[:, d:], self.bias)
+        per_patient = rearrange(per_patient, "b d -> b 1 d")  # shared by all of a bag's patches
+        return nn.functional.linear(patches, self.weight[:, :d]) + per_patient

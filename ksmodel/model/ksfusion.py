@@ -1,4 +1,4 @@
-"""KS-Fusion (DESIGN §3): gene-steered deformable attention per knowledge subspace.
+"""KS-Fusion: gene-steered deformable attention per knowledge subspace.
 
 Streams: ``decompose=True`` gives two subspaces, tumour (t) and TME (m), each with its own gene
 encoder, patch projection, teacher and attention; ``decompose=False`` gives one stream on all
@@ -56,8 +56,10 @@ class KSFusion(nn.Module):
             self.teachers = (per_stream(lambda s: Teacher(d))
                              if cfg.teacher and self.uses_genes else None)
             self.attention = per_stream(lambda s: DeformableCrossAttention(
-                d, cfg.grid, cfg.heads, cfg.head_dim, cfg.offset_groups, cfg.downsample,
-                cfg.offset_kernel, cfg.offset_scale, cfg.rpb_hidden, cfg.rpb_depth))
+                dim=d, grid=cfg.grid, heads=cfg.heads, head_dim=cfg.head_dim,
+                groups=cfg.offset_groups, downsample=cfg.downsample, kernel=cfg.offset_kernel,
+                offset_scale=cfg.offset_scale, rpb_hidden=cfg.rpb_hidden,
+                rpb_depth=cfg.rpb_depth))
             self.gene_heads = None
         else:
             self.patch_proj = self.teachers = self.attention = None
