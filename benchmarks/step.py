@@ -100,14 +100,14 @@ def worker(spec: dict) -> dict:
         sys.path.insert(0, str(ROOT / "tests"))
         from reference_attention import ReferenceDeformableAttention
 
-        for name, mod in model.attention.items():
+        for stream in model.streams.values():
             ref = ReferenceDeformableAttention(
                 dim=cfg.dim, grid=cfg.grid, heads=cfg.heads, head_dim=cfg.head_dim,
                 groups=cfg.offset_groups, downsample=cfg.downsample, kernel=cfg.offset_kernel,
                 offset_scale=cfg.offset_scale, rpb_hidden=cfg.rpb_hidden,
                 rpb_depth=cfg.rpb_depth).to(device)
-            ref.load_state_dict(mod.state_dict())
-            model.attention[name] = ref
+            ref.load_state_dict(stream.attention.state_dict())
+            stream.attention = ref
     batch = random_batch(cfg, b, device)
     objective = diagnosis_objective(cfg, batch)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)

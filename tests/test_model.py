@@ -15,6 +15,7 @@ from ksmodel.model import (
     GeneEncoder,
     KSFusion,
     PatchProjection,
+    SubspaceStream,
     Teacher,
     rpb_bias,
 )
@@ -242,7 +243,21 @@ def test_genes_steer_the_attention_only_through_the_teacher():
         b = model(bags, gt + 1.0, gm)
         assert changes == (not torch.allclose(a.logits, b.logits))
         assert changes == (not torch.allclose(a.vgrids[0], b.vgrids[0]))
-        assert (model.teachers is not None) == teacher
+        assert all((s.teacher is not None) == teacher for s in model.streams.values())
+
+
+def test_a_stream_rejects_part_sets_that_do_not_make_a_modality():
+    enc, head = GeneEncoder(5, 8), torch.nn.Linear(8, 8)
+    proj = PatchProjection(16, 8)
+    att = DeformableCrossAttention(**{**ATT, "dim": 8, "grid": (4, 4)})
+    SubspaceStream(gene_encoder=enc, gene_head=head)  # genomics only
+    SubspaceStream(proj=proj, attention=att)  # histology only
+    SubspaceStream(gene_encoder=enc, proj=proj, teacher=Teacher(8), attention=att)
+    for parts in ({"gene_encoder": enc}, {"proj": proj, "gene_head": head},
+                  {"proj": proj, "attention": att, "gene_head": head},
+                  {"proj": proj, "attention": att, "teacher": Teacher(8)}):
+        with pytest.raises(ValueError, match="stream needs|teacher"):
+            SubspaceStream(**parts)
 
 
 def test_decompose_false_is_one_stream_on_all_genes():
@@ -252,7 +267,8 @@ def test_decompose_false_is_one_stream_on_all_genes():
     assert out.logits_t is None and out.logits_m is None
     assert len(out.gene_emb) == 1 and len(out.vgrids) == 1
     assert model.classifier.in_features == cfg.dim
-    assert model.gene_encoders["all"].net[0].in_features == 12
+    assert list(model.streams) == ["all"]
+    assert model.streams["all"].gene_encoder.net[0].in_features == 12
 
 
 def test_modality_genomics_needs_no_bags():
@@ -271,7 +287,7 @@ def test_modality_histology_needs_no_genes():
     bags, _, _ = inputs(cfg, 2)
     out = model(bags)
     assert out.gene_emb == () and len(out.vgrids) == 2
-    assert model.gene_encoders is None and model.teachers is None
+    assert all(s.gene_encoder is None and s.teacher is None for s in model.streams.values())
     assert consistency_total(out, 0.5).item() == 0.0
 
 
@@ -291,4 +307,4 @@ def test_paper_config_forward_backward_batch_one():
     out = model(*inputs(cfg, 1))
     assert [v.shape for v in out.vgrids] == [(1, 8, 12, 12, 2)] * 2
     out.logits.sum().backward()
-    assert model.attention["tumour"].rpb[2].weight.grad.abs().sum() > 0
+    assert model.streams["tumour"].attention.rpb[2].weight.grad.abs().sum() > 0

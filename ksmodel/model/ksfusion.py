@@ -1,15 +1,17 @@
-"""KS-Fusion: gene-steered deformable attention per knowledge subspace.
+"""KS-Fusion: gene-steered deformable attention per knowledge subspace, one linear classifier.
 
-Streams: ``decompose=True`` gives two subspaces, tumour (t) and TME (m), each with its own gene
-encoder, patch projection, teacher and attention; ``decompose=False`` gives one stream on all
-genes. The classifier reads the concatenated subspace features; per-subspace logits
-``out_t = W[:, :d] h_t + b/2`` and ``out_m = W[:, d:] h_m + b/2`` (they sum to the logits) are
-what CG-Coord's confidences are computed from.
+Streams: ``decompose=True`` gives two subspaces, tumour (t) and TME (m), each a
+``SubspaceStream`` with its own gene encoder, patch projection, teacher and attention;
+``decompose=False`` gives one stream on all genes. The classifier reads the concatenated subspace
+features; per-subspace logits ``out_t = W[:, :d] h_t + b/2`` and ``out_m = W[:, d:] h_m + b/2``
+(they sum to the logits) are what CG-Coord's confidences are computed from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,9 @@ from torch import Tensor, nn
 from ksmodel.config import ModelConfig
 from ksmodel.model.deform_attention import DeformableCrossAttention
 from ksmodel.model.encoders import GeneEncoder, PatchProjection, Teacher
+from ksmodel.model.stream import SubspaceStream
+
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -33,38 +38,43 @@ class KSOutput:
 
 
 class KSFusion(nn.Module):
-    """``forward(bags [B, T, D] | None, genes_t [B, n_t] | None, genes_m [B, n_m] | None)``."""
+    """``forward(bags [B, T, D] | None, genes_t [B, n_t] | None, genes_m [B, n_m] | None)``.
+
+    ``cfg.modality`` picks the inputs (both, genomics, histology), ``cfg.teacher`` whether genes
+    steer the attention queries, ``cfg.decompose`` two subspace streams or one.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
-        self.streams: tuple[str, ...] = ("tumour", "tme") if cfg.decompose else ("all",)
+        names = ("tumour", "tme") if cfg.decompose else ("all",)
         n_genes = {"tumour": cfg.n_tumour_genes, "tme": cfg.n_tme_genes,
                    "all": cfg.n_tumour_genes + cfg.n_tme_genes}
         self.uses_genes = cfg.modality != "histology"
         self.uses_histology = cfg.modality != "genomics"
 
-        def per_stream(make) -> nn.ModuleDict:
-            return nn.ModuleDict({s: make(s) for s in self.streams})
+        def each(make: Callable[[str], M], when: bool = True) -> dict[str, M | None]:
+            return {s: make(s) if when else None for s in names}
 
-        self.gene_encoders = per_stream(lambda s: GeneEncoder(
-            n_genes[s], d, cfg.gene_hidden, cfg.gene_blocks, cfg.dropout)
-        ) if self.uses_genes else None
-        if self.uses_histology:
-            self.patch_proj = per_stream(lambda s: PatchProjection(cfg.feature_dim, d))
-            self.teachers = (per_stream(lambda s: Teacher(d))
-                             if cfg.teacher and self.uses_genes else None)
-            self.attention = per_stream(lambda s: DeformableCrossAttention(
-                dim=d, grid=cfg.grid, heads=cfg.heads, head_dim=cfg.head_dim,
-                groups=cfg.offset_groups, downsample=cfg.downsample, kernel=cfg.offset_kernel,
-                offset_scale=cfg.offset_scale, rpb_hidden=cfg.rpb_hidden,
-                rpb_depth=cfg.rpb_depth))
-            self.gene_heads = None
-        else:
-            self.patch_proj = self.teachers = self.attention = None
-            self.gene_heads = per_stream(lambda s: nn.Linear(d, d))
-        self.classifier = nn.Linear(len(self.streams) * d, cfg.n_outputs)
+        # Parts are created kind by kind across the streams (every gene encoder, then every
+        # projection, ...): the order seeded initialisation draws them in.
+        gene_encoders = each(lambda s: GeneEncoder(n_genes[s], d, cfg.gene_hidden,
+                                                   cfg.gene_blocks, cfg.dropout),
+                             when=self.uses_genes)
+        projs = each(lambda s: PatchProjection(cfg.feature_dim, d), when=self.uses_histology)
+        teachers = each(lambda s: Teacher(d),
+                        when=self.uses_histology and self.uses_genes and cfg.teacher)
+        attentions = each(lambda s: DeformableCrossAttention(
+            dim=d, grid=cfg.grid, heads=cfg.heads, head_dim=cfg.head_dim,
+            groups=cfg.offset_groups, downsample=cfg.downsample, kernel=cfg.offset_kernel,
+            offset_scale=cfg.offset_scale, rpb_hidden=cfg.rpb_hidden, rpb_depth=cfg.rpb_depth,
+        ), when=self.uses_histology)
+        gene_heads = each(lambda s: nn.Linear(d, d), when=not self.uses_histology)
+        self.streams = nn.ModuleDict({s: SubspaceStream(
+            gene_encoder=gene_encoders[s], proj=projs[s], teacher=teachers[s],
+            attention=attentions[s], gene_head=gene_heads[s]) for s in names})
+        self.classifier = nn.Linear(len(names) * d, cfg.n_outputs)
 
     def _check(self, bags: Tensor | None, genes_t: Tensor | None, genes_m: Tensor | None) -> None:
         cfg = self.cfg
@@ -81,30 +91,29 @@ class KSFusion(nn.Module):
                     got = None if g is None else tuple(g.shape)
                     raise ValueError(f"{name} must be [B, {n}], got {got}")
 
+    def _stream_genes(self, genes_t: Tensor | None,
+                      genes_m: Tensor | None) -> dict[str, Tensor | None]:
+        """Each stream's gene input: its own subset, all genes, or None (histology only)."""
+        if not self.uses_genes:
+            return dict.fromkeys(self.streams)
+        assert genes_t is not None and genes_m is not None
+        if self.cfg.decompose:
+            return {"tumour": genes_t, "tme": genes_m}
+        return {"all": torch.cat([genes_t, genes_m], dim=1)}
+
     def forward(self, bags: Tensor | None, genes_t: Tensor | None = None,
                 genes_m: Tensor | None = None) -> KSOutput:
         self._check(bags, genes_t, genes_m)
-        if self.uses_genes:
-            assert genes_t is not None and genes_m is not None
-            inputs = ({"tumour": genes_t, "tme": genes_m} if self.cfg.decompose
-                      else {"all": torch.cat([genes_t, genes_m], dim=1)})
-        feats, embs, grids = [], [], []
-        for s in self.streams:
-            e = self.gene_encoders[s](inputs[s]) if self.gene_encoders is not None else None
-            if e is not None:
-                embs.append(e)
-            if self.attention is not None:
-                p = self.patch_proj[s](bags)
-                q = self.teachers[s](p, e) if self.teachers is not None else p
-                h, vgrid = self.attention[s](q, p)
-                grids.append(vgrid)
-            else:
-                h = torch.tanh(self.gene_heads[s](e))
-            feats.append(h)
+        genes = self._stream_genes(genes_t, genes_m)
+        outs = [stream(bags, genes[name]) for name, stream in self.streams.items()]
+        feats = tuple(o.feature for o in outs)
         logits = self.classifier(torch.cat(feats, dim=1))
         logits_t = logits_m = None
         if self.cfg.decompose:
             d, w, b = self.cfg.dim, self.classifier.weight, self.classifier.bias
             logits_t = F.linear(feats[0], w[:, :d], b / 2)
             logits_m = F.linear(feats[1], w[:, d:], b / 2)
-        return KSOutput(logits, logits_t, logits_m, tuple(embs), tuple(grids), tuple(feats))
+        return KSOutput(logits, logits_t, logits_m,
+                        gene_emb=tuple(o.gene_emb for o in outs if o.gene_emb is not None),
+                        vgrids=tuple(o.vgrid for o in outs if o.vgrid is not None),
+                        features=feats)

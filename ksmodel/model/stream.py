@@ -1,0 +1,64 @@
+"""One knowledge subspace of KS-Fusion: its genes, its view of the histology, its feature.
+
+A stream owns exactly the parts its modality needs. With histology, the patch projection's tokens
+are both the keys/values of the deformable attention and (fused with the gene embedding by the
+teacher, when there is one) its queries, so the genes steer where the attention looks. Without
+histology, a linear head turns the gene embedding into the feature.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ksmodel.model.deform_attention import DeformableCrossAttention
+from ksmodel.model.encoders import GeneEncoder, PatchProjection, Teacher
+
+
+class StreamOutput(NamedTuple):
+    """``feature`` h_s [B, d]; ``gene_emb`` e_s [B, d] (None without genes); ``vgrid`` the
+    deformed sampling grid [B, G, h', w', 2] (None without histology)."""
+
+    feature: Tensor
+    gene_emb: Tensor | None
+    vgrid: Tensor | None
+
+
+class SubspaceStream(nn.Module):
+    """``forward(bags [B, T, D] | None, genes [B, n] | None) -> StreamOutput``.
+
+    Built from its parts (rather than from the config) so that KS-Fusion can create the parts of
+    all streams kind by kind, the order that fixes seeded initialisation. Valid part sets:
+    histology (``proj`` + ``attention``, optionally ``gene_encoder`` and then optionally
+    ``teacher``) or genomics only (``gene_encoder`` + ``gene_head``).
+    """
+
+    def __init__(self, *, gene_encoder: GeneEncoder | None = None,
+                 proj: PatchProjection | None = None, teacher: Teacher | None = None,
+                 attention: DeformableCrossAttention | None = None,
+                 gene_head: nn.Linear | None = None) -> None:
+        super().__init__()
+        histology = proj is not None and attention is not None
+        genomics_only = (proj is None and attention is None and gene_encoder is not None
+                         and gene_head is not None)
+        if not (histology or genomics_only) or (histology and gene_head is not None):
+            raise ValueError("a stream needs proj + attention (histology) or gene_encoder + "
+                             "gene_head (genomics only)")
+        if teacher is not None and (gene_encoder is None or not histology):
+            raise ValueError("a teacher fuses genes into histology queries: it needs both")
+        self.gene_encoder = gene_encoder
+        self.proj = proj
+        self.teacher = teacher
+        self.attention = attention
+        self.gene_head = gene_head
+
+    def forward(self, bags: Tensor | None, genes: Tensor | None) -> StreamOutput:
+        emb = self.gene_encoder(genes) if self.gene_encoder is not None else None
+        if self.attention is None:
+            return StreamOutput(torch.tanh(self.gene_head(emb)), emb, None)
+        tokens = self.proj(bags)
+        queries = self.teacher(tokens, emb) if self.teacher is not None else tokens
+        feature, vgrid = self.attention(queries, tokens)
+        return StreamOutput(feature, emb, vgrid)
