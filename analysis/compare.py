@@ -802,8 +802,8 @@ def _nested_block(doc: Doc, r: Report, task: str, b: Best) -> None:
              f"best-of-search {b.value:.4f} above. Each outer fold's search ran on inner folds "
              "of its training part only; the configuration it chose was retrained on the whole "
              "training part and scored once on the outer fold (`value`). `best-of-search` is "
-             "that configuration's own inner score, the number a search without nesting would "
-             "report.")
+             "that configuration's own inner score: selected on the inner folds it is scored on "
+             "(optimistic), from models trained on the smaller inner training parts.")
     four = {c: (lambda v: v if isinstance(v, str) else fmt.value(v, decimals=4))
             for c in ("value", "best-of-search")}
     rest = {c: (lambda v: v if isinstance(v, str) else _param_text(v))
@@ -811,14 +811,16 @@ def _nested_block(doc: Doc, r: Report, task: str, b: Best) -> None:
                                                                    "chosen trial")}
     doc.table(nested, {**four, **rest})
     v = nested["value"].astype(float)
-    inner = pd.to_numeric(nested.get("best-of-search"), errors="coerce")
+    inner = (pd.to_numeric(nested["best-of-search"], errors="coerce")
+             if "best-of-search" in nested else None)
     text = (f"Nested estimate: {b.metric} {v.mean():.4f}"
             + (f" ± {v.std(ddof=1):.4f} (sd over {v.notna().sum()} outer folds)"
                if v.notna().sum() > 1 else ""))
     if inner is not None and inner.notna().any():
         text += (f"; best-of-search: {inner.mean():.4f} (mean of the chosen configurations' "
                  f"inner scores), {b.value:.4f} (the single best inner trial). The nested "
-                 f"estimate is the unbiased one; the best-of-search numbers were selected on "
+                 f"estimate is the unbiased one: each outer fold was scored once, by a "
+                 f"configuration chosen without it; the best-of-search numbers were selected on "
                  f"the data they are scored on.")
     doc.para(text + " The paired comparison with the baselines uses the outer folds' values.")
 

@@ -150,5 +150,5 @@ def _outer_info(study: Study, run_id: str, metric: str) -> tuple[str, float]:
             float(run.data.metrics.get(inner_metric(metric), np.nan)))
 
 
-__all__ = ["ensure_roles", "is_nested", "role_view", "model_rows", "comparison_folds", "pick_candidate",
-           "nested_table", "NESTED_ROWS", "SEARCH_ROWS", "GRID_ROWS"]
+__all__ = ["ensure_roles", "is_nested", "role_view", "model_rows", "comparison_folds",
+           "pick_candidate", "nested_table", "NESTED_ROWS", "SEARCH_ROWS", "GRID_ROWS"]

@@ -95,12 +95,14 @@ def study_tags(cfg: StudyConfig) -> dict[str, str]:
 
 
 def record_study(client: Any, parent: str, cfg: StudyConfig, data: RunData) -> None:
-    """Log the study's params and tags on its parent run (again on resume: the same values)."""
+    """Log the study's params and tags on its parent run. On resume only params it lacks are
+    added (MLflow refuses to change a param; e.g. the folds now come from the saved file)."""
     from mlflow.entities import Param, RunTag
 
-    from study.tracking import log_batched
+    from study.tracking import log_batched, retry
 
-    params = [Param(k, v) for k, v in sorted(study_params(cfg, data).items())]
+    have = retry(lambda: client.get_run(parent)).data.params
+    params = [Param(k, v) for k, v in sorted(study_params(cfg, data).items()) if k not in have]
     tags = [RunTag(k, v) for k, v in study_tags(cfg).items()]
     try:
         log_batched(client, parent, params=params, tags=tags)
