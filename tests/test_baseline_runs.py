@@ -29,7 +29,7 @@ from study.record import SEEDLESS, Roles, Status, Tags
 from study.space import SpaceError, parse_study
 from study.trial import trial_params
 from tests.analysis_fixtures import log_study
-from tests.study_helpers import T, run_study, study_env, write_space
+from tests.study_helpers import SMOKE, T, run_study, study_env, write_space
 
 TASK = "diagnosis"
 
@@ -194,10 +194,16 @@ def _check_record(out: Path, name: str, runs: pd.DataFrame, baselines: set[str],
     assert (base["tags.mlflow.parentRunId"] == parent["run_id"]).all()
     # every effective trial parameter, defaults included (none of these is in the study file)
     raw = yaml.safe_load((out / "config.yaml").read_text())
-    for key in ("lr", "weight_decay", "dropout", "tau_cos", "patience", "log1p"):
-        assert key not in raw["fixed"] and key not in raw["search"]
-        assert trials[f"params.{key}"].notna().all(), key
-    assert (trials["params.weight_decay"] == str(TrainConfig.weight_decay)).all()
+    defaults = {"lr": TrainConfig.lr, "weight_decay": TrainConfig.weight_decay,
+                "dropout": ModelConfig.dropout, "tau_cos": 0.0, "patience": 0, "log1p": True}
+    for key, value in defaults.items():
+        if key in raw["fixed"] or key in raw["search"]:
+            continue
+        rows = trials  # tau_cos is CG-Coord's own hyper-parameter: only its trials have it
+        if key == "tau_cos":
+            rows = trials[trials["params.coordination"] == "cgcoord"]
+            assert len(rows)
+        assert (rows[f"params.{key}"] == str(value)).all(), key
     # the study on its parent run
     assert parent[f"tags.{Tags.EVALUATION}"] == "cv"
     for key in ("study.name", "study.task", "study.metric", "study.folds", "study.seeds",
@@ -223,11 +229,14 @@ def _check_record(out: Path, name: str, runs: pd.DataFrame, baselines: set[str],
 def test_survival_study_logs_and_pairs_its_baselines(tmp_path) -> None:
     """A grid (one trial per method): cox_clinical and cox_pca on the same folds, each paired
     with every trial method on (seed, fold)."""
-    out, runs = _study(tmp_path, "surv", task="survival", metric=None, covariates=["age",
-                                                                                   "is_female"],
-                       sampler="grid", num_samples=None, scheduler="none", epochs=2,
+    fixed = {k: v for k, v in yaml.safe_load(SMOKE.read_text())["fixed"].items()
+             if k != "coordination"}
+    out, runs = _study(tmp_path, "surv", task="survival", covariates=["age", "is_female"],
+                       sampler="grid", num_samples=None, scheduler="none", epochs=2, fixed=fixed,
                        search={"coordination": {"type": "categorical",
                                                 "values": ["cgcoord", "uniform"]}})
+    trials = runs[runs[T.ROLE] == Roles.TRIAL]
+    assert (trials["params.lr"] == str(TrainConfig.lr)).all()  # a default, logged
     r = _check_record(out, "surv", runs, {"cox_clinical", "cox_pca"}, tmp_path)
     comp = r.comparison[r.comparison["method"] == "cgcoord"].set_index("baseline")
     assert (comp["n_pairs"] == 2).all() and np.isfinite(comp["mean_baseline"]).all()
