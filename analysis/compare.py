@@ -27,12 +27,13 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from analysis import claims as claims_mod
+from analysis import evaluation as ev
 from analysis import figures as figs
 from analysis import fmt, multi, stats
 from analysis.document import Doc
 from analysis.load import AnalysisError, Study, load_predictions, load_study, metric_histories
 from analysis.summary import best_trial
-from study.record import Tags, telemetry_metric, val_metric
+from study.record import Roles, Tags, telemetry_metric, val_metric
 
 SENSITIVITY_PARAMS = ("alpha", "lam", "tau_cos", "tau_rho")
 MIN_TRIALS_IMPORTANCE = 4
@@ -58,7 +59,7 @@ PARENT_TAGS = ((Tags.SAMPLER, "sampler"), (Tags.MODE, "metric direction"),
 NOT_RECORDED = "not recorded"
 #: folds-frame columns that are not metric values
 _FOLD_ID_COLUMNS = {"run_id", "trial_id", "task", "metric", "method", "arm", "seed", "status",
-                    "fold", "variant"}
+                    "fold", "variant", "role", "outer_fold", "seedless"}
 
 
 def _stderr(msg: str) -> None:
@@ -99,6 +100,7 @@ class Report:
     best: dict[str, Best] = field(default_factory=dict)
     parent_params: dict[str, str] = field(default_factory=dict)
     reference: str | None = None
+    model_rows: dict[str, str] = field(default_factory=dict)  # task -> what stands for the model
 
 
 # --- what the study recorded ---------------------------------------------------------------
@@ -164,7 +166,7 @@ def nested_estimate(study: Study, task: str, metric: str) -> pd.DataFrame | None
     outer fold (columns outer_fold, value, and anything useful such as the chosen config) and the
     report shows it beside best-of-search as the unbiased estimate. None: not available (the
     report then says that the nested estimate could not be read)."""
-    return None
+    return ev.nested_table(study, task, metric)
 
 
 def _metric_columns(folds: pd.DataFrame) -> list[str]:
@@ -258,6 +260,7 @@ def analyse(study: Study, out: Path | str, *, candidate: str = "cgcoord",
     """``run_compare`` on a study already read (or built in memory)."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ev.ensure_roles(study)
     t = study.trials
     by_status = ", ".join(f"{n} {s}" for s, n in t["status"].value_counts().items())
     progress(f"{len(t)} trial runs ({by_status}), tasks: {', '.join(study.tasks)}")
@@ -279,13 +282,19 @@ def analyse(study: Study, out: Path | str, *, candidate: str = "cgcoord",
                     continue
                 study.folds[metric] = np.nan  # every run failed: list them all as missing
             progress(f"{task}/{metric}: per-method summary and paired statistics")
-            methods.append(stats.describe_methods(study.folds, t, metric, task))
-            missing.append(stats.missing_keys(study.folds, t, metric, task))
-            comp = stats.compare_arms(study.folds, metric, task, candidate=candidate,
+            # the model's rows on the baselines' folds (README, "Evaluation modes")
+            paired, result.model_rows[task] = ev.comparison_folds(study, task, metric)
+            nested = ev.is_nested(study)
+            summary_folds = paired if nested else study.folds
+            summary_trials = t[t["run_id"].isin(paired["run_id"])] if nested else t
+            methods.append(stats.describe_methods(summary_folds, summary_trials, metric, task))
+            missing.append(stats.missing_keys(summary_folds, summary_trials, metric, task))
+            comp = stats.compare_arms(paired, metric, task,
+                                      candidate=ev.pick_candidate(paired, candidate),
                                       baselines=baselines, n_boot=n_boot, seed=seed)
             comparisons.append(comp.table)
             result.skipped += comp.notes
-            fr = multi.friedman(study.folds, metric, task)
+            fr = multi.friedman(paired, metric, task)
             if fr is not None:
                 progress(f"{task}/{metric}: Friedman test over {fr.n_blocks} blocks, "
                          f"{len(fr.arms)} methods")
@@ -298,11 +307,12 @@ def analyse(study: Study, out: Path | str, *, candidate: str = "cgcoord",
                     result.figures[f"{task}_{metric}_cd"] = figs.cd_diagram(
                         fr, out_dir / f"{task}_cd_{metric}.png")
             if result.reference:
-                cl = claims_mod.claims_table(study.folds, metric, task, result.reference,
+                cl = claims_mod.claims_table(ev.role_view(study).folds, metric, task,
+                                             result.reference,
                                              by=by, n_boot=n_boot, seed=seed)
                 claim_tables.append(cl.table)
                 result.skipped += cl.notes
-        best = best_configuration(study, task, study.metric_for(task))
+        best = best_configuration(ev.role_view(study), task, study.metric_for(task))
         if best is not None:
             result.best[task] = best
         _task_figures(result, task, task_metrics[0], candidate, seed, progress)
@@ -324,25 +334,24 @@ def _task_figures(result: Report, task: str, fold_metric: str, candidate: str, s
                   progress: Callable[[str], None]) -> None:
     """Figures of one task, one per question. Per-fold values use ``fold_metric``; trial-level
     figures use the trial's final value, which is of the task's selection metric."""
-    study, out = result.study, result.out_dir
+    study, out = ev.role_view(result.study), result.out_dir  # the search's trials
     metric = study.metric_for(task)
     t = study.trials
     finished = stats.full_budget(t, task)
     stopped = stats.stopped_early(t, task)
-    task_folds = study.folds[study.folds["task"] == task]
+    # per-fold figure: what the paired table compares (the model's rows and the baselines)
+    task_folds, _ = ev.comparison_folds(result.study, task, fold_metric)
     searched_arms = set(stats.duplicated_arms(task_folds, fold_metric))
-    arms = sorted((a for a in t.loc[t["task"] == task, "arm"].unique() if a not in searched_arms),
+    arms = sorted((a for a in task_folds["arm"].unique() if a not in searched_arms),
                   key=lambda a: (a == candidate, a))
     if searched_arms:
         left = ", ".join(sorted(searched_arms))
-        result.skipped.append(f"{task}: per-fold figure leaves out {left} (several trials "
-                              f"per (seed, fold), i.e. a search: their folds "
-                              f"would pool different configurations; the best configuration's "
-                              f"per-fold values are under Best configuration)")
+        result.skipped.append(f"{task}: per-fold figure leaves out {left} (several runs "
+                              f"per (seed, fold))")
     if arms and stats.usable(task_folds[task_folds["arm"].isin(arms)], fold_metric).shape[0]:
         progress(f"{task}: per-fold figure")
         result.figures[f"{task}_per_fold"] = figs.per_fold(
-            study.folds, fold_metric, task, arms, out / f"{task}_per_fold_{fold_metric}.png",
+            task_folds, fold_metric, task, arms, out / f"{task}_per_fold_{fold_metric}.png",
             selection=_selection_short(t, task))
     params = figs.varying_numeric(pd.concat([finished, stopped]), SENSITIVITY_PARAMS)
     for p in params:
@@ -379,7 +388,7 @@ def _task_figures(result: Report, task: str, fold_metric: str, candidate: str, s
         result.skipped.append(f"{task}: parameter importance skipped: fewer than "
                               f"{MIN_TRIALS_IMPORTANCE} completed trials")
     if task == "survival" or metric == "cindex":
-        _km(result, task, progress)
+        _km(result, ev.role_view(result.study, (Roles.TRIAL, Roles.BASELINE)), task, progress)
     else:
         result.skipped.append(f"{task}: Kaplan–Meier skipped: not a survival task")
     # curves: every completed run (a completed run with a missing fold still has its curves)
@@ -419,11 +428,11 @@ def _task_figures(result: Report, task: str, fold_metric: str, candidate: str, s
             "completed runs; each epoch: mean over folds", out / f"{task}_learning_curves.png")
 
 
-def _km(result: Report, task: str, progress: Callable[[str], None]) -> None:
+def _km(result: Report, study: Study, task: str, progress: Callable[[str], None]) -> None:
     progress(f"{task}: Kaplan–Meier from predictions.parquet")
     preds, used, labels = {}, [], {}
-    for arm, run in _representative_runs(result.study, task).items():
-        p = load_predictions(result.study, run["run_id"])
+    for arm, run in _representative_runs(study, task).items():
+        p = load_predictions(study, run["run_id"])
         if p is None or not {"time", "event", "risk", "fold"} <= set(p.columns):
             result.notes.append(f"{task}: {arm}: run {run['run_id']} has no survival "
                                 f"predictions.parquet (time, event, risk, fold)")
@@ -578,6 +587,19 @@ def _conclusion(r: Report) -> list[str]:
             text += (f" {row.n_missing_pairs} result(s) without a partner were left out (see "
                      f"_Missing / failed_).")
         lines.append(text)
+    for task, what in r.model_rows.items():
+        if what == ev.GRID_ROWS or r.comparison.empty or \
+                not (r.comparison["task"] == task).any():
+            continue
+        if what == ev.NESTED_ROWS:
+            lines.append(f"**{task}**: the model's values above are the outer folds of nested "
+                         f"evaluation (each scored by a configuration chosen without it), so "
+                         f"the comparison with the baselines is unbiased by the search.")
+        else:
+            lines.append(f"**{task}**: the model's values above are its best-of-search trial's, "
+                         f"chosen on the same folds they are scored on: optimistic, so a "
+                         f"difference in the model's favour overstates it (the baselines were "
+                         f"not searched). `evaluation: nested` gives an unbiased comparison.")
     for (task, metric), fr in r.multi.items():
         if not np.isfinite(fr.p):
             lines.append(f"**All {len(fr.arms)} methods** ({task}, {metric}): {fr.note}.")
@@ -706,6 +728,9 @@ def build_document(r: Report) -> Doc:
              "over the comparisons of the same task and metric. Win rate: share of pairs where "
              "the method is strictly better. Means over the paired keys only. All columns in "
              "`comparison.csv`.")
+    for task, what in r.model_rows.items():
+        doc.para(f"{task}: the model is represented by {what}; baselines (if any) are fit on "
+                 f"each fold's training part and scored on the same folds.")
     if not r.comparison.empty:
         doc.table(_pairs_table(r.comparison))
     else:
@@ -761,15 +786,43 @@ def _best_section(doc: Doc, r: Report) -> None:
         doc.table(pf, {c: (lambda v: v if isinstance(v, str) else fmt.value(v, decimals=4))
                        for c in mcols})
         if mode == "nested":
-            nested = nested_estimate(r.study, task, b.metric)
-            if nested is None:
-                doc.para("This study ran nested evaluation (`ks.evaluation` = nested), but "
-                         "this version of the report cannot read its nested estimate yet; the "
-                         "number above remains the optimistic best-of-search value.")
-            else:
-                doc.para(f"**Nested estimate (unbiased)** of {b.metric}, one row per outer "
-                         f"fold, beside the best-of-search {b.value:.4f} above:")
-                doc.table(nested, {"value": lambda v: fmt.value(v, decimals=4)})
+            _nested_block(doc, r, task, b)
+
+
+def _nested_block(doc: Doc, r: Report, task: str, b: Best) -> None:
+    """The nested estimate beside best-of-search (README, "Evaluation modes")."""
+    nested = nested_estimate(r.study, task, b.metric)
+    if nested is None:
+        doc.para("This study ran nested evaluation (`ks.evaluation` = nested), but the report "
+                 "cannot read its nested estimate yet: no completed outer-fold run "
+                 "(`ks.role` = outer) was found (the study may still be running, or its refits "
+                 "failed); the number above remains the optimistic best-of-search value.")
+        return
+    doc.para(f"**Nested estimate (unbiased)** of {b.metric}, one row per outer fold, beside the "
+             f"best-of-search {b.value:.4f} above. Each outer fold's search ran on inner folds "
+             "of its training part only; the configuration it chose was retrained on the whole "
+             "training part and scored once on the outer fold (`value`). `best-of-search` is "
+             "that configuration's own inner score: selected on the inner folds it is scored on "
+             "(optimistic), from models trained on the smaller inner training parts.")
+    four = {c: (lambda v: v if isinstance(v, str) else fmt.value(v, decimals=4))
+            for c in ("value", "best-of-search")}
+    rest = {c: (lambda v: v if isinstance(v, str) else _param_text(v))
+            for c in nested.columns if c not in four and c not in ("outer_fold", "method",
+                                                                   "chosen trial")}
+    doc.table(nested, {**four, **rest})
+    v = nested["value"].astype(float)
+    inner = (pd.to_numeric(nested["best-of-search"], errors="coerce")
+             if "best-of-search" in nested else None)
+    text = (f"Nested estimate: {b.metric} {v.mean():.4f}"
+            + (f" ± {v.std(ddof=1):.4f} (sd over {v.notna().sum()} outer folds)"
+               if v.notna().sum() > 1 else ""))
+    if inner is not None and inner.notna().any():
+        text += (f"; best-of-search: {inner.mean():.4f} (mean of the chosen configurations' "
+                 f"inner scores), {b.value:.4f} (the single best inner trial). The nested "
+                 f"estimate is the unbiased one: each outer fold was scored once, by a "
+                 f"configuration chosen without it; the best-of-search numbers were selected on "
+                 f"the data they are scored on.")
+    doc.para(text + " The paired comparison with the baselines uses the outer folds' values.")
 
 
 def _param_text(v: object) -> str:

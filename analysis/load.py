@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 
 from study.record import (
     EPOCHS_RUN,
+    SEEDLESS,
     Artifacts,
     Roles,
     Status,
@@ -81,6 +82,12 @@ class Study:
     status and the parsed ``params.<name>`` columns; failed runs keep their expected folds (tag
     ``ks.folds``) with NaN values.
     ``metric_keys``: run_id -> the metric keys that run logged (to know which histories exist).
+
+    Both tables also say what each run is: ``role`` (trial, baseline, or outer for the refit runs
+    of nested evaluation) and ``outer_fold`` (nested evaluation's inner trials and outer runs).
+    A run logged once for every seed (``ks.seed`` = any: a deterministic baseline) has seed -1 in
+    ``trials`` and ``seedless`` True; in ``folds`` its rows are repeated for every seed of the
+    task's other runs, so it pairs with each of them on (seed, fold).
     """
 
     name: str
@@ -183,11 +190,16 @@ def _tidy_trials(runs: pd.DataFrame) -> pd.DataFrame:
     trials["mlflow_status"] = mlflow_status
     trials["error"] = tag(Tags.ERROR)
     trials["node_id"] = tag(Tags.NODE_ID)
+    trials["role"] = tag(Tags.ROLE).fillna(Roles.TRIAL)
+    trials["outer_fold"] = pd.to_numeric(tag(Tags.OUTER_FOLD), errors="coerce").astype("Int64")
     # seed: the searched/fixed param, else tag ks.seed; -1 when a trial averaged several seeds
+    # and for a seedless run (paired with every seed in ``folds``)
+    seedless = tag(Tags.SEED) == SEEDLESS
     seed = params.get("params.seed", pd.Series([pd.NA] * len(runs), index=runs.index))
     seed = pd.to_numeric(seed, errors="coerce").fillna(pd.to_numeric(tag(Tags.SEED),
                                                                        errors="coerce"))
-    trials["seed"] = seed.fillna(-1).astype(int)
+    trials["seed"] = seed.where(~seedless).fillna(-1).astype(int)
+    trials["seedless"] = seedless.to_numpy(dtype=bool)
     # final: final_<metric>; a trial stopped early by the scheduler never logs it, so it gets
     # its last val_<metric> (the value the scheduler and Optuna judged it on).
     final = pd.Series(np.nan, index=runs.index, dtype=float)
@@ -232,7 +244,8 @@ def _tidy_folds(runs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     cols = {c: (parse_fold_metric(c[len("metrics."):]), _final_fold_name(c[len("metrics."):]))
             for c in runs.columns if c.startswith("metrics.")}
     cols = {c: (parsed[0], name) for c, (parsed, name) in cols.items() if name is not None}
-    base_cols = ["run_id", "trial_id", "task", "metric", "method", "arm", "seed", "status"]
+    base_cols = ["run_id", "trial_id", "task", "metric", "method", "arm", "seed", "status",
+                 "role", "outer_fold"]
     if cols:
         long = runs[["run_id", *cols]].melt(id_vars="run_id", var_name="col", value_name="value")
         long = long.dropna(subset=["value"])
@@ -252,7 +265,23 @@ def _tidy_folds(runs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     folds = folds.merge(trials[keep], on="run_id", how="left")
     front = base_cols + ["fold"]
     rest = [c for c in folds.columns if c not in front]
-    return folds[front + rest].sort_values(["task", "arm", "seed", "fold"]).reset_index(drop=True)
+    folds = _broadcast_seedless(folds[front + rest], trials)
+    return folds.sort_values(["task", "arm", "seed", "fold"]).reset_index(drop=True)
+
+
+def _broadcast_seedless(folds: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Rows of seedless runs (a deterministic baseline, logged once) repeated for every seed of
+    the task's other runs, so that (seed, fold) pairing works whatever seeds the model ran."""
+    seedless_runs = set(trials.loc[trials["seedless"], "run_id"])
+    if not seedless_runs:
+        return folds
+    is_seedless = folds["run_id"].isin(seedless_runs)
+    parts = [folds[~is_seedless]]
+    for task, rows in folds[is_seedless].groupby("task", sort=False):
+        others = folds[~is_seedless & (folds["task"] == task)]
+        seeds = sorted(others["seed"].unique()) or [-1]
+        parts += [rows.assign(seed=s) for s in seeds]
+    return pd.concat(parts, ignore_index=True)
 
 
 def load_study(experiment: str, tracking_uri: str | None = None, *,
@@ -308,7 +337,7 @@ def load_study(experiment: str, tracking_uri: str | None = None, *,
         raise AnalysisError(f"experiment '{experiment}' at '{uri}' has no trial runs ({where})")
     children = children.dropna(axis=1, how="all").reset_index(drop=True)
     trials = _tidy_trials(children)
-    if (trials["seed"] == -1).any():
+    if ((trials["seed"] == -1) & ~trials["seedless"]).any():
         notes.append("some trials have no single seed (fold values averaged over seeds, or no "
                      "seed logged); they are listed and paired under seed -1")
     folds = _tidy_folds(children, trials)

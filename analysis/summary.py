@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis.load import AnalysisError, Study, load_study
 from analysis.stats import USABLE_STATUSES, full_budget
-from study.record import Status
+from study.record import Roles, Status
 
 
 def _missing(v: object) -> bool:
@@ -47,7 +47,10 @@ def summary_table(study: Study) -> pd.DataFrame:
 
 def best_trial(study: Study, task: str | None = None) -> pd.Series | None:
     """The completed trial with the highest final metric (stopped-early trials never win)."""
-    ok = full_budget(study.trials, task)
+    t = study.trials
+    if "role" in t:  # baselines and nested evaluation's outer runs are not the search's trials
+        t = t[t["role"] == Roles.TRIAL]
+    ok = full_budget(t, task)
     return None if ok.empty else ok.loc[ok["final"].astype(float).idxmax()]
 
 

@@ -5,7 +5,11 @@ names from here (standard library only, so the analysis does not pull in Ray or 
 
 Layout: one MLflow experiment per study (named after it); one parent run (``ks.role`` = study)
 holding the study config and report; one child run per trial (``ks.role`` = trial) with the
-trial's parameters, per-epoch metrics, final per-fold metrics and predictions.
+trial's parameters, per-epoch metrics, final per-fold metrics and predictions; one child run per
+baseline (``ks.role`` = baseline) scored on the study's folds, in the same layout. Nested
+evaluation (``ks.evaluation`` = nested) adds one ``outer`` run per outer fold: the configuration
+the search chose on that fold's inner folds, retrained on the outer training part and scored once
+on the outer fold; its inner trials carry ``ks.outer_fold``.
 
 Metric names (the README's "What you see in MLflow" table explains each to users):
 
@@ -29,6 +33,7 @@ class Roles:
     STUDY = "study"
     TRIAL = "trial"
     BASELINE = "baseline"
+    OUTER = "outer"  # nested evaluation: the chosen configuration, refit, scored on an outer fold
 
 
 class Status:
@@ -70,6 +75,21 @@ class Tags:
     REFERENCE = "ks.reference"  # the reference variant of a variants study
     EVALUATION = "ks.evaluation"  # cv | nested
     COORD_TARGET = "ks.coord_target"  # where coordination acts: classifier_rows | shared_trunk
+    # nested evaluation
+    OUTER_FOLD = "ks.outer_fold"  # inner trials and outer runs: the outer fold they belong to
+    CHOSEN_TRIAL = "ks.chosen_trial"  # outer run: the inner trial whose configuration was refit
+    # baseline runs
+    NOTES = "ks.notes"  # e.g. a covariate dropped in a fold because it was constant there
+
+
+SEEDLESS = "any"
+"""Value of ``ks.seed`` on a run whose result does not depend on the training seed (a
+deterministic baseline): it is logged once per study and the analysis pairs it with every seed."""
+
+EVALUATIONS = ("cv", "nested")
+"""``ks.evaluation`` / study key ``evaluation``: ``cv`` (the search and the estimate share the
+folds; best-of-search is optimistic) or ``nested`` (the search runs inside each outer training
+part; the outer folds give the unbiased estimate)."""
 
 
 class Params:
@@ -78,6 +98,22 @@ class Params:
 
     SEEDS = "seeds"  # the training seeds a trial averaged, comma-separated
     FOLDS = "folds"  # number of folds
+    # outer runs of nested evaluation
+    OUTER_FOLD = "outer_fold"
+    INNER_FOLDS = "inner_folds"  # how many inner folds the search used
+    REFIT_EPOCHS = "refit_epochs"  # epochs trained on the outer training part
+    REFIT_RULE = "refit_rule"  # how refit_epochs was chosen (never on the outer fold)
+    # baseline runs: their own options (ksmodel.baselines) plus
+    BASELINE = "baseline"
+    DESCRIPTION = "description"
+
+
+STUDY_PARAM = "study."
+"""Parent-run params: the study configuration, flattened (``study.epochs``, ``study.folds``,
+``study.scheduler.type``, ``study.fixed.lam``, ``study.search.alpha``, ...)."""
+COHORT_PARAM = "cohort."
+"""Parent-run params: what the cohort gave the model (``cohort.n_cases``, ``cohort.genes_tumour``,
+``cohort.genes_tme``, ``cohort.genes_table``, ``cohort.path``, ...)."""
 
 
 class Artifacts:
@@ -85,6 +121,9 @@ class Artifacts:
     ERROR = "error.txt"
     CONFIG = "config.yaml"
     SPLITS = "splits.parquet"
+    INNER_SPLITS = "inner_splits.parquet"  # nested: outer_fold, case_id, fold (inner)
+    NESTED = "nested.csv"  # nested: one row per outer fold (chosen trial, inner and outer score)
+    NOTES = "notes.txt"
     SUMMARY = "summary.csv"
     BEST_CONFIG = "best_config.yaml"
     REPORT_DIR = "report"
@@ -113,6 +152,27 @@ def final_metric(metric: str) -> str:
 def best_metric(metric: str) -> str:
     """Parent run: the best trial's final value."""
     return f"best_{metric}"
+
+
+def inner_metric(metric: str) -> str:
+    """Outer run: the chosen configuration's inner cross-validation score, i.e. the best of the
+    search on that outer training part (optimistic). Parent run: its mean over outer folds."""
+    return f"inner_{metric}"
+
+
+def nested_metric(metric: str) -> str:
+    """Parent run of a nested study: the outer folds' ``final_<metric>``, averaged (unbiased)."""
+    return f"nested_{metric}"
+
+
+def baseline_trial_id(name: str) -> str:
+    """``ks.trial_id`` of a baseline's run (one per study; a resumed study finds it again)."""
+    return f"baseline-{name}"
+
+
+def outer_trial_id(fold: int) -> str:
+    """``ks.trial_id`` of nested evaluation's outer run for ``fold``."""
+    return f"outer-{int(fold)}"
 
 
 def telemetry_metric(key: str) -> str:
@@ -149,10 +209,17 @@ EXPLAINED: dict[str, str] = {
     "coord/proj_norm": "mean norm of the gradient component the rule removed",
     "coord/skipped": "share of steps a confidence-based rule skipped (no confidence in the batch)",
     "best_<m>": "parent run: final metric of the best completed trial",
+    "inner_<m>": "nested evaluation, outer run: the chosen configuration's inner cross-validation "
+                 "score (best of the search on that outer training part; optimistic); parent "
+                 "run: its mean over outer folds",
+    "nested_<m>": "nested evaluation, parent run: mean over outer folds of the refit "
+                  "configuration's score on its outer fold (the unbiased estimate)",
 }
 """Every metric name a user sees in the MLflow UI, in words."""
 
 
 __all__ = ["Roles", "Status", "Tags", "Params", "Artifacts", "TRAIN_LOSS", "EPOCHS_RUN",
-           "TELEMETRY_PREFIX", "run_name", "val_metric", "final_metric", "best_metric",
-           "telemetry_metric", "fold_metric", "parse_fold_metric", "EXPLAINED"]
+           "TELEMETRY_PREFIX", "SEEDLESS", "EVALUATIONS", "STUDY_PARAM", "COHORT_PARAM",
+           "run_name", "val_metric", "final_metric", "best_metric", "inner_metric",
+           "nested_metric", "baseline_trial_id", "outer_trial_id", "telemetry_metric",
+           "fold_metric", "parse_fold_metric", "EXPLAINED"]

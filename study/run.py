@@ -1,9 +1,11 @@
 """`python -m study.run --space FILE`: a cross-validated hyper-parameter or ablation study.
 
 Order of work: validate the study file, the cohort and the folds (all before Ray starts), set
-up the study folder and the MLflow parent run, then hand the trials to a Ray Tune `Tuner`
-(Optuna through `OptunaSearch`, or a grid; ASHA for early stopping) and finally write
-`summary.csv` and `best_config.yaml`. The exit status is non-zero when no trial completed.
+up the study folder and the MLflow parent run (with the study's params), fit the baselines on the
+study's folds, then hand the trials to a Ray Tune `Tuner` (Optuna through `OptunaSearch`, or a
+grid; ASHA for early stopping) and finally write `summary.csv` and `best_config.yaml`. With
+`evaluation: nested` the search runs once per outer fold instead (study/nested.py). The exit
+status is non-zero when no trial completed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ksmodel.errors import CohortError
 from ksmodel.splits import save_splits
 from study.finish import finish_study
 from study.folder import STATE_FILE, StudyError, prepare_folder
+from study.nested import prepare_inner_splits
 from study.record import Artifacts, Tags, val_metric
 from study.search import make_scheduler, make_search
 from study.space import SpaceError, StudyConfig, dump_study, load_study
@@ -131,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             saved = {}
             dump_study(cfg, out / "config.yaml")
         data = load_data(cfg, out, args.resume)
+        from study.baseline_runs import check_covariates  # lifelines: not for --help
+
+        check_covariates(cfg, data)
+        prepare_inner_splits(cfg, data, out, args.resume)
     except (StudyError, SpaceError, CohortError, ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -145,6 +152,8 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     from mlflow.tracking import MlflowClient
     from ray import tune
 
+    from study.baseline_runs import run_baselines
+    from study.parent import record_study
     from study.tracking import (
         TrialStatusCallback,
         default_tracking_uri,
@@ -161,12 +170,14 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     parent = saved.get("parent_run_id") or start_parent_run(
         client, experiment_id, cfg.name, parent_tags(cfg, out),
         [out / Artifacts.CONFIG, out / Artifacts.SPLITS])
+    record_study(client, parent, cfg, data)
     storage = args.storage or saved.get("storage") or str(out / "ray")
     (out / STATE_FILE).write_text(json.dumps(
         {"name": cfg.name, "experiment_id": experiment_id, "parent_run_id": parent,
          "tracking_uri": tracking_uri, "storage": storage, "cohort": str(data.cohort.root)},
         indent=2))
 
+    run_baselines(client, experiment_id, parent, cfg, data)
     if args.address:
         ray.init(address=args.address, log_to_driver=True)
     else:
@@ -177,6 +188,10 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
                        splits=data.splits, bags=bags, tracking_uri=tracking_uri,
                        experiment_id=experiment_id, parent_run_id=parent,
                        cpus=cfg.resources["cpu"], tags={Tags.STUDY: cfg.name})
+    if cfg.evaluation == "nested":
+        from study.nested import run_nested
+
+        return run_nested(cfg, out, ctx, args, client, parent, storage)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
     search_alg, param_space, num_samples = make_search(cfg)

@@ -27,10 +27,12 @@ from ksmodel.config import (
     to_dict,
 )
 from ksmodel.tasks import TASKS
+from study.record import EVALUATIONS
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 SCHEDULERS = ("asha", "none")
 PARAM_TYPES = ("float", "loguniform", "int", "categorical")
+DEFAULT_INNER_FOLDS = 3
 DATA_KEYS = frozenset({"feature_dim", "n_tumour_genes", "n_tme_genes", "n_outputs", "task"})
 TRIAL_KEYS = parameter_keys() - DATA_KEYS
 """Parameters a study may fix or search (data-derived sizes and the task are set elsewhere)."""
@@ -99,6 +101,10 @@ class StudyConfig:
     max_failures: int = 1
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     synthetic: SyntheticConfig = SyntheticConfig()
+    evaluation: str = "cv"  # cv | nested (README, "Evaluation modes")
+    inner_folds: int = DEFAULT_INNER_FOLDS  # nested: folds of each outer training part
+    baselines: tuple[str, ...] = ()  # reference models run on the study's folds
+    covariates: tuple[str, ...] = ()  # clinical columns of the clinical baselines
     source: str = ""  # the YAML file this came from
 
     @property
@@ -130,6 +136,9 @@ class StudyConfig:
             out.pop("synthetic")
         else:
             out["synthetic"] = to_dict(self.synthetic)
+        out["baselines"], out["covariates"] = list(self.baselines), list(self.covariates)
+        if self.evaluation != "nested":  # the key is refused without nested evaluation
+            out.pop("inner_folds")
         return out
 
 
@@ -372,6 +381,58 @@ def _check_sampler_compat(where: str, sampler: str, params: tuple[ParamSpec, ...
         raise _err(where, "sampler", "cmaes cannot sample categorical parameters; use tpe")
 
 
+def _parse_evaluation(raw: dict[str, Any], where: str, task: str) -> dict[str, Any]:
+    """evaluation (cv | nested) with its inner_folds, the baselines run on the study's folds and
+    the clinical covariates they use (checked against the cohort's columns once it is read).
+    Without ``baselines``: every baseline of the task's kind that has its inputs (the clinical
+    ones need ``covariates``)."""
+    evaluation = raw.get("evaluation", "cv")
+    if evaluation not in EVALUATIONS:
+        raise _err(where, "evaluation", f"must be one of {', '.join(EVALUATIONS)}, "
+                                        f"got {evaluation!r}")
+    kw: dict[str, Any] = {"evaluation": evaluation}
+    if "inner_folds" in raw:
+        if evaluation != "nested":
+            raise _err(where, "inner_folds", "is only used with evaluation: nested")
+        kw["inner_folds"] = _typed(where, "inner_folds", raw["inner_folds"], int)
+        if kw["inner_folds"] < 2:
+            raise _err(where, "inner_folds", "needs at least 2 inner folds")
+    covariates = raw.get("covariates", []) or []
+    if not isinstance(covariates, list) or not all(isinstance(c, str) and c.strip()
+                                                   for c in covariates):
+        raise _err(where, "covariates", f"expected a list of clinical column names, "
+                                        f"got {covariates!r}")
+    dup = sorted({c for c in covariates if covariates.count(c) > 1})
+    if dup:
+        raise _err(where, "covariates", f"{', '.join(dup)} listed more than once")
+    kw["covariates"] = tuple(covariates)
+    from ksmodel.baselines import BASELINES, baselines_for  # lifelines/sklearn: not for --help
+
+    kind = TASKS[task].kind
+    if "baselines" not in raw:
+        kw["baselines"] = tuple(b for b in baselines_for(kind)
+                                if covariates or not BASELINES[b].needs_covariates)
+        return kw
+    names = raw["baselines"] or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _err(where, "baselines", f"expected a list of baseline names, got {names!r}")
+    for name in names:
+        if name not in BASELINES:
+            raise _err(where, "baselines", f"unknown baseline {name!r}; choose from "
+                                           f"{', '.join(BASELINES)}")
+        if BASELINES[name].kind != kind:
+            raise _err(where, "baselines", f"{name} is a {BASELINES[name].kind} baseline but "
+                                           f"task {task} is {kind}; use "
+                                           f"{', '.join(baselines_for(kind))}")
+        if BASELINES[name].needs_covariates and not covariates:
+            raise _err(where, "covariates", f"baseline {name} needs clinical covariates, e.g. "
+                                            f"covariates: [age, is_female]")
+    if len(set(names)) < len(names):
+        raise _err(where, "baselines", "a baseline is listed more than once")
+    kw["baselines"] = tuple(names)
+    return kw
+
+
 def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
     """Validate a study mapping (as loaded from YAML) into a `StudyConfig`.
 
@@ -392,6 +453,7 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
         kw["seeds"] = ()
     _check_param_values(where, kw["task"], kw["fixed"], kw["search"])
     _check_sampler_compat(where, kw["sampler"], kw["search"])
+    kw.update(_parse_evaluation(raw, where, kw["task"]))
     return StudyConfig(**kw, source=where)
 
 

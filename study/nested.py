@@ -1,0 +1,484 @@
+"""Nested evaluation (``evaluation: nested``): an estimate of the searched model that the search
+never saw.
+
+The study's folds are the outer folds. For each outer fold k:
+
+1. its training part (every other outer fold) is split into ``inner_folds`` patient-level folds,
+   stratified on the task's strata and seeded by (``split_seed``, k); all of them are saved in
+   ``inner_splits.parquet`` (columns outer_fold, case_id, fold) and reused on ``--resume``, so
+   they are reproducible and can be checked: outer fold k's rows are in none of them;
+2. the search runs on those inner folds only (one Ray Tune ``Tuner``, the study's sampler,
+   scheduler and budget; its trials are ordinary trial runs tagged ``ks.outer_fold`` = k);
+3. the completed inner trial with the best inner cross-validation score is chosen, retrained on
+   the whole outer training part (a Ray task with a trial's resources) and scored once on outer
+   fold k: the ``outer`` run of fold k. Epochs: the study's ``epochs`` and the last epoch, as in
+   the search; with ``patience`` > 0 the outer fold must not pick the epoch, so the refit trains
+   the median epoch early stopping selected on the chosen trial's inner folds (its learning-rate
+   schedule still spans the study's epochs, as in the search) and is scored at its last epoch.
+
+The mean of the outer scores is the nested estimate (parent metric ``nested_<m>``); the mean of
+the chosen trials' inner scores is what best-of-search would have reported (``inner_<m>``).
+
+One Tuner per outer fold, not one Tuner whose trials carry the outer fold: with one Optuna
+sampler for all outer folds, the proposals for outer fold k would be informed by trials of other
+outer folds, which train and validate on fold k's rows - the outer fold would leak into its own
+search. Separate Tuners keep each search blind to its outer fold, let ASHA rank trials that ran
+on the same inner folds, and can be resumed one by one. The price: outer folds are searched one
+after another, so at most ``max_concurrent`` trials run at a time.
+
+Compute: k_outer x (the search: num_samples trials x inner_folds folds) + k_outer refits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ksmodel.cohort import Cohort
+from ksmodel.data import RunData
+from ksmodel.errors import CohortError
+from ksmodel.errors import few as _few
+from ksmodel.splits import fold_case_ids
+from ksmodel.tasks import get_task
+from study.folder import StudyError
+from study.record import (
+    EPOCHS_RUN,
+    TRAIN_LOSS,
+    Artifacts,
+    Params,
+    Roles,
+    Tags,
+    final_metric,
+    fold_metric,
+    inner_metric,
+    nested_metric,
+    outer_trial_id,
+    run_name,
+    val_metric,
+)
+from study.space import StudyConfig
+
+INNER_COLUMNS = ["outer_fold", "case_id", "fold"]
+
+
+# --- inner splits ----------------------------------------------------------------------------
+
+def inner_seed(split_seed: int, outer_fold: int) -> int:
+    """The seed of outer fold ``outer_fold``'s inner split (one stream per outer fold)."""
+    return int(np.random.SeedSequence([int(split_seed), int(outer_fold)]).generate_state(1)[0])
+
+
+def _strata(cohort: Cohort, task: str) -> pd.Series:
+    t = get_task(task)
+    return pd.Series(t.strata(cohort.targets(task)), index=cohort.case_ids)
+
+
+def make_inner_splits(cohort: Cohort, task: str, outer: pd.DataFrame, k: int,
+                      split_seed: int) -> pd.DataFrame:
+    """Stratified k-fold split of every outer training part: DataFrame[outer_fold, case_id,
+    fold]. Outer fold f's own cases are in none of outer fold f's inner folds."""
+    from sklearn.model_selection import StratifiedKFold
+
+    strata = _strata(cohort, task)
+    what = get_task(task).strata_name
+    frames = []
+    for f in sorted(int(x) for x in outer["fold"].unique()):
+        train_ids, _ = fold_case_ids(outer, f)
+        s = strata.loc[train_ids].to_numpy()
+        values, counts = np.unique(s, return_counts=True)
+        small = [f"{what} {v}: {c} case(s)" for v, c in zip(values, counts, strict=True) if c < k]
+        if small:
+            raise CohortError(f"outer fold {f}: its training part cannot be split into {k} "
+                              f"stratified inner folds: {_few(small)} (< {k}); use fewer "
+                              f"inner_folds or fewer folds")
+        inner = np.empty(len(s), dtype=np.int64)
+        skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=inner_seed(split_seed, f))
+        for j, (_, val) in enumerate(skf.split(np.zeros(len(s)), s)):
+            inner[val] = j
+        frames.append(pd.DataFrame({"outer_fold": f, "case_id": train_ids, "fold": inner}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def inner_for(inner: pd.DataFrame, outer_fold: int) -> pd.DataFrame:
+    """Outer fold ``outer_fold``'s inner folds as a split table (case_id, fold): what its
+    search's trials train and validate on (``prepare_fold`` sees no other case)."""
+    sel = inner[inner["outer_fold"] == outer_fold]
+    return sel[["case_id", "fold"]].reset_index(drop=True)
+
+
+def check_inner_splits(cohort: Cohort, task: str, outer: pd.DataFrame, inner: pd.DataFrame,
+                       source: str) -> None:
+    """Each outer fold's inner folds cover exactly its training part (no row of the outer fold,
+    none missing, each case once) and can each be trained (the task's fold rule)."""
+    missing = [c for c in INNER_COLUMNS if c not in inner.columns]
+    if missing:
+        raise StudyError(f"{source}: missing column(s) {', '.join(missing)}; expected "
+                         f"{', '.join(INNER_COLUMNS)}")
+    t = get_task(task)
+    strata = _strata(cohort, task)
+    outer_ids = sorted(int(x) for x in outer["fold"].unique())
+    if sorted(int(x) for x in inner["outer_fold"].unique()) != outer_ids:
+        raise StudyError(f"{source}: outer folds {sorted(inner['outer_fold'].unique())} do not "
+                         f"match the study's folds {outer_ids}; remake it (start afresh)")
+    for f in outer_ids:
+        train_ids, val_ids = fold_case_ids(outer, f)
+        sel = inner_for(inner, f)
+        ids = sel["case_id"].astype(str)
+        leaked = sorted(set(ids) & set(val_ids))
+        if leaked:
+            raise StudyError(f"{source}: outer fold {f}'s own case(s) {_few(leaked)} are in its "
+                             f"inner folds; its search would see them")
+        if ids.duplicated().any() or set(ids) != set(train_ids):
+            raise StudyError(f"{source}: outer fold {f}'s inner folds do not cover its training "
+                             f"part exactly once; remake it (start afresh)")
+        s = strata.loc[ids].to_numpy()
+        fold = sel["fold"].to_numpy()
+        for j in sorted(set(fold.tolist())):
+            try:
+                t.check_fold(j, s[fold != j], s[fold == j], s)
+            except CohortError as exc:
+                raise CohortError(f"outer fold {f}, inner {exc}") from None
+
+
+def prepare_inner_splits(cfg: StudyConfig, data: RunData, out: Path,
+                         resume: bool) -> pd.DataFrame | None:
+    """Nested studies: the inner splits (made once and saved in the study folder, read back on
+    resume) after checking them; None for ``evaluation: cv``. Errors before Ray starts."""
+    if cfg.evaluation != "nested":
+        return None
+    path = out / Artifacts.INNER_SPLITS
+    if resume and path.is_file():
+        inner = pd.read_parquet(path)
+        inner["case_id"] = inner["case_id"].astype(str)
+    else:
+        inner = make_inner_splits(data.cohort, cfg.task, data.splits, cfg.inner_folds,
+                                  cfg.split_seed)
+    check_inner_splits(data.cohort, cfg.task, data.splits, inner, str(path))
+    if not path.is_file():
+        inner.to_parquet(path, index=False)
+    return inner
+
+
+# --- the searches ----------------------------------------------------------------------------
+
+@dataclass
+class Choice:
+    """The configuration an outer fold's search chose."""
+
+    outer_fold: int
+    trial_id: str
+    run_id: str | None
+    config: dict[str, Any]  # what the sampler proposed (searched keys)
+    inner_value: float  # its inner cross-validation score (best of the search)
+    trials: int  # inner trials completed
+
+
+def _tuner_name(study: str, outer_fold: int) -> str:
+    return f"{study}-outer{outer_fold}"
+
+
+def _search(cfg: StudyConfig, ctx: Any, outer_fold: int, storage: str,
+            args: argparse.Namespace) -> Any:
+    """One outer fold's search: a Tuner of its own (see the module docstring for why)."""
+    from ray import tune
+
+    from study.search import make_scheduler, make_search
+    from study.tracking import TrialStatusCallback
+    from study.trial import run_trial
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                    {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
+    search_alg, param_space, num_samples = make_search(cfg)
+    name = _tuner_name(cfg.name, outer_fold)
+    path = f"{storage.rstrip('/')}/{name}"
+    if args.resume and tune.Tuner.can_restore(path):
+        print(f"outer fold {outer_fold}: resuming {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=args.retry_failed,
+                                   restart_errored=args.retry_failed, param_space=param_space)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=val_metric(cfg.metric), mode=cfg.mode, num_samples=num_samples,
+                search_alg=search_alg, scheduler=make_scheduler(cfg),
+                max_concurrent_trials=cfg.max_concurrent if search_alg is None else None),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                callbacks=[TrialStatusCallback(ctx.tracking_uri, ctx.experiment_id)],
+                verbose=1))
+    return tuner.fit()
+
+
+def choose(grid: Any, cfg: StudyConfig, outer_fold: int) -> Choice | None:
+    """The completed trial with the best inner score (the rule of ``best_config.yaml``: trials
+    stopped early by the scheduler never win, they ran fewer epochs)."""
+    from study.trial import COMPLETED, RUN_ID
+
+    key = val_metric(cfg.metric)
+    done = [r for r in grid if r.error is None and (r.metrics or {}).get(COMPLETED)
+            and r.metrics.get(key) is not None]
+    if not done:
+        return None
+    best = max(done, key=lambda r: float(r.metrics[key]))
+    trial_id = best.metrics.get("trial_id") or Path(best.path).name.split("_")[2]
+    return Choice(outer_fold, str(trial_id), best.metrics.get(RUN_ID), dict(best.config or {}),
+                  float(best.metrics[key]), len(done))
+
+
+def refit_plan(client: Any, choice: Choice, cfg: StudyConfig,
+               inner_folds: list[int]) -> tuple[int, str]:
+    """(epochs to train on the outer training part, the rule in words). Patience 0: the
+    study's epochs (last epoch, as the search scored it). Patience > 0: the median over the
+    chosen trial's inner folds of the epoch early stopping selected there (first maximum of the
+    fold's validation curve), never an epoch picked on the outer fold."""
+    from ksmodel.config import TrainConfig
+
+    patience = int({**cfg.fixed, **choice.config}.get("patience", TrainConfig.patience))
+    if patience == 0:
+        return cfg.epochs, "last epoch (patience 0), the study's epochs"
+    if choice.run_id is None:
+        return cfg.epochs, (f"the study's epochs (patience {patience}; the chosen trial's "
+                            f"curves were not found)")
+    selected = []
+    for j in inner_folds:
+        hist = sorted(client.get_metric_history(choice.run_id,
+                                                fold_metric(j, val_metric(cfg.metric))),
+                      key=lambda m: m.step)
+        if hist:
+            selected.append(int(hist[int(np.argmax([m.value for m in hist]))].step))
+    if not selected:
+        return cfg.epochs, f"the study's epochs (patience {patience}; no inner curves logged)"
+    epochs = max(1, min(cfg.epochs, int(round(float(np.median(selected))))))
+    return epochs, (f"median inner early-stopping epoch (patience {patience}; inner folds "
+                    f"selected {', '.join(map(str, selected))}), last epoch")
+
+
+# --- the refit (a Ray task) ------------------------------------------------------------------
+
+def refit_outer(ctx: Any, outer_fold: int, config: dict[str, Any], epochs: int,
+                info: dict[str, Any]) -> dict[str, Any]:
+    """Retrain ``config`` on outer fold ``outer_fold``'s whole training part for ``epochs``
+    epochs (per training seed) and score its last epoch once on the outer fold; log the outer
+    run. ``ctx`` is the study's TrialContext (splits = the outer folds)."""
+    import ray
+    import torch
+
+    from ksmodel.config import TrainConfig, split_params
+    from ksmodel.train import FoldTrainer, build_model_config, prepare_fold, resolve_device
+    from study.tracking import TrialLogger, retry
+    from study.trial import method_name, trial_params
+
+    start = time.perf_counter()
+    params = {**ctx.fixed, **config, "task": ctx.task, "epochs": ctx.epochs}
+    seeds = [params["seed"]] if "seed" in params else list(ctx.seeds)
+    logged = {**trial_params(params, ctx.cohort), Params.SEEDS: ",".join(map(str, seeds)),
+              Params.OUTER_FOLD: outer_fold, Params.INNER_FOLDS: info["inner_folds"],
+              Params.REFIT_EPOCHS: epochs, Params.REFIT_RULE: info["rule"]}
+    tags = {Tags.ROLE: Roles.OUTER, Tags.METHOD: method_name(params), Tags.TASK: ctx.task,
+            Tags.METRIC: ctx.metric, Tags.NODE_ID: ray.get_runtime_context().get_node_id(),
+            Tags.FOLDS: str(outer_fold), Tags.SEED: seeds[0] if len(seeds) == 1 else "mean",
+            Tags.OUTER_FOLD: str(outer_fold), Tags.CHOSEN_TRIAL: info["trial_id"], **ctx.tags}
+    logger = TrialLogger(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id,
+                         outer_trial_id(outer_fold), logged, tags)
+    retry(lambda: logger.client.set_tag(logger.run_id, "mlflow.runName",
+                                        run_name(Roles.OUTER, str(outer_fold))))
+    try:
+        torch.set_num_threads(max(1, int(ctx.cpus)))
+        model_kw, train_kw = split_params({k: v for k, v in params.items() if k != "seed"})
+        train_kw["patience"] = 0  # the outer fold never selects an epoch
+        model_cfg = build_model_config(ctx.cohort, ctx.task, **model_kw)
+        device = resolve_device(TrainConfig(**train_kw).device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            bags = torch.from_numpy(ctx.bags).to(device) if ctx.bags is not None else None
+        fold = prepare_fold(ctx.cohort, bags, ctx.splits, outer_fold, ctx.task,
+                            log1p=TrainConfig(**train_kw).log1p)
+        trainers = [FoldTrainer(fold, model_cfg, TrainConfig(**{**train_kw, "seed": s}), device)
+                    for s in seeds]
+        for epoch in range(1, epochs + 1):
+            losses = [t.fit_epoch().train_loss for t in trainers]
+            logger.log_epoch(epoch, {TRAIN_LOSS: float(np.mean(losses))})
+        final: dict[str, float] = {}
+        for name in trainers[0].result.metrics:
+            value = float(np.mean([t.result.metrics[name] for t in trainers]))
+            final[final_metric(name)] = value
+            final[fold_metric(outer_fold, final_metric(name))] = value
+        final[EPOCHS_RUN] = float(epochs)
+        final[inner_metric(ctx.metric)] = float(info["inner_value"])
+        predictions = pd.concat([t.predictions().assign(seed=t.train_cfg.seed)
+                                 for t in trainers], ignore_index=True)
+        logger.complete(final, predictions,
+                        {Tags.WALL_SECONDS: round(time.perf_counter() - start, 2)})
+    except Exception as exc:
+        logger.fail(exc)
+        raise
+    return {"outer_fold": outer_fold, "run_id": logger.run_id, **final}
+
+
+def _done_refit(client: Any, experiment_id: str, outer_fold: int) -> dict[str, Any] | None:
+    from study.tracking import completed_run
+
+    run = completed_run(client, experiment_id, outer_trial_id(outer_fold))
+    if run is None:
+        return None
+    return {"outer_fold": outer_fold, "run_id": run.info.run_id, **run.data.metrics}
+
+
+def _refits(cfg: StudyConfig, ctx: Any, client: Any, choices: dict[int, Choice],
+            inner: pd.DataFrame) -> dict[int, dict[str, Any]]:
+    """Every chosen configuration retrained and scored on its outer fold, in parallel as Ray
+    tasks with a trial's resources; outer folds already refit (resume) are read back."""
+    import ray
+
+    remote = ray.remote(refit_outer).options(
+        num_cpus=cfg.resources["cpu"], num_gpus=cfg.resources["gpu"],
+        max_retries=cfg.max_failures, retry_exceptions=False)
+    ctx_ref = ray.put(ctx)
+    results: dict[int, dict[str, Any]] = {}
+    futures = {}
+    for k, choice in choices.items():
+        done = _done_refit(client, ctx.experiment_id, k)
+        if done is not None:
+            results[k] = done
+            continue
+        folds = sorted(int(f) for f in inner_for(inner, k)["fold"].unique())
+        epochs, rule = refit_plan(client, choice, cfg, folds)
+        print(f"outer fold {k}: refit trial {choice.trial_id} on the outer training part, "
+              f"{epochs} epochs ({rule})", flush=True)
+        info = {"trial_id": choice.trial_id, "inner_value": choice.inner_value,
+                "inner_folds": len(folds), "rule": rule}
+        futures[k] = remote.remote(ctx_ref, k, choice.config, epochs, info)
+    for k, fut in futures.items():
+        try:
+            results[k] = ray.get(fut)
+        except Exception as exc:  # noqa: BLE001 - the other outer folds still count
+            print(f"outer fold {k}: refit FAILED: {str(exc).strip().splitlines()[-1][:300]}",
+                  file=sys.stderr, flush=True)
+    return results
+
+
+# --- the study -------------------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values (for YAML)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def run_nested(cfg: StudyConfig, out: Path, ctx: Any, args: argparse.Namespace, client: Any,
+               parent: str, storage: str) -> int:
+    """Search every outer fold on its inner folds, refit the choices, score them on the outer
+    folds, write summary.csv / nested.csv / best_config.yaml and close the parent run. Exit
+    status 1 when an outer fold has no estimate (no completed inner trial, or its refit failed)."""
+    from study.finish import summarise
+    from study.tracking import log_frame, retry
+
+    inner = pd.read_parquet(out / Artifacts.INNER_SPLITS)
+    inner["case_id"] = inner["case_id"].astype(str)
+    retry(lambda: client.log_artifact(parent, str(out / Artifacts.INNER_SPLITS)))
+    start = time.time()
+    choices: dict[int, Choice] = {}
+    summaries = []
+    for k in ctx.folds:
+        splits_k = inner_for(inner, k)
+        folds_k = sorted(int(f) for f in splits_k["fold"].unique())
+        print(f"\nouter fold {k}: searching on its training part ({len(splits_k)} cases, "
+              f"{len(folds_k)} inner folds); its {int((ctx.splits['fold'] == k).sum())} cases "
+              f"stay unseen until the refit is scored", flush=True)
+        ctx_k = replace(ctx, splits=splits_k, folds=folds_k,
+                        tags={**ctx.tags, Tags.OUTER_FOLD: str(k)})
+        grid = _search(cfg, ctx_k, k, storage, args)
+        summaries.append(summarise(grid, cfg).assign(outer_fold=k))
+        choice = choose(grid, cfg, k)
+        if choice is None:
+            print(f"outer fold {k}: no inner trial completed; no estimate for this fold",
+                  file=sys.stderr, flush=True)
+        else:
+            choices[k] = choice
+    summary = pd.concat(summaries, ignore_index=True)
+    summary.to_csv(out / Artifacts.SUMMARY, index=False)
+    log_frame(client, parent, summary, Artifacts.SUMMARY)
+    results = _refits(cfg, ctx, client, choices, inner)
+    return _finish(cfg, out, client, parent, ctx.folds, choices, results, time.time() - start)
+
+
+def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[int],
+            choices: dict[int, Choice], results: dict[int, dict[str, Any]],
+            seconds: float) -> int:
+    from study.baseline_runs import baseline_values
+    from study.tracking import log_frame, retry
+
+    m = cfg.metric
+    rows = []
+    for k in folds:
+        c, r = choices.get(k), results.get(k, {})
+        row: dict[str, Any] = {"outer_fold": k, "chosen_trial": c.trial_id if c else None,
+                               "inner_trials_completed": c.trials if c else 0,
+                               inner_metric(m): c.inner_value if c else np.nan,
+                               m: r.get(final_metric(m), np.nan),
+                               "refit_epochs": r.get(EPOCHS_RUN, np.nan),
+                               "run_id": r.get("run_id")}
+        if c:
+            row.update({f"param.{p}": _plain(c.config[p]) for p in cfg.searched
+                        if p in c.config})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / Artifacts.NESTED, index=False)
+    log_frame(client, parent, table, Artifacts.NESTED)
+    estimated = table[table[m].notna()]
+    print(f"\n{cfg.name}: nested evaluation over {len(folds)} outer folds in {seconds:.0f} s")
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(table.drop(columns=["run_id"]).to_string(index=False))
+    if estimated.empty:
+        print("no outer fold has an estimate; see the errors above and in MLflow",
+              file=sys.stderr)
+        retry(lambda: client.set_terminated(parent, "FAILED"))
+        return 1
+    nested, inner = float(estimated[m].mean()), float(table[inner_metric(m)].mean())
+    retry(lambda: client.log_metric(parent, nested_metric(m), nested))
+    retry(lambda: client.log_metric(parent, inner_metric(m), inner))
+    best = {"study": cfg.name, "evaluation": "nested", nested_metric(m): nested,
+            inner_metric(m): inner,
+            "note": "one configuration per outer fold, each chosen on that fold's inner folds; "
+                    "to choose one configuration for new patients run the study with "
+                    "evaluation: cv (its best-of-search score is optimistic, this nested "
+                    "estimate is not)",
+            "outer_folds": [{"outer_fold": int(k), "trial_id": c.trial_id,
+                             inner_metric(m): c.inner_value,
+                             m: _plain(results.get(k, {}).get(final_metric(m))),
+                             "params": {**{p: list(v) if isinstance(v, (list, tuple)) else v
+                                           for p, v in cfg.fixed.items()},
+                                        **{p: _plain(v) for p, v in c.config.items()}}}
+                            for k, c in choices.items()]}
+    (out / Artifacts.BEST_CONFIG).write_text(yaml.safe_dump(best, sort_keys=False))
+    retry(lambda: client.log_artifact(parent, str(out / Artifacts.BEST_CONFIG)))
+    baselines = baseline_values(client, client.get_run(parent).info.experiment_id,
+                                cfg.baselines, m)
+    print(f"nested estimate {m} {nested:.4f} (unbiased: each outer fold scored once, by a "
+          f"configuration chosen without it) vs best-of-search {inner:.4f} (the chosen trials' "
+          f"own inner scores: optimistic)"
+          + "".join(f"; baseline {b} {v:.4f}" for b, v in baselines.items() if v is not None))
+    missing = [k for k in folds if k not in set(estimated["outer_fold"])]
+    if missing:
+        print(f"outer fold(s) {', '.join(map(str, missing))} have no estimate: the nested "
+              f"estimate above is incomplete", file=sys.stderr)
+        retry(lambda: client.set_terminated(parent, "FAILED"))
+        return 1
+    retry(lambda: client.set_terminated(parent, "FINISHED"))
+    print(f"MLflow: mlflow ui --backend-store-uri {client.tracking_uri}")
+    return 0
+
+
+__all__ = ["make_inner_splits", "inner_for", "check_inner_splits", "prepare_inner_splits",
+           "inner_seed", "Choice", "choose", "refit_plan", "refit_outer", "run_nested",
+           "INNER_COLUMNS"]
