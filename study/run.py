@@ -26,6 +26,7 @@ from study.folder import STATE_FILE, StudyError, prepare_folder
 from study.record import Artifacts, Tags, val_metric
 from study.search import make_scheduler, make_search
 from study.space import SpaceError, StudyConfig, dump_study, load_study
+from study.variants import modalities as variant_modalities
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -84,7 +85,7 @@ def _modalities(cfg: StudyConfig) -> set[str]:
     for p in cfg.search:
         if p.name == "modality":
             return set(p.values)
-    return {cfg.fixed.get("modality", ModelConfig.modality)}
+    return variant_modalities(cfg.fixed, cfg.variants, ModelConfig.modality)
 
 
 def load_data(cfg: StudyConfig, out: Path, resume: bool) -> RunData:
@@ -108,7 +109,8 @@ def load_data(cfg: StudyConfig, out: Path, resume: bool) -> RunData:
 def parent_tags(cfg: StudyConfig, out: Path) -> dict[str, str]:
     return {Tags.STUDY: cfg.name, Tags.TASK: cfg.task, Tags.METRIC: cfg.metric,
             Tags.MODE: cfg.mode, Tags.SAMPLER: cfg.sampler, Tags.OUT: str(out),
-            Tags.SEARCHED: ",".join(cfg.searched)}
+            Tags.SEARCHED: ",".join(cfg.searched),
+            **({Tags.REFERENCE: cfg.reference} if cfg.reference else {})}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,7 +178,8 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
                        seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
                        splits=data.splits, bags=bags, tracking_uri=tracking_uri,
                        experiment_id=experiment_id, parent_run_id=parent,
-                       cpus=cfg.resources["cpu"], tags={Tags.STUDY: cfg.name})
+                       cpus=cfg.resources["cpu"], tags={Tags.STUDY: cfg.name},
+                       variants=cfg.variants)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
     search_alg, param_space, num_samples = make_search(cfg)
