@@ -230,6 +230,13 @@ def test_coordination_study_still_groups_by_method(tmp_path: Path) -> None:
     r = compare.run_compare("ablation", uri, tmp_path / "rep", n_boot=200, log_to_mlflow=False,
                             progress=lambda _m: None)
     assert set(r.comparison["method"]) == {"cgcoord"} and r.claims.empty
+    # its variants are the rules: a claims table against a chosen rule on request
+    r = compare.run_compare("ablation", uri, tmp_path / "rep2", reference="cgcoord", n_boot=200,
+                            log_to_mlflow=False, progress=lambda _m: None)
+    t = r.claims.set_index("variant")
+    assert set(t.index) == {"uniform", "pcgrad"} and (t["n_pairs"] == 15).all()
+    assert t.loc["uniform", "claim"] == "cgcoord raises AUC over uniform"
+    assert t.loc["uniform", "mean_diff"] == pytest.approx(0.02)
 
 
 # --- the known answer, through the real pipeline ---------------------------------------------
@@ -258,7 +265,7 @@ def test_known_answer_on_a_planted_cohort(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     parents, children = runs(out, "known_answer")
     assert len(children) == 6 and (children[T.STATUS] == "COMPLETED").all()
-    assert sorted(children[f"tags.{Tags.VARIANT}"]) == sorted(KNOWN["variants"]) * 2
+    assert sorted(children[f"tags.{Tags.VARIANT}"]) == sorted(list(KNOWN["variants"]) * 2)
     assert parents[f"tags.{Tags.REFERENCE}"].iloc[0] == "full"
     hist = children[children[f"tags.{Tags.VARIANT}"] == "histology_only"]
     assert (hist["params.modality"] == "histology").all()  # the overrides reached the trainer
