@@ -45,7 +45,7 @@ SUPPORTED, CONTRADICTED, NOT_SUPPORTED = (
     "supported", "contradicted", "not supported at this sample size")
 
 CLAIM_COLUMNS = [
-    "task", "metric", "reference", "variant", "claim", "n_pairs", "mean_reference",
+    "task", "metric", "reference", "variant", "setting", "claim", "n_pairs", "mean_reference",
     "mean_variant", "mean_diff", "ci_low", "ci_high", "wilcoxon_p", "holm_p", "win_rate",
     "n_wins", "n_ties", "n_losses", "verdict", "sd_diff", "mdd", "n_nonzero", "min_p",
     "n_missing_pairs", "power_note", "note"]
@@ -104,50 +104,23 @@ def claims_table(folds: pd.DataFrame, metric: str, task: str, reference: str, *,
                  variants: Iterable[str] | None = None, by: str = "arm", n_boot: int = 10_000,
                  seed: int = 0, alpha: float = 0.05, power: float = 0.80) -> Claims:
     """Every variant (default: every other label of column ``by``) against ``reference`` on
-    identical (seed, fold) keys; Holm across the rows. Only completed trials count."""
+    identical (seed, fold) keys; Holm across the rows. Only completed trials count.
+
+    With ``by="variant"`` and a ``setting`` column (a variants study that also grid-searched
+    parameters), each variant is compared with the reference of the same setting, one row per
+    (setting, variant), Holm across all of them."""
     f = folds[folds["task"] == task]
     if by != "arm":
         f = f.assign(arm=f[by].astype(str))
-    labels = sorted(f["arm"].dropna().unique())
+    grouped = by != "arm" and "setting" in f
+    settings = sorted(f["setting"].fillna("").astype(str).unique()) if grouped else [""]
     notes: list[str] = []
-    empty = Claims(pd.DataFrame(columns=CLAIM_COLUMNS), notes)
-    if reference not in labels:
-        notes.append(f"{task}: reference '{reference}' is not among the variants "
-                     f"({', '.join(labels) or 'none'}): no claims table")
-        return empty
-    chosen = [v for v in (variants or labels) if v != reference]
-    unknown = [v for v in chosen if v not in labels]
-    notes += [f"{task}: variant '{v}' not in the study" for v in unknown]
-    chosen = [v for v in chosen if v in labels]
-    dups = set(duplicated_arms(f, metric))
-    if reference in dups:
-        notes.append(f"{task}: the reference '{reference}' has several runs per (seed, fold) "
-                     f"(a search, not a variant grid): no claims table")
-        return empty
-    rows = []
-    for v in chosen:
-        if v in dups:
-            notes.append(f"{task}: variant '{v}' has several runs per (seed, fold): not paired")
-            continue
-        p = pair(f, metric, reference, v)
-        d = p.diff
-        n = d.size
-        _, pval, note = wilcoxon_test(d)
-        lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed)
-        sd = float(d.std(ddof=1)) if n > 1 else math.nan
-        rows.append({
-            "task": task, "metric": metric, "reference": reference, "variant": v,
-            "claim": claim_text(v, metric, reference), "n_pairs": n,
-            "mean_reference": p.candidate.mean() if n else math.nan,
-            "mean_variant": p.baseline.mean() if n else math.nan,
-            "mean_diff": d.mean() if n else math.nan, "ci_low": lo, "ci_high": hi,
-            "wilcoxon_p": pval, "win_rate": float((d > 0).mean()) if n else math.nan,
-            "n_wins": int((d > 0).sum()), "n_ties": int((d == 0).sum()),
-            "n_losses": int((d < 0).sum()), "sd_diff": sd,
-            "mdd": minimum_detectable_difference(sd, n, alpha=alpha, power=power),
-            "n_nonzero": int(np.count_nonzero(d)),
-            "min_p": 2.0 / 2 ** int(np.count_nonzero(d)) if np.count_nonzero(d) else math.nan,
-            "n_missing_pairs": len(p.only_candidate) + len(p.only_baseline), "note": note})
+    rows: list[dict] = []
+    for setting in settings:
+        cell = f[f["setting"].fillna("").astype(str) == setting] if grouped else f
+        where = f"{task} [{setting}]" if setting else task
+        rows += _cell_rows(cell, metric, task, reference, variants, setting, where, notes,
+                           n_boot=n_boot, seed=seed, alpha=alpha, power=power)
     table = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
     if table.empty:
         return Claims(table, notes)
@@ -161,13 +134,61 @@ def claims_table(folds: pd.DataFrame, metric: str, task: str, reference: str, *,
     return Claims(table, notes)
 
 
+def _cell_rows(f: pd.DataFrame, metric: str, task: str, reference: str,
+               variants: Iterable[str] | None, setting: str, where: str, notes: list[str], *,
+               n_boot: int, seed: int, alpha: float, power: float) -> list[dict]:
+    """The rows of one setting (every variant against the reference); problems go to notes."""
+    labels = sorted(f["arm"].dropna().unique())
+    if reference not in labels:
+        notes.append(f"{where}: reference '{reference}' is not among the variants "
+                     f"({', '.join(labels) or 'none'}): no claims table")
+        return []
+    chosen = [v for v in (variants or labels) if v != reference]
+    unknown = [v for v in chosen if v not in labels]
+    notes += [f"{where}: variant '{v}' not in the study" for v in unknown]
+    chosen = [v for v in chosen if v in labels]
+    dups = set(duplicated_arms(f, metric))
+    if reference in dups:
+        notes.append(f"{where}: the reference '{reference}' has several runs per (seed, fold) "
+                     f"(a search, not a variant grid): no claims table")
+        return []
+    rows = []
+    for v in chosen:
+        if v in dups:
+            notes.append(f"{where}: variant '{v}' has several runs per (seed, fold): not paired")
+            continue
+        p = pair(f, metric, reference, v)
+        d = p.diff
+        n = d.size
+        _, pval, note = wilcoxon_test(d)
+        lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed)
+        sd = float(d.std(ddof=1)) if n > 1 else math.nan
+        rows.append({
+            "task": task, "metric": metric, "reference": reference, "variant": v,
+            "setting": setting, "claim": claim_text(v, metric, reference), "n_pairs": n,
+            "mean_reference": p.candidate.mean() if n else math.nan,
+            "mean_variant": p.baseline.mean() if n else math.nan,
+            "mean_diff": d.mean() if n else math.nan, "ci_low": lo, "ci_high": hi,
+            "wilcoxon_p": pval, "win_rate": float((d > 0).mean()) if n else math.nan,
+            "n_wins": int((d > 0).sum()), "n_ties": int((d == 0).sum()),
+            "n_losses": int((d < 0).sum()), "sd_diff": sd,
+            "mdd": minimum_detectable_difference(sd, n, alpha=alpha, power=power),
+            "n_nonzero": int(np.count_nonzero(d)),
+            "min_p": 2.0 / 2 ** int(np.count_nonzero(d)) if np.count_nonzero(d) else math.nan,
+            "n_missing_pairs": len(p.only_candidate) + len(p.only_baseline), "note": note})
+    return rows
+
+
 def verdict_sentence(row: pd.Series | object) -> str:
     """One sentence per claim for the report's conclusion."""
     r = row if isinstance(row, pd.Series) else pd.Series(row._asdict())  # type: ignore[attr-defined]
     if not r["n_pairs"]:
         return f"“{r['claim']}”: no (seed, fold) result exists for both variants; not tested."
     eff = fmt.effect(r["mean_diff"], r["ci_low"], r["ci_high"])
-    return (f"“{r['claim']}” (**{r['reference']}** vs **{r['variant']}**, {int(r['n_pairs'])} "
+    setting = r.get("setting")
+    at = f" at {setting}" if isinstance(setting, str) and setting else ""
+    return (f"“{r['claim']}” (**{r['reference']}** vs **{r['variant']}**{at}, "
+            f"{int(r['n_pairs'])} "
             f"pairs): {r['reference']} − {r['variant']} = {eff}, Holm p "
             f"{fmt.p_eq(r['holm_p'])}, {r['reference']} better on {int(r['n_wins'])} of "
             f"{int(r['n_pairs'])}: **{r['verdict']}**.")

@@ -59,7 +59,7 @@ PARENT_TAGS = ((Tags.SAMPLER, "sampler"), (Tags.MODE, "metric direction"),
 NOT_RECORDED = "not recorded"
 #: folds-frame columns that are not metric values
 _FOLD_ID_COLUMNS = {"run_id", "trial_id", "task", "metric", "method", "arm", "seed", "status",
-                    "fold", "variant", "role", "outer_fold", "seedless"}
+                    "fold", "variant", "setting", "role", "outer_fold", "seedless"}
 
 
 def _stderr(msg: str) -> None:
@@ -269,6 +269,8 @@ def analyse(study: Study, out: Path | str, *, candidate: str = "cgcoord",
     result.parent_params = parent_params(study)
     result.reference = reference or study.parent_tags.get(Tags.REFERENCE)
     by = "variant" if "variant" in study.folds.columns else "arm"
+    if by == "variant" and result.reference and candidate not in set(study.folds["arm"]):
+        candidate = result.reference  # a variants study: methods are variants, not rules
     comparisons, methods, missing, claim_tables = [], [], [], []
     for task in study.tasks:
         task_metrics = metrics or [study.metric_for(task)]
@@ -563,7 +565,11 @@ def _effect_cols(df: pd.DataFrame, mean: str, lo: str, hi: str) -> tuple[list[st
 
 def _conclusion(r: Report) -> list[str]:
     lines = []
+    # a pair the claims table states (a variants study) is concluded there, once
+    claimed = {(c.task, c.metric, c.reference, c.variant) for c in r.claims.itertuples(index=False)}
     for row in r.comparison.itertuples(index=False):
+        if (row.task, row.metric, row.method, row.baseline) in claimed:
+            continue
         if row.n_pairs == 0:
             lines.append(f"**{row.method} vs {row.baseline}** ({row.task}, {row.metric}): no "
                          f"(seed, fold) result exists for both; not compared.")
@@ -633,8 +639,10 @@ def _pairs_table(c: pd.DataFrame) -> pd.DataFrame:
 
 def _claims_table(c: pd.DataFrame) -> pd.DataFrame:
     texts, _ = _effect_cols(c, "mean_diff", "ci_low", "ci_high")
+    setting = c["setting"].fillna("") if "setting" in c else pd.Series("", index=c.index)
+    shown = {"setting": setting} if (setting != "").any() else {}
     return pd.DataFrame({
-        "claim": c["claim"], "variant": c["variant"], "pairs": c["n_pairs"],
+        **shown, "claim": c["claim"], "variant": c["variant"], "pairs": c["n_pairs"],
         "reference − variant (95% CI)": texts, "Wilcoxon p": c["wilcoxon_p"].map(fmt.pvalue),
         "Holm p": c["holm_p"].map(fmt.pvalue),
         "win rate": c["win_rate"].map(lambda v: fmt.value(v, decimals=2)),

@@ -76,7 +76,8 @@ class Study:
     ``trials``: one row per trial run (run_id, trial_id, task, metric, method, arm, seed, status,
     mlflow_status, error, node_id, final, final_source, epochs_run, start_time, attempt,
     superseded, folds, ``params.<name>``...). A retried trial has one run per attempt; earlier
-    attempts have ``superseded=True``.
+    attempts have ``superseded=True``. In a variants study (tag ``ks.variant``) also ``variant``
+    and ``setting`` (grid-searched values), and ``arm`` is the variant (with its setting).
     ``folds``: one row per (run, fold) with the per-fold metric values (one column per metric
     name, e.g. auc/accuracy/... or cindex) plus run_id, trial_id, task, metric, method, arm, seed,
     status and the parsed ``params.<name>`` columns; failed runs keep their expected folds (tag
@@ -169,7 +170,23 @@ def _arm_label(method: str, row: pd.Series) -> str:
     return " ".join([method, *extras])
 
 
-def _tidy_trials(runs: pd.DataFrame) -> pd.DataFrame:
+def _variant_columns(trials: pd.DataFrame, variant: pd.Series, params: pd.DataFrame,
+                     searched: list[str]) -> None:
+    """A variants study (tag ``ks.variant``): columns ``variant`` (the name) and ``setting``
+    (the grid-searched values the variant ran with, "" without a search), and ``arm`` = the
+    variant, with its setting when there is one. Other studies get neither column."""
+    if not variant.notna().any():
+        return
+    cols = [f"params.{p}" for p in searched if f"params.{p}" in params]
+    setting = [" ".join(f"{c[len('params.'):]}={row[c]}" for c in cols)
+               for _, row in params[cols].iterrows()] if cols else [""] * len(trials)
+    trials["variant"] = variant
+    trials["setting"] = setting
+    trials["arm"] = [arm if not isinstance(v, str) else f"{v} {s}" if s else v
+                     for v, s, arm in zip(trials["variant"], setting, trials["arm"], strict=True)]
+
+
+def _tidy_trials(runs: pd.DataFrame, searched: list[str] | None = None) -> pd.DataFrame:
     def tag(name: str) -> pd.Series:
         col = f"tags.{name}"
         return runs[col] if col in runs else pd.Series([None] * len(runs), index=runs.index)
@@ -236,6 +253,7 @@ def _tidy_trials(runs: pd.DataFrame) -> pd.DataFrame:
         lam = pd.to_numeric(params["params.lam"], errors="coerce")
         switches["consistency"] = lam.map(lambda v: None if pd.isna(v) else bool(v != 0))
     trials["arm"] = [_arm_label(m, switches.loc[i]) for i, m in trials["method"].items()]
+    _variant_columns(trials, tag(Tags.VARIANT), params, searched or [])
     trials = pd.concat([trials, params], axis=1)
     return trials.sort_values(["task", "arm", "seed", "start_time"]).reset_index(drop=True)
 
@@ -245,7 +263,7 @@ def _tidy_folds(runs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             for c in runs.columns if c.startswith("metrics.")}
     cols = {c: (parsed[0], name) for c, (parsed, name) in cols.items() if name is not None}
     base_cols = ["run_id", "trial_id", "task", "metric", "method", "arm", "seed", "status",
-                 "role", "outer_fold"]
+                 "role", "outer_fold", *[c for c in ("variant", "setting") if c in trials]]
     if cols:
         long = runs[["run_id", *cols]].melt(id_vars="run_id", var_name="col", value_name="value")
         long = long.dropna(subset=["value"])
@@ -336,7 +354,8 @@ def load_study(experiment: str, tracking_uri: str | None = None, *,
         where = f"child runs of parent {parent_id}" if parent_id else "runs tagged ks.role=trial"
         raise AnalysisError(f"experiment '{experiment}' at '{uri}' has no trial runs ({where})")
     children = children.dropna(axis=1, how="all").reset_index(drop=True)
-    trials = _tidy_trials(children)
+    searched = [p.strip() for p in parent_tags.get(Tags.SEARCHED, "").split(",") if p.strip()]
+    trials = _tidy_trials(children, searched)
     if ((trials["seed"] == -1) & ~trials["seedless"]).any():
         notes.append("some trials have no single seed (fold values averaged over seeds, or no "
                      "seed logged); they are listed and paired under seed -1")

@@ -12,6 +12,7 @@ import yaml
 
 from study.record import Artifacts, Status, best_metric, val_metric
 from study.space import StudyConfig
+from study.variants import expand as expand_variant
 
 
 def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
@@ -65,8 +66,9 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
     best = done.loc[done[key].idxmax()]
     best_params = {k.removeprefix("param."): _plain(v) for k, v in best.items()
                    if k.startswith("param.") and pd.notna(v)}
+    params, variant = expand_variant(best_params, cfg.variants)  # a variant's own overrides
     best_cfg = {"study": cfg.name, "trial_id": best["trial_id"], cfg.metric: float(best[key]),
-                "params": {**cfg.fixed, **best_params}}
+                **({"variant": variant} if variant else {}), "params": {**cfg.fixed, **params}}
     (out / Artifacts.BEST_CONFIG).write_text(yaml.safe_dump(best_cfg, sort_keys=False))
     retry(lambda: client.log_artifact(parent, str(out / Artifacts.BEST_CONFIG)))
     retry(lambda: client.log_metric(parent, best_metric(cfg.metric), float(best[key])))

@@ -29,6 +29,7 @@ from study.nested import prepare_inner_splits
 from study.record import Artifacts, Tags, val_metric
 from study.search import make_scheduler, make_search
 from study.space import SpaceError, StudyConfig, dump_study, load_study
+from study.variants import modalities as variant_modalities
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -87,7 +88,7 @@ def _modalities(cfg: StudyConfig) -> set[str]:
     for p in cfg.search:
         if p.name == "modality":
             return set(p.values)
-    return {cfg.fixed.get("modality", ModelConfig.modality)}
+    return variant_modalities(cfg.fixed, cfg.variants, ModelConfig.modality)
 
 
 def load_data(cfg: StudyConfig, out: Path, resume: bool) -> RunData:
@@ -111,7 +112,8 @@ def load_data(cfg: StudyConfig, out: Path, resume: bool) -> RunData:
 def parent_tags(cfg: StudyConfig, out: Path) -> dict[str, str]:
     return {Tags.STUDY: cfg.name, Tags.TASK: cfg.task, Tags.METRIC: cfg.metric,
             Tags.MODE: cfg.mode, Tags.SAMPLER: cfg.sampler, Tags.OUT: str(out),
-            Tags.SEARCHED: ",".join(cfg.searched)}
+            Tags.SEARCHED: ",".join(cfg.searched),
+            **({Tags.REFERENCE: cfg.reference} if cfg.reference else {})}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,7 +189,8 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
                        seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
                        splits=data.splits, bags=bags, tracking_uri=tracking_uri,
                        experiment_id=experiment_id, parent_run_id=parent,
-                       cpus=cfg.resources["cpu"], tags={Tags.STUDY: cfg.name})
+                       cpus=cfg.resources["cpu"], tags={Tags.STUDY: cfg.name},
+                       variants=cfg.variants)
     if cfg.evaluation == "nested":
         from study.nested import run_nested
 

@@ -1,5 +1,6 @@
 """The study file's sampler and scheduler as Ray Tune objects: Optuna through ``OptunaSearch``
-(seeded) or Ray's grid, and ASHA over epochs (``training_iteration``)."""
+(seeded) or Ray's grid, and ASHA over epochs (``training_iteration``). A variants study is a
+grid over variant x seed (x grid-searched values)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from study.record import val_metric
 from study.space import StudyConfig
+from study.variants import VARIANT_KEY
 
 
 def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
@@ -14,7 +16,11 @@ def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
     from ray import tune
 
     if cfg.sampler == "grid":
-        return None, {p.name: tune.grid_search(p.grid_values()) for p in cfg.search}, 1
+        space = {p.name: tune.grid_search(p.grid_values()) for p in cfg.search}
+        if cfg.variants:  # each trial: one variant at one seed, paired with the reference
+            space = {VARIANT_KEY: tune.grid_search(list(cfg.variants)),
+                     "seed": tune.grid_search(list(cfg.seeds)), **space}
+        return None, space, 1
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch

@@ -1,7 +1,9 @@
 """Search-space YAML -> one validated, typed `StudyConfig` -> Optuna distributions / Ray grid.
 
 A study file names the task, the folds and seeds every trial is evaluated on, the fixed model
-and training parameters, the searched ones, the sampler and scheduler and the resources.
+and training parameters, the searched ones, the sampler and scheduler and the resources; or,
+for an ablation table, named variants (overrides of the fixed parameters) and the reference
+variant they are compared with (see ``study/variants.py``).
 Everything is checked here, once, before Ray starts: an unknown key, a wrong type, an empty
 or inverted range, or a parameter value the model would reject is a `SpaceError` naming the
 file and the key. Paths in the file are relative to the file.
@@ -10,6 +12,7 @@ file and the key. Paths in the file are relative to the file.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from ksmodel.config import (
 )
 from ksmodel.tasks import TASKS
 from study.record import EVALUATIONS
+from study.variants import SEARCH_DEFAULTS, STUDY_WIDE
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 SCHEDULERS = ("asha", "none")
@@ -93,6 +97,8 @@ class StudyConfig:
     epochs: int = 10
     fixed: dict[str, Any] = field(default_factory=dict)
     search: tuple[ParamSpec, ...] = ()
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides
+    reference: str = ""  # the variant the others are compared with
     sampler: str = "tpe"
     sampler_seed: int = 0
     scheduler: SchedulerSpec = SchedulerSpec()
@@ -115,7 +121,8 @@ class StudyConfig:
         return {p.name: p.distribution() for p in self.search}
 
     def grid_size(self) -> int:
-        size = 1
+        """Trials of a grid study: the searched values' product (x variants x seeds)."""
+        size = len(self.variants) * len(self.seeds) if self.variants else 1
         for p in self.search:
             size *= len(p.grid_values())
         return size
@@ -132,6 +139,13 @@ class StudyConfig:
                      else {"type": p.type, "low": p.low, "high": p.high})
             for p in self.search}
         out["fixed"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.fixed.items()}
+        if self.variants:
+            out["variants"] = {name: {k: list(v) if isinstance(v, tuple) else v
+                                      for k, v in ov.items()}
+                               for name, ov in self.variants.items()}
+        else:
+            out.pop("variants")
+            out.pop("reference")
         if self.cohort != "synthetic":
             out.pop("synthetic")
         else:
@@ -144,6 +158,7 @@ class StudyConfig:
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"source"}
 _NESTED = {"scheduler": SchedulerSpec, "synthetic": SyntheticConfig}
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _INT_KEYS = ("folds", "split_seed", "epochs", "num_samples", "max_concurrent", "max_failures",
              "sampler_seed")
 
@@ -433,6 +448,100 @@ def _parse_evaluation(raw: dict[str, Any], where: str, task: str) -> dict[str, A
     return kw
 
 
+def _effective(task: str, params: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    model_kw, train_kw = split_params(params)
+    return ModelConfig(**model_kw), TrainConfig(task=task, **train_kw)
+
+
+def _parse_variant(where: str, task: str, name: Any, overrides: Any, fixed: dict[str, Any],
+                   params: tuple[ParamSpec, ...]) -> dict[str, Any]:
+    """One variant's overrides: known, variant-level parameters the model accepts on top of
+    ``fixed`` (and with every searched value)."""
+    key = f"variants.{name}"
+    if not isinstance(name, str) or not _VARIANT_NAME.match(name):
+        raise _err(where, key, "a variant name is letters, digits, '_', '-' or '.' (it labels "
+                               "the variant in MLflow and in the report)")
+    overrides = {} if overrides is None else overrides
+    if not isinstance(overrides, dict):
+        raise _err(where, key, "expected a mapping of parameter: value ({} for none, as the "
+                               "reference usually is)")
+    searched = {p.name for p in params}
+    for param, value in overrides.items():
+        pkey = f"{key}.{param}"
+        if param in STUDY_WIDE:
+            raise _err(where, pkey, f"a variant cannot set it: {STUDY_WIDE[param]}")
+        if param not in TRIAL_KEYS:
+            raise _err(where, pkey, f"unknown parameter; allowed: {', '.join(sorted(TRIAL_KEYS))}")
+        if param in searched:
+            raise _err(where, pkey, "is searched; the searched values are crossed with every "
+                                    "variant, so a variant cannot also set it")
+        _check_values(where, task, {**fixed, param: value}, pkey)
+    _check_values(where, task, {**fixed, **overrides}, key)
+    for p in params:
+        for value in p.extremes():
+            _check_values(where, task, {**fixed, **overrides, p.name: value}, key)
+    return dict(overrides)
+
+
+def _parse_variants(raw: dict[str, Any], where: str, task: str, fixed: dict[str, Any],
+                    params: tuple[ParamSpec, ...]) -> dict[str, Any]:
+    """variants (name -> overrides of ``fixed``) and the reference variant; distinct variants
+    (two that train the same model would make a claim out of nothing)."""
+    if "variants" not in raw:
+        if "reference" in raw:
+            raise _err(where, "reference", "names the reference variant, but the file has no "
+                                           "'variants' mapping")
+        return {}
+    raw_variants = raw["variants"]
+    if not isinstance(raw_variants, dict) or len(raw_variants) < 2:
+        raise _err(where, "variants", "expected a mapping of at least two variants, name: "
+                                      "{parameter: value} (the reference and what it is "
+                                      "compared with)")
+    variants: dict[str, dict[str, Any]] = {}
+    seen: list[tuple[tuple[ModelConfig, TrainConfig], str]] = []
+    for name, overrides in raw_variants.items():
+        variants[name] = _parse_variant(where, task, name, overrides, fixed, params)
+        effective = _effective(task, {**fixed, **variants[name]})
+        twin = next((other for eff, other in seen if eff == effective), None)
+        if twin is not None:
+            raise _err(where, f"variants.{name}", f"trains exactly what variant '{twin}' trains "
+                                                  "(same effective parameters); change or drop "
+                                                  "one of them")
+        seen.append((effective, name))
+    if "reference" not in raw:
+        raise _err(where, "reference", "required with variants: the variant every other one is "
+                                       f"compared with (one of {', '.join(variants)})")
+    reference = raw["reference"]
+    if reference not in variants:
+        raise _err(where, "reference", f"must be one of the variants ({', '.join(variants)}), "
+                                       f"got {reference!r}")
+    return {"variants": variants, "reference": reference}
+
+
+def _variant_study_search(raw: dict[str, Any], where: str, kw: dict[str, Any]) -> None:
+    """A variants study is the grid variant x seed (x grid-searched values) at the full budget:
+    the variants must pair with the reference on identical (seed, fold) keys."""
+    for section in ("fixed", "search"):
+        if "seed" in (raw.get(section) or {}):
+            raise _err(where, f"{section}.seed", "a variants study crosses every variant with "
+                                                 "the top-level seeds list; use seeds: [0, 1, 2]")
+    if "sampler" not in raw:
+        kw["sampler"] = SEARCH_DEFAULTS["sampler"]
+    elif kw["sampler"] != "grid":
+        raise _err(where, "sampler", "a variants study runs every (variant, seed) once so the "
+                                     "variants pair with the reference by (seed, fold); an "
+                                     "Optuna sampler would tune each variant on the folds it is "
+                                     "scored on. Use sampler: grid (the default with variants); "
+                                     "grid-searched parameters are crossed with the variants")
+    if "scheduler" not in raw:
+        kw["scheduler"] = SchedulerSpec(type=SEARCH_DEFAULTS["scheduler"])
+    elif kw["scheduler"].type != "none":
+        raise _err(where, "scheduler", "variants are compared at the same budget: ASHA would "
+                                       "stop some variants early and leave them without values "
+                                       "to pair with the reference. Use scheduler: none (the "
+                                       "default with variants)")
+
+
 def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
     """Validate a study mapping (as loaded from YAML) into a `StudyConfig`.
 
@@ -449,11 +558,18 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
     _check_scheduler(kw.get("scheduler", SchedulerSpec()), where)
     kw["resources"] = _parse_resources(raw, where)
     kw["fixed"], kw["search"] = _parse_params(raw, where)
-    if _seed_is_a_parameter(raw, where, kw["fixed"], kw["search"]):
+    if "variants" not in raw and _seed_is_a_parameter(raw, where, kw["fixed"], kw["search"]):
         kw["seeds"] = ()
     _check_param_values(where, kw["task"], kw["fixed"], kw["search"])
+    kw.update(_parse_variants(raw, where, kw["task"], kw["fixed"], kw["search"]))
+    if kw.get("variants"):
+        _variant_study_search(raw, where, kw)
     _check_sampler_compat(where, kw["sampler"], kw["search"])
     kw.update(_parse_evaluation(raw, where, kw["task"]))
+    if kw.get("variants") and kw["evaluation"] == "nested":
+        raise _err(where, "evaluation", "a variants study scores every variant on every fold "
+                                        "already (nothing is chosen, so nothing is optimistic); "
+                                        "nested evaluation is for searches - drop it")
     return StudyConfig(**kw, source=where)
 
 

@@ -36,6 +36,7 @@ from study.record import (
     val_metric,
 )
 from study.tracking import TrialLogger, close_completed, completed_run
+from study.variants import expand as expand_variant
 
 # Keys of the results a trial reports to Ray Tune (read back by the driver's summary).
 EPOCH, COMPLETED, REPLAYED, RUN_ID, NODE = "epoch", "completed", "replayed", "mlflow_run_id", \
@@ -60,6 +61,7 @@ class TrialContext:
     parent_run_id: str
     cpus: float = 1.0
     tags: dict[str, str] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides
 
 
 def method_name(params: dict[str, Any]) -> str:
@@ -102,7 +104,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         _replay(done, client, ctx.metric)
         return
 
-    params = {**ctx.fixed, **config, "task": ctx.task, "epochs": ctx.epochs}
+    overrides, variant = expand_variant(config, ctx.variants)
+    params = {**ctx.fixed, **overrides, "task": ctx.task, "epochs": ctx.epochs}
     seeds = [params["seed"]] if "seed" in params else list(ctx.seeds)
     node_id = ray.get_runtime_context().get_node_id()
     logged = {**trial_params(params, ctx.cohort), Params.SEEDS: ",".join(map(str, seeds)),
@@ -111,7 +114,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                          logged, {Tags.METHOD: method_name(params), Tags.TASK: ctx.task,
                                   Tags.METRIC: ctx.metric, Tags.NODE_ID: node_id,
                                   Tags.FOLDS: ",".join(map(str, ctx.folds)),
-                                  Tags.SEED: seeds[0] if len(seeds) == 1 else "mean", **ctx.tags})
+                                  Tags.SEED: seeds[0] if len(seeds) == 1 else "mean",
+                                  **({Tags.VARIANT: variant} if variant else {}), **ctx.tags})
     try:
         _train(params, seeds, ctx, logger, node_id)
     except Exception as exc:  # a stop by the scheduler (SystemExit) is closed by the driver
