@@ -15,7 +15,16 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.study_helpers import ROOT, SMOKE, T, run_study, runs, study_env, write_space
+from tests.study_helpers import (
+    ROOT,
+    SMOKE,
+    T,
+    lock_is_free,
+    run_study,
+    runs,
+    study_env,
+    write_space,
+)
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 
@@ -37,6 +46,15 @@ def _store_counts(out: Path) -> tuple[int, int]:
             int((children["status"] == "RUNNING").sum()))
 
 
+def _ray_alive(group: int) -> bool:
+    """Whether any process of the killed driver's session (its local Ray) still runs."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", scheduler={"type": "none"}, num_samples=6,
@@ -56,14 +74,18 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
         time.sleep(0.5)
     else:
         pytest.fail("no two trials completed within 300 s")
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    proc.wait()
+    os.kill(proc.pid, signal.SIGKILL)  # the driver alone first: its lock dies with it, even
+    proc.wait()                         # while the Ray processes it started live on
+    assert _ray_alive(proc.pid)
+    assert lock_is_free(out)
+    os.killpg(proc.pid, signal.SIGKILL)  # then the local Ray it started
     _, before = runs(out, "smoke")
     finished = before[before[T.STATUS] == "COMPLETED"].set_index("run_id")
     assert len(finished) >= 2
 
     resumed = run_study(out, "--resume", space=space, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"took over the stale lock of {out} left by pid {proc.pid}" in resumed.stdout
     _, after = runs(out, "smoke")
     completed = after[after[T.STATUS] == "COMPLETED"]
     assert len(completed) == 6  # exactly the requested number, no duplicates
