@@ -151,7 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = stale_note(lock)
         if note:
             print(note, flush=True)
-        return _locked_main(cfg, out, args)
+        try:
+            return _locked_main(cfg, out, args)
+        finally:  # before the lock is released: no worker of this study outlives it
+            ray = sys.modules.get("ray")
+            if ray is not None and ray.is_initialized():
+                ray.shutdown()
 
 
 def _locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace) -> int:
@@ -230,54 +235,48 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     else:  # "local": a Ray of its own, never another Ray instance found on this machine
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
                  log_to_driver=True)
+    bags = data.bags.numpy() if data.bags is not None else None
+    ctx = TrialContext(task=cfg.task, metric=cfg.metric, epochs=cfg.epochs, folds=data.folds,
+                       seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
+                       splits=data.splits, bags=bags, tracking_uri=tracking_uri,
+                       experiment_id=experiment_id, parent_run_id=parent,
+                       cpus=cfg.resources["cpu"], tags={Tags.STUDY: cfg.name})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                    {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
+    search_alg, param_space, num_samples = make_search(cfg)
+    status = TrialStatusCallback(tracking_uri, experiment_id, cfg.metric)
+    run_config = tune.RunConfig(
+        name=cfg.name, storage_path=storage,
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        callbacks=[status], verbose=1)
+    path = f"{storage.rstrip('/')}/{cfg.name}"
+    start = time.time()
+    if args.resume and tune.Tuner.can_restore(path):
+        print(f"resuming {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=args.retry_failed,
+                                   restart_errored=args.retry_failed, param_space=param_space)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=val_metric(cfg.metric), mode=cfg.mode, num_samples=num_samples,
+                search_alg=search_alg, scheduler=make_scheduler(cfg),
+                # one Ray worker runs trial after trial (no process start per trial)
+                reuse_actors=True,
+                # Optuna's proposals are already limited by its ConcurrencyLimiter
+                max_concurrent_trials=cfg.max_concurrent if search_alg is None else None),
+            run_config=run_config)
     try:
-        bags = data.bags.numpy() if data.bags is not None else None
-        ctx = TrialContext(task=cfg.task, metric=cfg.metric, epochs=cfg.epochs,
-                           folds=data.folds, seeds=cfg.seeds, fixed=dict(cfg.fixed),
-                           cohort=data.cohort, splits=data.splits, bags=bags,
-                           tracking_uri=tracking_uri, experiment_id=experiment_id,
-                           parent_run_id=parent, cpus=cfg.resources["cpu"],
-                           tags={Tags.STUDY: cfg.name})
-        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                        {"cpu": cfg.resources["cpu"],
-                                         "gpu": cfg.resources["gpu"]})
-        search_alg, param_space, num_samples = make_search(cfg)
-        status = TrialStatusCallback(tracking_uri, experiment_id, cfg.metric)
-        run_config = tune.RunConfig(
-            name=cfg.name, storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            callbacks=[status], verbose=1)
-        path = f"{storage.rstrip('/')}/{cfg.name}"
-        start = time.time()
-        if args.resume and tune.Tuner.can_restore(path):
-            print(f"resuming {path}", flush=True)
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=args.retry_failed,
-                                       restart_errored=args.retry_failed,
-                                       param_space=param_space)
-        else:
-            tuner = tune.Tuner(
-                trainable, param_space=param_space,
-                tune_config=tune.TuneConfig(
-                    metric=val_metric(cfg.metric), mode=cfg.mode, num_samples=num_samples,
-                    search_alg=search_alg, scheduler=make_scheduler(cfg),
-                    # one Ray worker runs trial after trial (no process start per trial)
-                    reuse_actors=True,
-                    # Optuna's proposals are already limited by its ConcurrencyLimiter
-                    max_concurrent_trials=cfg.max_concurrent if search_alg is None else None),
-                run_config=run_config)
-        try:
-            grid = tuner.fit()
-        except (KeyboardInterrupt, SystemExit):  # a second signal: stop at once
-            ray.shutdown()  # no trial of ours writes any more
-            return _interrupted(client, experiment_id, parent, None)
-        if status.interrupted:  # Ctrl-C or SIGTERM: Tune stopped and saved its state
-            return _interrupted(client, experiment_id, parent, status.unfinished)
-        write_state(out, trials_done=True)
-        return finish_guarded(grid, cfg, out, client, experiment_id, parent,
-                              time.time() - start)
-    finally:
-        ray.shutdown()  # before the lock is released: no worker of ours outlives the study
+        grid = tuner.fit()
+    except (KeyboardInterrupt, SystemExit):  # a second signal: stop at once
+        ray.shutdown()  # no trial of ours writes any more
+        return _interrupted(client, experiment_id, parent, None)
+    if status.interrupted:  # Ctrl-C or SIGTERM: Tune stopped and saved its state
+        return _interrupted(client, experiment_id, parent, status.unfinished)
+    write_state(out, trials_done=True)
+    return finish_guarded(grid, cfg, out, client, experiment_id, parent,
+                          time.time() - start)
 
 
 def _interrupted(client: Any, experiment_id: str, parent: str, unfinished: int | None) -> int:
