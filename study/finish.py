@@ -93,15 +93,20 @@ def finish_guarded(grid: Any, cfg: StudyConfig, out: Path, client: Any, experime
 
 def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: str,
                  seconds: float | None) -> int:
-    """Refill lost epochs, summary.csv, the terminal table, best_config.yaml; close the parent
-    run; record the study as finished."""
-    from study.tracking import log_frame, retry
+    """Refill lost epochs, close trial runs a dead process left open, summary.csv, the
+    terminal table, best_config.yaml; close the parent run; record the study as finished."""
+    from study.tracking import close_open_children, log_frame, retry
 
     filled = reconcile_results(grid, client, cfg.metric)
     if filled:
         print(f"note: {sum(map(len, filled.values()))} epoch(s) of {len(filled)} trial run(s) "
               "were missing in MLflow and were filled from the results the trials reported to "
               "Ray (tag ks.reconciled on those runs)")
+    experiment_id = retry(lambda: client.get_run(parent)).info.experiment_id
+    closed = close_open_children(client, experiment_id, parent)
+    if closed:
+        print(f"note: {closed} trial run(s) left open by an interrupted process were closed "
+              "(ks.status INTERRUPTED)")
     summary = summarise(grid, cfg)
     summary.to_csv(out / Artifacts.SUMMARY, index=False)
     log_frame(client, parent, summary, Artifacts.SUMMARY)

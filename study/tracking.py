@@ -367,11 +367,10 @@ class TrialStatusCallback(tune.Callback):
         self._ended.clear()
 
 
-def close_open_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
-                    parent_status: str, error: str | None = None) -> int:
-    """Leave no run RUNNING: child runs still open are marked INTERRUPTED (MLflow KILLED; one
-    already COMPLETED is closed FINISHED), the parent gets `parent_status` (and the error).
-    Returns how many child runs were closed."""
+def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> int:
+    """Close the study's trial runs left RUNNING by a process that died (a killed driver's
+    trials that Ray had not yet recorded are never retried): INTERRUPTED (MLflow KILLED), or
+    FINISHED when the run had COMPLETED. Returns how many were closed."""
     children = retry(lambda: client.search_runs(
         [experiment_id], filter_string=f"tags.`{Tags.PARENT}` = '{parent_run_id}' "
                                        "and attributes.status = 'RUNNING'"))
@@ -381,10 +380,18 @@ def close_open_runs(client: MlflowClient, experiment_id: str, parent_run_id: str
             continue
         log_batched(client, run.info.run_id, tags=_tags({Tags.STATUS: Status.INTERRUPTED}))
         retry(lambda r=run: client.set_terminated(r.info.run_id, "KILLED"))
+    return len(children)
+
+
+def close_open_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                    parent_status: str, error: str | None = None) -> int:
+    """Leave no run RUNNING: the open trial runs (`close_open_children`), then the parent with
+    `parent_status` (and the error). Returns how many trial runs were closed."""
+    closed = close_open_children(client, experiment_id, parent_run_id)
     if error:
         log_batched(client, parent_run_id, tags=_tags({Tags.ERROR: error[:5000]}))
     retry(lambda: client.set_terminated(parent_run_id, parent_status))
-    return len(children)
+    return closed
 
 
 def log_frame(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str) -> None:
@@ -394,5 +401,6 @@ def log_frame(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str)
 
 
 __all__ = ["TrialLogger", "TrialStatusCallback", "LoggingError", "ensure_experiment",
-           "default_tracking_uri", "completed_run", "close_completed", "close_open_runs",
+           "default_tracking_uri", "completed_run", "close_completed", "close_open_children",
+           "close_open_runs",
            "start_parent_run", "log_batched", "log_frame", "mlflow_client", "now_ms", "retry"]

@@ -98,10 +98,13 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     assert kept["start_time"].tolist() == finished["start_time"].tolist()
     per_trial = after.groupby(T.TRIAL_ID).size()
     assert (per_trial[finished[T.TRIAL_ID]] == 1).all()  # no second attempt
-    # interrupted attempts are closed and linked to their retry
+    # interrupted attempts are closed, and each retry links the attempt it replaces (a trial
+    # started within the last second before the kill may be missing from Ray's saved state:
+    # its attempt is closed too, and the search proposes another configuration instead)
     killed = after[after["status"] == "KILLED"]
-    retries = after.dropna(subset=[T.RETRY_OF]) if T.RETRY_OF in after else []
-    assert len(killed) == len(retries)
+    assert (killed[T.STATUS] == "INTERRUPTED").all()
+    retries = after.dropna(subset=[T.RETRY_OF]) if T.RETRY_OF in after else after.iloc[:0]
+    assert set(retries[T.RETRY_OF]) <= set(killed["run_id"])
     summary = pd.read_csv(out / "summary.csv")
     assert (summary["status"] == "COMPLETED").sum() == 6
 
