@@ -288,6 +288,18 @@ def test_running_study_refuses_overwrite_and_resume(tmp_path: Path) -> None:
     assert proc.returncode == 0, err[-3000:]
     _assert_one_intact_study(out, 4)
     assert not list(tmp_path.glob("study.*"))
+    # once it has ended, --overwrite starts afresh and keeps the finished study aside
+    again = run_study(out, "--overwrite", "--num-samples", "1", "--epochs", "1", space=space)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (aside,) = tmp_path.glob("study.*")
+    assert len(pd.read_csv(aside / "summary.csv")) == 4
+    _assert_one_intact_study(aside, 4)
+    # this process's MLflow keeps a connection to the moved file under the old URI, so the new
+    # store is read with sqlite3 directly
+    with sqlite3.connect(out / "mlflow.db") as db:
+        assert db.execute("select count(*) from runs").fetchone()[0] == 2  # parent + 1 trial
+    assert len(pd.read_csv(out / "summary.csv")) == 1
+    assert lock_is_free(out) and lock_path(out).read_text() == ""
 
 
 @pytest.mark.slow
