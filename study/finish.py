@@ -1,5 +1,12 @@
-"""The end of a study: one summary row per trial (summary.csv), the terminal table, the best
-configuration (best_config.yaml) and the parent run closed with the best value."""
+"""The end of a study: every trial's MLflow history checked against Ray's results, one summary
+row per trial (summary.csv), the terminal table, the best configuration (best_config.yaml) and
+the parent run closed with the best value.
+
+Every step can be run again (a value already logged is not logged twice), so when one fails -
+the artifact store is full or read-only, say - `finish_guarded` closes every run, prints one
+``error:`` line, and ``--resume`` later finishes the job from the saved Ray results without
+starting Ray (`load_results`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from study.record import Artifacts, Status, best_metric, val_metric
+from study.folder import write_state
+from study.record import Artifacts, Status, Tags, best_metric, val_metric
 from study.space import StudyConfig
 from study.variants import expand as expand_variant
 
@@ -40,17 +48,73 @@ def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: str,
-                 seconds: float) -> int:
-    """summary.csv, the terminal table, best_config.yaml; close the parent run."""
-    from study.tracking import log_frame, retry
+def load_results(path: str, cfg: StudyConfig) -> Any:
+    """A finished experiment's `ResultGrid` read from Ray's saved state, without starting Ray."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
 
+    return ResultGrid(ExperimentAnalysis(path, default_metric=val_metric(cfg.metric),
+                                         default_mode=cfg.mode))
+
+
+def reconcile_results(grid: Any, client: Any, metric: str) -> dict[str, list[int]]:
+    """Refill, in every trial's MLflow run, the epochs the trial reported to Ray but whose
+    MLflow batch was lost (study/reconcile.py); {run id: filled epochs}."""
+    from study.reconcile import reconcile_reported
+
+    filled: dict[str, list[int]] = {}
+    for result in grid:
+        frame = result.metrics_dataframe
+        if frame is None or frame.empty:
+            continue
+        filled.update(reconcile_reported(client, frame.to_dict("records"), metric))
+    return filled
+
+
+def finish_guarded(grid: Any, cfg: StudyConfig, out: Path, client: Any, experiment_id: str,
+                   parent: str, seconds: float | None) -> int:
+    """`finish_study`; if a step fails, leave every run terminal and say so in one line."""
+    from study.tracking import close_open_runs
+
+    try:
+        return finish_study(grid, cfg, out, client, parent, seconds)
+    except Exception as exc:  # noqa: BLE001 - any failure of the last step is reported alike
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        try:
+            close_open_runs(client, experiment_id, parent, "FAILED",
+                            error=f"the study's final step failed: {reason}")
+            closed = "every MLflow run is closed"
+        except Exception:  # noqa: BLE001 - the store itself is failing: say so, do not mask
+            closed = "the MLflow store could not be updated either"
+        print(f"error: {cfg.name}: every trial has ended and its results are saved, but the "
+              f"final step (summary, best configuration, report) failed: {reason}; {closed}. "
+              f"Fix the cause and run the same command with --resume to finish it "
+              f"(see docs/errors.md)", file=sys.stderr)
+        return 1
+
+
+def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: str,
+                 seconds: float | None) -> int:
+    """Refill lost epochs, close trial runs a dead process left open, summary.csv, the
+    terminal table, best_config.yaml; close the parent run; record the study as finished."""
+    from study.tracking import close_open_children, log_frame, retry
+
+    filled = reconcile_results(grid, client, cfg.metric)
+    if filled:
+        print(f"note: {sum(map(len, filled.values()))} epoch(s) of {len(filled)} trial run(s) "
+              "were missing in MLflow and were filled from the results the trials reported to "
+              "Ray (tag ks.reconciled on those runs)")
+    experiment_id = retry(lambda: client.get_run(parent)).info.experiment_id
+    closed = close_open_children(client, experiment_id, parent)
+    if closed:
+        print(f"note: {closed} trial run(s) left open by an interrupted process were closed "
+              "(ks.status INTERRUPTED)")
     summary = summarise(grid, cfg)
     summary.to_csv(out / Artifacts.SUMMARY, index=False)
     log_frame(client, parent, summary, Artifacts.SUMMARY)
     key = val_metric(cfg.metric)
     counts = summary["status"].value_counts()
-    print(f"\n{cfg.name}: {len(summary)} trials in {seconds:.0f} s — "
+    took = f" in {seconds:.0f} s" if seconds is not None else ""
+    print(f"\n{cfg.name}: {len(summary)} trials{took} — "
           f"{counts.get(Status.COMPLETED, 0)} completed, "
           f"{counts.get(Status.STOPPED_EARLY, 0)} stopped early by ASHA, "
           f"{counts.get(Status.FAILED, 0)} failed")
@@ -62,6 +126,7 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
     if done.empty:
         print("no trial completed; see the errors above and in MLflow", file=sys.stderr)
         retry(lambda: client.set_terminated(parent, "FAILED"))
+        write_state(out, finished=True)
         return 1
     best = done.loc[done[key].idxmax()]
     best_params = {k.removeprefix("param."): _plain(v) for k, v in best.items()
@@ -71,8 +136,14 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
                 **({"variant": variant} if variant else {}), "params": {**cfg.fixed, **params}}
     (out / Artifacts.BEST_CONFIG).write_text(yaml.safe_dump(best_cfg, sort_keys=False))
     retry(lambda: client.log_artifact(parent, str(out / Artifacts.BEST_CONFIG)))
-    retry(lambda: client.log_metric(parent, best_metric(cfg.metric), float(best[key])))
+    run = retry(lambda: client.get_run(parent))
+    logged = run.data.metrics.get(best_metric(cfg.metric))
+    if logged is None or logged != float(best[key]):  # a finish run again logs it once
+        retry(lambda: client.log_metric(parent, best_metric(cfg.metric), float(best[key])))
+    if Tags.ERROR in run.data.tags:  # an earlier finish failed; this one did not
+        retry(lambda: client.delete_tag(parent, Tags.ERROR))
     retry(lambda: client.set_terminated(parent, "FINISHED"))
+    write_state(out, finished=True)
     print(f"best {cfg.metric} {float(best[key]):.4f} (trial {best['trial_id']}): "
           f"{best_params} -> {out / Artifacts.BEST_CONFIG}")
     print(f"MLflow: mlflow ui --backend-store-uri {client.tracking_uri}")
@@ -83,4 +154,4 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-__all__ = ["summarise", "finish_study"]
+__all__ = ["summarise", "finish_study", "finish_guarded", "load_results", "reconcile_results"]

@@ -3,13 +3,22 @@
 ``--out DIR`` holds everything a study writes. ``study.json`` (the state file) marks a folder as
 holding a study and records how to find its MLflow experiment, parent run and Ray results again,
 so ``--resume`` continues it; ``--overwrite`` moves an old study aside (never deletes it).
+
+Every command that writes a study folder holds its lock first (study/lock.py), so these rules
+are applied by one process at a time. The state file also records how far the study got:
+``trials_done`` once Ray's search has ended with every trial finished, ``finished`` once the
+summary, best configuration and parent run are written - a ``--resume`` then has nothing to do.
+It is replaced atomically, so a reader never sees half of it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 STATE_FILE = "study.json"
 
@@ -36,4 +45,22 @@ def prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-__all__ = ["STATE_FILE", "StudyError", "prepare_folder"]
+def read_state(out: Path) -> dict[str, Any]:
+    """The study's state file, {} when there is none (or it cannot be read)."""
+    try:
+        state = json.loads((out / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def write_state(out: Path, **updates: Any) -> dict[str, Any]:
+    """Update the state file atomically (written beside it, then renamed over it)."""
+    state = {**read_state(out), **updates}
+    tmp = out / f".{STATE_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, out / STATE_FILE)
+    return state
+
+
+__all__ = ["STATE_FILE", "StudyError", "prepare_folder", "read_state", "write_state"]

@@ -67,6 +67,9 @@ class Tags:
     ERROR = "ks.error"
     STOPPED_AT = "ks.stopped_at_epoch"
     WALL_SECONDS = "ks.wall_seconds"
+    # --- study folder integrity (issue 17): epochs the driver filled from Ray's results
+    RECONCILED = "ks.reconciled"
+    # ---
     # parent run
     MODE = "ks.mode"
     SAMPLER = "ks.sampler"

@@ -1,35 +1,33 @@
 """`python -m study.run --space FILE`: a cross-validated hyper-parameter or ablation study.
 
-Order of work: validate the study file, the cohort and the folds (all before Ray starts), set
+Order of work: validate the study file, take the study folder's lock (before anything is
+written: one study per folder), validate the cohort and the folds (all before Ray starts), set
 up the study folder and the MLflow parent run (with the study's params), fit the baselines on the
 study's folds, then hand the trials to a Ray Tune `Tuner` (Optuna through `OptunaSearch`, or a
 grid; ASHA for early stopping) and finally write `summary.csv` and `best_config.yaml`. With
 `evaluation: nested` the search runs once per outer fold instead (study/nested.py). The exit
 status is non-zero when no trial completed.
+The folder, lock and resume rules are in docs/errors.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ksmodel.config import ConfigError, ModelConfig, parse_overrides
-from ksmodel.data import SYNTHETIC, RunData, load_run_data, resolve_cohort
-from ksmodel.errors import CohortError
-from ksmodel.splits import save_splits
-from study.finish import finish_study
-from study.folder import STATE_FILE, StudyError, prepare_folder
-from study.nested import prepare_inner_splits
+from study.folder import StudyError, prepare_folder, read_state, write_state
+from study.lock import StudyLock, stale_note
 from study.record import Artifacts, Tags, val_metric
-from study.search import make_scheduler, make_search
-from study.space import SpaceError, StudyConfig, dump_study, load_study
-from study.variants import modalities as variant_modalities
+
+if TYPE_CHECKING:  # the training stack is imported once the command needs it, so that
+    # `--help` and a `--resume` of a finished study answer at once (study/resume.py)
+    from ksmodel.data import RunData
+    from study.space import StudyConfig
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -75,6 +73,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from ksmodel.config import parse_overrides
+    from ksmodel.data import SYNTHETIC
+
     out = parse_overrides(args.overrides)
     for key in ("num_samples", "epochs", "cohort", "name"):
         value = getattr(args, key)
@@ -85,14 +86,22 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _modalities(cfg: StudyConfig) -> set[str]:
+    from ksmodel.config import ModelConfig
+    from study.variants import modalities
+
     for p in cfg.search:
         if p.name == "modality":
             return set(p.values)
-    return variant_modalities(cfg.fixed, cfg.variants, ModelConfig.modality)
+    return modalities(cfg.fixed, cfg.variants, ModelConfig.modality)
 
 
 def load_data(cfg: StudyConfig, out: Path, resume: bool) -> RunData:
     """Cohort, the study's folds (made once, reused on resume) and the bags on the token grid."""
+    from ksmodel.config import ModelConfig
+    from ksmodel.data import load_run_data, resolve_cohort
+    from ksmodel.splits import save_splits
+    from study.space import SpaceError
+
     if any(p.name == "grid" for p in cfg.search):
         raise SpaceError(f"{cfg.source}: key 'search.grid': the token grid is laid out once per "
                          "study; fix it in 'fixed' instead")
@@ -118,6 +127,19 @@ def parent_tags(cfg: StudyConfig, out: Path) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.resume:
+        from study.resume import finished_noop
+
+        try:
+            code = finished_noop(args)  # a finished study: nothing to do, nothing started
+        except StudyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if code is not None:
+            return code
+    from ksmodel.config import ConfigError
+    from study.space import SpaceError, load_study
+
     try:
         cfg = load_study(args.space, _overrides(args))
     except (SpaceError, ConfigError) as exc:
@@ -125,18 +147,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = (args.out or Path("studies") / cfg.name).resolve()
     try:
+        lock = StudyLock.acquire(out)  # before anything is written; held to the end
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with lock:
+        note = stale_note(lock)
+        if note:
+            print(note, flush=True)
+        try:
+            return _locked_main(cfg, out, args)
+        finally:  # before the lock is released: no worker of this study outlives it
+            ray = sys.modules.get("ray")
+            if ray is not None and ray.is_initialized():
+                ray.shutdown()
+
+
+def _locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace) -> int:
+    from ksmodel.errors import CohortError
+    from study.space import SpaceError, dump_study, load_study
+
+    try:
         prepare_folder(out, args.resume, args.overwrite)
         if args.resume:
-            saved = json.loads((out / STATE_FILE).read_text())
+            saved = read_state(out)
             cfg = load_study(out / "config.yaml") if (out / "config.yaml").is_file() else cfg
             if _overrides(args):
                 print(f"--resume continues with the saved {out / 'config.yaml'}; the command-line "
                       "overrides are not applied", file=sys.stderr)
+            if saved.get("trials_done") and not args.retry_failed:
+                return _finish_only(cfg, out, saved)
         else:
             saved = {}
             dump_study(cfg, out / "config.yaml")
         data = load_data(cfg, out, args.resume)
         from study.baseline_runs import check_covariates  # lifelines: not for --help
+        from study.nested import prepare_inner_splits
 
         check_covariates(cfg, data)
         prepare_inner_splits(cfg, data, out, args.resume)
@@ -146,44 +192,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_study(cfg, out, data, args, saved)
 
 
+def _finish_only(cfg: StudyConfig, out: Path, saved: dict[str, Any]) -> int:
+    """Every trial ended in an earlier run but its final step did not complete: finish from
+    the saved Ray results and the MLflow store, without starting Ray."""
+    from study.finish import finish_guarded, load_results
+    from study.tracking import mlflow_client
+
+    print(f"{cfg.name}: every trial ended in an earlier run; finishing the study", flush=True)
+    client = mlflow_client(saved["tracking_uri"])
+    grid = load_results(f"{saved['storage'].rstrip('/')}/{cfg.name}", cfg)
+    return finish_guarded(grid, cfg, out, client, saved["experiment_id"],
+                          saved["parent_run_id"], None)
+
+
 def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespace,
               saved: dict[str, Any]) -> int:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # resume loses at most ~1 s of state
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     import ray
-    from mlflow.tracking import MlflowClient
     from ray import tune
 
     from study.baseline_runs import run_baselines
+    from study.finish import finish_guarded
     from study.parent import record_study
+    from study.search import make_scheduler, make_search
+    from study.store import ensure_store
     from study.tracking import (
         TrialStatusCallback,
         default_tracking_uri,
         ensure_experiment,
+        mlflow_client,
         start_parent_run,
     )
     from study.trial import TrialContext, run_trial
 
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-        default_tracking_uri(out)
-    client = MlflowClient(tracking_uri)
-    experiment_id = saved.get("experiment_id") or ensure_experiment(
-        client, cfg.name, out / "mlartifacts" if tracking_uri.startswith("sqlite") else None)
+        saved.get("tracking_uri") or default_tracking_uri(out)
+    artifact_root = out / "mlartifacts" if tracking_uri.startswith("sqlite") else None
+    ensure_store(tracking_uri, cfg.name, artifact_root)  # built aside, renamed into place
+    client = mlflow_client(tracking_uri)
+    experiment_id = saved.get("experiment_id") or ensure_experiment(client, cfg.name,
+                                                                    artifact_root)
     parent = saved.get("parent_run_id") or start_parent_run(
         client, experiment_id, cfg.name, parent_tags(cfg, out),
         [out / Artifacts.CONFIG, out / Artifacts.SPLITS])
     record_study(client, parent, cfg, data)
     storage = args.storage or saved.get("storage") or str(out / "ray")
-    (out / STATE_FILE).write_text(json.dumps(
-        {"name": cfg.name, "experiment_id": experiment_id, "parent_run_id": parent,
-         "tracking_uri": tracking_uri, "storage": storage, "cohort": str(data.cohort.root)},
-        indent=2))
+    write_state(out, name=cfg.name, experiment_id=experiment_id, parent_run_id=parent,
+                tracking_uri=tracking_uri, storage=storage, cohort=str(data.cohort.root),
+                trials_done=False, finished=False)
 
     run_baselines(client, experiment_id, parent, cfg, data)
     if args.address:
         ray.init(address=args.address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=True)
+    else:  # "local": a Ray of its own, never another Ray instance found on this machine
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
+                 log_to_driver=True)
     bags = data.bags.numpy() if data.bags is not None else None
     ctx = TrialContext(task=cfg.task, metric=cfg.metric, epochs=cfg.epochs, folds=data.folds,
                        seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
@@ -198,10 +262,11 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
     search_alg, param_space, num_samples = make_search(cfg)
+    status = TrialStatusCallback(tracking_uri, experiment_id, cfg.metric)
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-        callbacks=[TrialStatusCallback(tracking_uri, experiment_id)], verbose=1)
+        callbacks=[status], verbose=1)
     path = f"{storage.rstrip('/')}/{cfg.name}"
     start = time.time()
     if args.resume and tune.Tuner.can_restore(path):
@@ -215,11 +280,35 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
             tune_config=tune.TuneConfig(
                 metric=val_metric(cfg.metric), mode=cfg.mode, num_samples=num_samples,
                 search_alg=search_alg, scheduler=make_scheduler(cfg),
+                # one Ray worker runs trial after trial (no process start per trial)
+                reuse_actors=True,
                 # Optuna's proposals are already limited by its ConcurrencyLimiter
                 max_concurrent_trials=cfg.max_concurrent if search_alg is None else None),
             run_config=run_config)
-    grid = tuner.fit()
-    return finish_study(grid, cfg, out, client, parent, time.time() - start)
+    try:
+        grid = tuner.fit()
+    except (KeyboardInterrupt, SystemExit):  # a second signal: stop at once
+        ray.shutdown()  # no trial of ours writes any more
+        return _interrupted(client, experiment_id, parent, None)
+    if status.interrupted:  # Ctrl-C or SIGTERM: Tune stopped and saved its state
+        return _interrupted(client, experiment_id, parent, status.unfinished)
+    write_state(out, trials_done=True)
+    return finish_guarded(grid, cfg, out, client, experiment_id, parent,
+                          time.time() - start)
+
+
+def _interrupted(client: Any, experiment_id: str, parent: str, unfinished: int | None) -> int:
+    """Leave every run closed (the study stays resumable) and say how to continue."""
+    from study.tracking import close_open_runs
+
+    try:
+        close_open_runs(client, experiment_id, parent, "KILLED")
+    except Exception as exc:  # noqa: BLE001 - --resume closes them as well
+        print(f"warning: could not close the study's open MLflow runs: {exc}", file=sys.stderr)
+    what = f"{unfinished} trial(s) did not finish" if unfinished else "the study was stopped"
+    print(f"interrupted: {what}; run the same command with --resume to continue",
+          file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -5,6 +5,12 @@ written where they are produced; the driver's `TrialStatusCallback` only closes 
 trial could not close itself (stopped by ASHA, killed with its node, interrupted). Epoch logs go
 through one background thread as one `log_batch` per epoch, so training never waits on MLflow.
 
+No epoch is lost on the way out: the logger drains and checks its queue when the trial
+completes, fails, is stopped by the scheduler (which ends the trial inside ``tune.report``) or its
+process exits (SIGTERM included); a batch that failed in the background is written again before
+the trial ends. What a hard kill still loses, the driver refills from Ray's results
+(study/reconcile.py), so every reported epoch ends up in MLflow exactly once.
+
 Retries: a retried trial (Ray's FailureConfig, or `--resume`) finds the earlier run with the same
 trial id, marks it KILLED if it was left RUNNING, and links the new run to it (`ks.retry_of`).
 A trial whose run already COMPLETED is not trained again (see `completed_run`).
@@ -12,9 +18,12 @@ A trial whose run already COMPLETED is not trained again (see `completed_run`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -27,6 +36,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from study.reconcile import RUN_ID, reconcile_reported
 from study.record import Artifacts, Roles, Status, Tags, run_name
 
 T = TypeVar("T")
@@ -42,6 +52,19 @@ def retry(fn: Callable[[], T], attempts: int = 5) -> T:
                 raise
             time.sleep(0.2 * 2**i)
     raise AssertionError("unreachable")
+
+
+_CLIENTS: dict[str, MlflowClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def mlflow_client(tracking_uri: str) -> MlflowClient:
+    """One client per tracking URI and process. Creating one opens the store and checks its
+    schema (tens of ms); a Ray worker reused for many trials pays that once."""
+    with _CLIENTS_LOCK:
+        if tracking_uri not in _CLIENTS:
+            _CLIENTS[tracking_uri] = MlflowClient(tracking_uri)
+        return _CLIENTS[tracking_uri]
 
 
 def default_tracking_uri(out: Path) -> str:
@@ -78,9 +101,13 @@ def _params(params: dict[str, Any]) -> list[Param]:
             for k, v in sorted(params.items())]
 
 
-def _metrics(values: dict[str, float], step: int) -> list[Metric]:
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, step) for k, v in values.items()]
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _metrics(values: dict[str, float], step: int, stamp: int | None = None) -> list[Metric]:
+    stamp = now_ms() if stamp is None else stamp
+    return [Metric(k, float(v), stamp, step) for k, v in values.items()]
 
 
 def _tags(tags: dict[str, Any]) -> list[RunTag]:
@@ -118,15 +145,38 @@ def close_completed(client: MlflowClient, run: Any) -> None:
         retry(lambda: client.set_terminated(run.info.run_id, "FINISHED"))
 
 
+class LoggingError(RuntimeError):
+    """Epoch metrics that could not be written to MLflow, even when tried again."""
+
+
+_LIVE: set[TrialLogger] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _drain_live_loggers() -> None:
+    """At process exit (a SIGTERMed Ray worker exits through here): write what is queued."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for logger in live:
+        with contextlib.suppress(Exception):
+            logger.drain()
+
+
+atexit.register(_drain_live_loggers)
+
+
 class TrialLogger:
     """A trial's child run. Created inside the trial process, on the node that runs it."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
-                 params: dict[str, Any], tags: dict[str, Any]) -> None:
-        self.client = MlflowClient(tracking_uri)
+                 params: dict[str, Any], tags: dict[str, Any],
+                 earlier: list[Any] | None = None) -> None:
+        self.client = mlflow_client(tracking_uri)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
-        self._pending: list[Future] = []
-        earlier = trial_runs(self.client, experiment_id, trial_id)
+        self._pending: list[tuple[Future, list[Metric]]] = []
+        self._closed = False
+        if earlier is None:
+            earlier = trial_runs(self.client, experiment_id, trial_id)
         for run in earlier:
             if run.info.status == "RUNNING":
                 retry(lambda r=run: self.client.set_tag(r.info.run_id, Tags.STATUS,
@@ -141,24 +191,50 @@ class TrialLogger:
             tags={k: str(v) for k, v in all_tags.items()}))
         self.run_id = run.info.run_id
         log_batched(self.client, self.run_id, params=_params(params))
+        with _LIVE_LOCK:
+            _LIVE.add(self)
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Queue one epoch's metrics; written by the background thread as one batch."""
-        batch = _metrics(metrics, epoch)
-        self._pending.append(self._pool.submit(log_batched, self.client, self.run_id,
-                                               metrics=batch))
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> int:
+        """Queue one epoch's metrics, written by the background thread as one batch. Returns
+        the MLflow timestamp given to them: the trial reports it to Ray, so the driver can
+        refill a lost batch with identical rows (see study/reconcile.py)."""
+        stamp = now_ms()
+        batch = _metrics(metrics, epoch, stamp)
+        self._pending.append((self._pool.submit(log_batched, self.client, self.run_id,
+                                                metrics=batch), batch))
+        return stamp
 
-    def _drain(self) -> None:
-        for fut in self._pending:
-            fut.result()
-        self._pending.clear()
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait for the queued batches and check each: a batch that failed in the background
+        is written again here; `LoggingError` if it still cannot be."""
+        pending, self._pending = self._pending, []
+        lost = 0
+        for future, batch in pending:
+            try:
+                future.result(timeout=timeout)
+                continue
+            except Exception:  # noqa: BLE001 - retried synchronously below
+                pass
+            try:
+                log_batched(self.client, self.run_id, metrics=batch)
+            except Exception:  # noqa: BLE001 - counted and reported
+                lost += 1
+        if lost:
+            raise LoggingError(f"{lost} epoch batch(es) of run {self.run_id} could not be "
+                               "written to MLflow")
+
+    def _close(self) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=False)
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
 
     def complete(self, final: dict[str, float], predictions: pd.DataFrame,
                  tags: dict[str, Any]) -> None:
         """Predictions first, then final metrics and the COMPLETED tag in one batch: a run
         tagged COMPLETED always has everything (a crash before `set_terminated` is closed on
         resume by `close_completed`)."""
-        self._drain()
+        self.drain()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Artifacts.PREDICTIONS
             predictions.to_parquet(path, index=False)
@@ -166,51 +242,156 @@ class TrialLogger:
         log_batched(self.client, self.run_id, metrics=_metrics(final, 0),
                     tags=_tags({**tags, Tags.STATUS: Status.COMPLETED}))
         retry(lambda: self.client.set_terminated(self.run_id, "FINISHED"))
-        self._pool.shutdown()
+        self._close()
+
+    def stopped(self) -> None:
+        """The scheduler stopped the trial (inside `tune.report`) or its process is ending:
+        write what is queued. The driver tags and closes the run (it knows why it stopped)."""
+        if self._closed:
+            return
+        with contextlib.suppress(Exception):  # the driver refills what is still missing
+            self.drain(timeout=30)
+        self._close()
 
     def fail(self, exc: BaseException) -> None:
         with contextlib.suppress(Exception):  # the original error matters more
-            self._drain()
+            self.drain(timeout=30)
         text = "".join(traceback.format_exception(exc))
         log_batched(self.client, self.run_id, tags=_tags(
             {Tags.STATUS: Status.FAILED, Tags.ERROR: f"{type(exc).__name__}: {exc}"[:5000]}))
         retry(lambda: self.client.log_text(self.run_id, text, Artifacts.ERROR))
         retry(lambda: self.client.set_terminated(self.run_id, "FAILED"))
-        self._pool.shutdown()
+        self._close()
 
 
 class TrialStatusCallback(tune.Callback):
-    """Driver side: close the child runs that their trial could not close itself."""
+    """Driver side: close the child runs that their trial could not close itself, and refill
+    any epoch a trial reported to Ray but whose MLflow batch was lost (study/reconcile.py).
 
-    def __init__(self, tracking_uri: str, experiment_id: str) -> None:
-        self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
+    The refill waits `settle_s` after the trial ended (a stopped trial is still writing its
+    last batch when Ray calls back) and runs for every remaining trial when the experiment
+    ends (its workers are gone by then)."""
 
-    def _open_run(self, trial: Any) -> Any | None:
-        runs = trial_runs(MlflowClient(self.tracking_uri), self.experiment_id, trial.trial_id)
-        return runs[-1] if runs and runs[-1].info.status == "RUNNING" else None
+    def __init__(self, tracking_uri: str, experiment_id: str, metric: str,
+                 settle_s: float = 5.0) -> None:
+        self.tracking_uri, self.experiment_id, self.metric = tracking_uri, experiment_id, metric
+        self.settle_s = settle_s
+        self.reported: dict[str, list[dict[str, Any]]] = {}
+        self._ended: list[tuple[float, str]] = []
+        self.filled: dict[str, list[int]] = {}
+        self.interrupted = False  # a stop signal ended the experiment before its end
+        self.unfinished = 0  # trials not ended at the last step
+        self._previous_sigterm: Any = None
+
+    def setup(self, **info: Any) -> None:
+        """Route SIGTERM, like Ctrl-C, to Tune's graceful stop (it saves the experiment state
+        for --resume) and remember that the experiment was interrupted. Tune installs its
+        Ctrl-C handler just before calling this; a second signal stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        tune_handler = signal.getsignal(signal.SIGINT)
+
+        def stop(signum: int, frame: Any) -> None:
+            if self.interrupted or not callable(tune_handler):
+                raise KeyboardInterrupt
+            self.interrupted = True
+            tune_handler(signal.SIGINT, frame)
+
+        signal.signal(signal.SIGINT, stop)
+        self._previous_sigterm = signal.signal(signal.SIGTERM, stop)
+
+    @property
+    def client(self) -> MlflowClient:
+        return mlflow_client(self.tracking_uri)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        from study.reconcile import EPOCH, LOGGED_AT, REPLAYED, epoch_metric_names
+
+        keep = {RUN_ID, EPOCH, LOGGED_AT, REPLAYED, *epoch_metric_names(result, self.metric)}
+        self.reported.setdefault(trial.trial_id, []).append(
+            {k: v for k, v in result.items() if k in keep})
+
+    def _open_run(self, trial: Any, by_result: bool) -> Any | None:
+        run_id = (trial.last_result or {}).get(RUN_ID) if by_result else None
+        if run_id:
+            run = retry(lambda: self.client.get_run(run_id))
+        else:
+            runs = trial_runs(self.client, self.experiment_id, trial.trial_id)
+            run = runs[-1] if runs else None
+        return run if run is not None and run.info.status == "RUNNING" else None
+
+    def _reconcile(self, trial_id: str) -> None:
+        rows = self.reported.pop(trial_id, [])
+        try:
+            self.filled.update(reconcile_reported(self.client, rows, self.metric))
+        except Exception as exc:  # noqa: BLE001 - the study's finish checks again
+            print(f"warning: could not check trial {trial_id}'s MLflow history: {exc}",
+                  flush=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
+        now = time.monotonic()
+        while self._ended and self._ended[0][0] <= now:
+            self._reconcile(self._ended.pop(0)[1])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run = self._open_run(trial)
+        self._ended.append((time.monotonic() + self.settle_s, trial.trial_id))
+        run = self._open_run(trial, by_result=True)
         if run is None:
             return
-        client = MlflowClient(self.tracking_uri)
         done = trial.last_result.get("training_iteration", 0)
-        log_batched(client, run.info.run_id, tags=_tags(
+        log_batched(self.client, run.info.run_id, tags=_tags(
             {Tags.STATUS: Status.STOPPED_EARLY, Tags.STOPPED_AT: done}))
-        retry(lambda: client.set_terminated(run.info.run_id, "FINISHED"))
+        retry(lambda: self.client.set_terminated(run.info.run_id, "FINISHED"))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run = self._open_run(trial)
+        self._ended.append((time.monotonic() + self.settle_s, trial.trial_id))
+        run = self._open_run(trial, by_result=False)
         if run is None:
             return
-        client = MlflowClient(self.tracking_uri)
         error = trial.error_filename if hasattr(trial, "error_filename") else None
         message = "trial process died (node lost or killed)"
         if error and Path(error).is_file():
             message = Path(error).read_text()[-5000:]
-        log_batched(client, run.info.run_id, tags=_tags({Tags.STATUS: Status.FAILED,
-                                                          Tags.ERROR: message}))
-        retry(lambda: client.set_terminated(run.info.run_id, "FAILED"))
+        log_batched(self.client, run.info.run_id, tags=_tags({Tags.STATUS: Status.FAILED,
+                                                               Tags.ERROR: message}))
+        retry(lambda: self.client.set_terminated(run.info.run_id, "FAILED"))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Workers are stopped: refill every trial not yet checked."""
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        for trial_id in [t for _, t in self._ended] + list(self.reported):
+            self._reconcile(trial_id)
+        self._ended.clear()
+
+
+def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> int:
+    """Close the study's trial runs left RUNNING by a process that died (a killed driver's
+    trials that Ray had not yet recorded are never retried): INTERRUPTED (MLflow KILLED), or
+    FINISHED when the run had COMPLETED. Returns how many were closed."""
+    children = retry(lambda: client.search_runs(
+        [experiment_id], filter_string=f"tags.`{Tags.PARENT}` = '{parent_run_id}' "
+                                       "and attributes.status = 'RUNNING'"))
+    for run in children:
+        if run.data.tags.get(Tags.STATUS) == Status.COMPLETED:
+            close_completed(client, run)
+            continue
+        log_batched(client, run.info.run_id, tags=_tags({Tags.STATUS: Status.INTERRUPTED}))
+        retry(lambda r=run: client.set_terminated(r.info.run_id, "KILLED"))
+    return len(children)
+
+
+def close_open_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                    parent_status: str, error: str | None = None) -> int:
+    """Leave no run RUNNING: the open trial runs (`close_open_children`), then the parent with
+    `parent_status` (and the error). Returns how many trial runs were closed."""
+    closed = close_open_children(client, experiment_id, parent_run_id)
+    if error:
+        log_batched(client, parent_run_id, tags=_tags({Tags.ERROR: error[:5000]}))
+    retry(lambda: client.set_terminated(parent_run_id, parent_status))
+    return closed
 
 
 def log_frame(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str) -> None:
@@ -219,6 +400,7 @@ def log_frame(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str)
     retry(lambda: client.log_text(run_id, buf.getvalue(), name))
 
 
-__all__ = ["TrialLogger", "TrialStatusCallback", "ensure_experiment", "default_tracking_uri",
-           "completed_run", "close_completed", "start_parent_run", "log_batched", "log_frame",
-           "retry"]
+__all__ = ["TrialLogger", "TrialStatusCallback", "LoggingError", "ensure_experiment",
+           "default_tracking_uri", "completed_run", "close_completed", "close_open_children",
+           "close_open_runs",
+           "start_parent_run", "log_batched", "log_frame", "mlflow_client", "now_ms", "retry"]

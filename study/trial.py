@@ -18,29 +18,31 @@ import numpy as np
 import pandas as pd
 import ray
 import torch
-from mlflow.tracking import MlflowClient
 from ray import tune
 
 from ksmodel.cohort import Cohort
 from ksmodel.config import TrainConfig, split_params, to_dict
 from ksmodel.coordination.coordinator import TELEMETRY_KEYS
 from ksmodel.train import FoldTrainer, build_model_config, prepare_fold, resolve_device
+from study.reconcile import EPOCH, LOGGED_AT, REPLAYED, RUN_ID
 from study.record import (
     EPOCHS_RUN,
     TRAIN_LOSS,
     Params,
+    Status,
     Tags,
     final_metric,
     fold_metric,
     telemetry_metric,
     val_metric,
 )
-from study.tracking import TrialLogger, close_completed, completed_run
+from study.tracking import TrialLogger, close_completed, mlflow_client, trial_runs
 from study.variants import expand as expand_variant
 
-# Keys of the results a trial reports to Ray Tune (read back by the driver's summary).
-EPOCH, COMPLETED, REPLAYED, RUN_ID, NODE = "epoch", "completed", "replayed", "mlflow_run_id", \
-    "node_id"
+# Keys of the results a trial reports to Ray Tune (read back by the driver's summary and its
+# reconciliation, study/reconcile.py, which owns EPOCH, RUN_ID, REPLAYED and LOGGED_AT).
+COMPLETED, NODE = "completed", "node_id"
+ENTERED_AT, READY_AT, REPORTED_AT = "trial_entered_at", "trial_ready_at", "reported_at"
 
 
 @dataclass
@@ -85,7 +87,7 @@ def trial_params(params: dict[str, Any], cohort: Cohort) -> dict[str, Any]:
     return out
 
 
-def _replay(run: Any, client: MlflowClient, metric: str) -> None:
+def _replay(run: Any, client: Any, metric: str) -> None:
     """Report a trial that an earlier attempt already finished, without training it again."""
     history = sorted(client.get_metric_history(run.info.run_id, val_metric(metric)),
                      key=lambda m: m.step)
@@ -96,9 +98,11 @@ def _replay(run: Any, client: MlflowClient, metric: str) -> None:
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Train `config` on every (seed, fold), report fold means per epoch, log to MLflow."""
+    entered = time.time()
     trial_id = tune.get_context().get_trial_id()
-    client = MlflowClient(ctx.tracking_uri)
-    done = completed_run(client, ctx.experiment_id, trial_id)
+    client = mlflow_client(ctx.tracking_uri)
+    earlier = trial_runs(client, ctx.experiment_id, trial_id)
+    done = next((r for r in earlier if r.data.tags.get(Tags.STATUS) == Status.COMPLETED), None)
     if done is not None:
         close_completed(client, done)
         _replay(done, client, ctx.metric)
@@ -115,16 +119,20 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                                   Tags.METRIC: ctx.metric, Tags.NODE_ID: node_id,
                                   Tags.FOLDS: ",".join(map(str, ctx.folds)),
                                   Tags.SEED: seeds[0] if len(seeds) == 1 else "mean",
-                                  **({Tags.VARIANT: variant} if variant else {}), **ctx.tags})
+                                  **({Tags.VARIANT: variant} if variant else {}), **ctx.tags},
+                         earlier=earlier)
     try:
-        _train(params, seeds, ctx, logger, node_id)
-    except Exception as exc:  # a stop by the scheduler (SystemExit) is closed by the driver
+        _train(params, seeds, ctx, logger, node_id, entered)
+    except Exception as exc:
         logger.fail(exc)
+        raise
+    except BaseException:  # stopped by the scheduler: SystemExit raised inside tune.report
+        logger.stopped()  # write what is queued; the driver tags and closes the run
         raise
 
 
 def _train(params: dict[str, Any], seeds: list[int], ctx: TrialContext, logger: TrialLogger,
-           node_id: str) -> None:
+           node_id: str, entered: float) -> None:
     setup_start = time.perf_counter()
     torch.set_num_threads(max(1, int(ctx.cpus)))
     model_kw, train_kw = split_params({k: v for k, v in params.items() if k != "seed"})
@@ -138,7 +146,8 @@ def _train(params: dict[str, Any], seeds: list[int], ctx: TrialContext, logger: 
                 for s in seeds for f in ctx.folds]
     metric = ctx.metric
     start = time.perf_counter()
-    timing = {"setup_seconds": start - setup_start, "train_seconds": 0.0}
+    timing = {"setup_seconds": start - setup_start, "train_seconds": 0.0,
+              ENTERED_AT: entered, READY_AT: time.time()}
     for epoch in range(1, ctx.epochs + 1):
         epoch_start = time.perf_counter()
         results = [t.fit_epoch() for t in trainers if not t.done]
@@ -152,12 +161,12 @@ def _train(params: dict[str, Any], seeds: list[int], ctx: TrialContext, logger: 
         tele = [r.telemetry for r in results if r.telemetry]
         values.update({telemetry_metric(k): float(np.mean([t[k] for t in tele]))
                        for k in TELEMETRY_KEYS if tele})
-        logger.log_epoch(epoch, values)
+        stamp = logger.log_epoch(epoch, values)
         finished = all(t.done for t in trainers)
         if finished:  # log completion before the last report: the scheduler may stop us there
             _complete(trainers, logger, time.perf_counter() - start)
-        tune.report({**values, **timing, EPOCH: epoch, COMPLETED: finished,
-                     RUN_ID: logger.run_id, NODE: node_id})
+        tune.report({**values, **timing, EPOCH: epoch, COMPLETED: finished, LOGGED_AT: stamp,
+                     RUN_ID: logger.run_id, NODE: node_id, REPORTED_AT: time.time()})
         if finished:
             return
 

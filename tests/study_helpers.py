@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -69,3 +70,48 @@ def runs(out: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     parents = frame[frame[T.ROLE] == Roles.STUDY]
     children = frame[frame[T.ROLE] == Roles.TRIAL]
     return parents, children
+
+
+def start_study(out: Path, *args: str, space: Path = SMOKE,
+                env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -m study.run` started in the background (its own session, so the test can kill
+    the driver and the local Ray it started together)."""
+    cmd = [sys.executable, "-m", "study.run", "--space", str(space), "--out", str(out),
+           "--num-cpus", "2", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env=study_env(**(env or {})))
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from study.lock import StudyLock
+lock = StudyLock.acquire(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_lock(out: Path, seconds: float = 120) -> subprocess.Popen:
+    """Another process holding the study folder's lock (returns once it holds it)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), str(seconds)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True, env=study_env())
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def lock_is_free(out: Path) -> bool:
+    """Probe a study folder's lock without taking it over (its record is left as it is)."""
+    from study.lock import lock_path
+
+    with open(lock_path(out), "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import mlflow
@@ -11,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.study_helpers import SMOKE, T, run_study, runs, write_space
+from tests.study_helpers import SMOKE, T, hold_lock, run_study, runs, write_space
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +101,43 @@ def test_existing_study_folder_is_not_overwritten(smoke: Path) -> None:
     assert proc.returncode == 2
     assert "--resume" in proc.stderr and str(smoke) in proc.stderr
     assert (smoke / "summary.csv").read_bytes() == before
+
+
+def _record(out: Path) -> dict:
+    """Everything a --resume could touch: runs, their metrics and artifacts, the folder."""
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    parents, children = runs(out, "smoke")
+    record = {"runs": sorted(zip(pd.concat([parents, children])["run_id"],
+                                 pd.concat([parents, children])["status"],
+                                 pd.concat([parents, children])["end_time"].astype(str),
+                                 strict=True))}
+    parent = parents["run_id"].iloc[0]
+    record["best"] = [(m.step, m.value, m.timestamp)
+                      for m in client.get_metric_history(parent, "best_auc")]
+    record["artifacts"] = sorted((a.path, a.file_size) for a in client.list_artifacts(parent))
+    record["files"] = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    return record
+
+
+def test_resume_of_a_finished_study_is_a_fast_noop(smoke: Path) -> None:
+    before = _record(smoke)
+    start = time.perf_counter()
+    proc = run_study(smoke, "--resume", timeout=60)
+    took = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    assert "already finished" in proc.stdout and "nothing to do" in proc.stdout
+    assert "Ray" not in proc.stdout + proc.stderr
+    assert took < 3.0, took  # no Ray start, no training stack imported
+    assert _record(smoke) == before  # nothing logged, written or moved
+
+
+def test_stale_lock_of_a_killed_command_is_taken_over(smoke: Path) -> None:
+    holder = hold_lock(smoke)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    proc = run_study(smoke, "--resume", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"took over the stale lock of {smoke} left by pid {holder.pid}" in proc.stdout
 
 
 @pytest.mark.cluster

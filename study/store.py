@@ -1,0 +1,61 @@
+"""The embedded MLflow store (``<study folder>/mlflow.db``), made so no reader sees it half-made.
+
+MLflow creates a SQLite store by running its schema migrations on first open. A second process
+that opens the file meanwhile (``mlflow ui``, a notebook, a monitoring script, another study)
+sees a partial schema and starts migrating too; the two migrations collide and the study dies.
+So the store is built under another name in the same folder - schema, the study's experiment -
+its connections closed, and only then renamed to ``mlflow.db`` (an atomic rename on one file
+system): from the instant ``mlflow.db`` exists it is complete. The study's folder lock is held
+meanwhile, so no second study builds one at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DB_NAME = "mlflow.db"
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` tracking URI, else None (a server or another database)."""
+    if not tracking_uri.startswith(SQLITE):
+        return None
+    return Path(tracking_uri[len(SQLITE):])
+
+
+def _close_engine(uri: str) -> None:
+    """Close MLflow's cached SQLAlchemy engine for ``uri`` (no connection outlives the build)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def ensure_store(tracking_uri: str, experiment: str, artifact_root: Path | None) -> None:
+    """Create a missing SQLite store atomically, with the study's experiment already in it.
+
+    An existing store is left alone (MLflow opens it as usual); servers and other databases are
+    not ours to create."""
+    db = sqlite_path(tracking_uri)
+    if db is None or db.exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    from study.tracking import ensure_experiment
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.building")
+    for leftover in db.parent.glob(f".{db.name}.*.building*"):  # a build that was killed
+        leftover.unlink(missing_ok=True)
+    tmp_uri = f"{SQLITE}{tmp}"
+    try:
+        ensure_experiment(MlflowClient(tmp_uri), experiment, artifact_root)
+    finally:
+        _close_engine(tmp_uri)
+    os.replace(tmp, db)
+
+
+__all__ = ["DB_NAME", "ensure_store", "sqlite_path"]
