@@ -11,7 +11,13 @@ Each (config, batch) runs in its own subprocess so its peak RSS (``ru_maxrss``) 
 ``--oracle`` also times the paper config with the straightforward reference attention of
 tests/reference_attention.py swapped in (same weights), for the speed/memory ratio.
 
+``--target shared_trunk`` builds the model with ``shared_projection`` and coordinates the shared
+patch projection's units (the per-stream gradients cost one extra matrix product; the
+whole-layer rules one 2 x 2 solve on the CPU); ``coord %`` is then that target's share of the
+step. The default is ``classifier_rows``, the published target.
+
     python benchmarks/step.py [--quick] [--json out.json] [--batch 2 8] [--rules ...]
+                              [--target classifier_rows|shared_trunk]
                               [--oracle [--oracle-batch 2 8]] [--threads 2]
 """
 
@@ -93,7 +99,9 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     device = torch.device(spec["device"])
-    cfg = ModelConfig.paper() if spec["config"] == "paper" else ModelConfig()
+    target = spec.get("target", "classifier_rows")
+    shared = {"shared_projection": target == "shared_trunk"}
+    cfg = ModelConfig.paper(**shared) if spec["config"] == "paper" else ModelConfig(**shared)
     b = spec["batch"]
     model = KSFusion(cfg).to(device)
     if spec["oracle"]:
@@ -114,12 +122,35 @@ def worker(spec: dict) -> dict:
     model.train()
     rss_model = _rss_gb()
 
-    def step(coord) -> tuple[float, float, float]:
-        """The trainer's own step, profiled: (wall s, coordination s, process CPU s)."""
+    def step(coord) -> tuple[float, float, float, float]:
+        """The trainer's own step, profiled: (wall s, coordination wall s, process CPU s,
+        coordination process CPU s). CPU seconds are less inflated than wall time when other
+        processes compete for the cores."""
+        timed = _CpuTimed(coord)
         cpu0 = time.process_time()
-        result = train_step(model, batch, objective, opt, coord, profile=True)
+        result = train_step(model, batch, objective, opt, timed, profile=True)
         return (sum(result.seconds.values()), result.seconds["coordinate"],
-                time.process_time() - cpu0)
+                time.process_time() - cpu0, timed.cpu_s)
+
+    def coordination_alone(coord, repeats: int) -> float:
+        """The coordination phase by itself, ``repeats`` times on one step's gradients (put back
+        before each): the fastest time, the least disturbed by other processes."""
+        out = model(batch.bags, batch.genes_t, batch.genes_m)
+        opt.zero_grad(set_to_none=True)
+        objective(out, batch).backward()
+        saved = [(p, p.grad.clone()) for p in model.parameters() if p.grad is not None]
+        times = []
+        for _ in range(repeats):
+            for p, g in saved:
+                p.grad.copy_(g)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            coord.step(model, out, batch.targets, objective.task)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        return min(times)
 
     flop = None
     if spec["flops"]:
@@ -127,22 +158,29 @@ def worker(spec: dict) -> dict:
 
         counter = FlopCounterMode(display=False)
         with counter:
-            step(make_coordinator("uniform"))
+            step(make_coordinator("uniform", target=target))
         flop = counter.get_total_flops()
     rules = {}
     load0 = _loadavg()
     mm_rate = matmul_gflops(spec["threads"])  # the same conditions as this worker's steps
     for rule in spec["rules"]:
-        coord = make_coordinator(rule)
+        coord = make_coordinator(rule, target=target)
         for _ in range(spec["warmup"]):
             step(coord)
-        steps, coords, cpus = zip(*(step(coord) for _ in range(spec["repeats"])), strict=True)
+        steps, coords, cpus, coord_cpus = zip(*(step(coord) for _ in range(spec["repeats"])),
+                                              strict=True)
+        isolated = coordination_alone(coord, spec["coord_repeats"])
         med = statistics.median(steps)
         rules[rule] = {"step_s": med, "step_min_s": min(steps), "step_all_s": list(steps),
                        "cpu_s": statistics.median(cpus),
                        "coord_s": statistics.median(coords),
                        "coord_share": statistics.median(c / s for c, s in zip(coords, steps,
-                                                                               strict=True))}
+                                                                               strict=True)),
+                       "coord_cpu_s": statistics.median(coord_cpus),
+                       "coord_cpu_share": statistics.median(
+                           c / s for c, s in zip(coord_cpus, cpus, strict=True)),
+                       "coord_alone_min_s": isolated,
+                       "coord_min_share": isolated / min(steps)}
     result = {**spec, "rules": rules, "flop": flop, "rss_after_build_gb": rss_model,
               "matmul_gflops": mm_rate,
               "peak_rss_gb": _peak_rss_gb(), "loadavg": [load0, _loadavg()],
@@ -150,6 +188,20 @@ def worker(spec: dict) -> dict:
     if device.type == "cuda":
         result["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1024**3
     return result
+
+
+class _CpuTimed:
+    """A coordinator that also counts the process CPU seconds its step takes."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.cpu_s = inner, 0.0
+
+    def step(self, *args, **kwargs):
+        cpu0 = time.process_time()
+        try:
+            return self.inner.step(*args, **kwargs)
+        finally:
+            self.cpu_s += time.process_time() - cpu0
 
 
 def run_worker(spec: dict) -> dict:
@@ -162,8 +214,10 @@ def run_worker(spec: dict) -> dict:
 
 
 def print_table(results: list[dict], peak_gflops: float) -> None:
+    targets = sorted({r.get("target", "classifier_rows") for r in results})
+    print(f"coordination target: {', '.join(targets)}")
     head = (f"{'config':<8}{'attn':<7}{'B':>3} {'rule':<12}{'step s':>8}{'min s':>7}"
-            f"{'cpu s':>7}{'coord %':>8}"
+            f"{'cpu s':>7}{'coord %':>8}{'c cpu%':>7}{'c min%':>7}"
             f"{'GFLOP':>8}{'GFLOP/s':>9}{'% mm':>6}{'peak RSS GB':>12}  vs reference")
     print(head)
     print("-" * len(head))
@@ -183,12 +237,17 @@ def print_table(results: list[dict], peak_gflops: float) -> None:
                       f"RSS {r['peak_rss_gb'] / ref['rss_gb']:.2f}x")
             print(f"{r['config']:<8}{name:<7}{r['batch']:>3} {rule:<12}{m['step_s']:>8.3f}"
                   f"{m['step_min_s']:>7.2f}{m['cpu_s']:>7.2f}{100 * m['coord_share']:>8.2f}"
+                  f"{100 * m.get('coord_cpu_share', float('nan')):>7.2f}"
+                  f"{100 * m.get('coord_min_share', float('nan')):>7.2f}"
                   f"{gflop:>8.1f}{rate:>9.1f}"
                   f"{100 * rate / r['matmul_gflops']:>6.1f}{r['peak_rss_gb']:>12.2f}  {vs}")
     rates = ", ".join(f"{r['matmul_gflops']:.0f}" for r in results if "matmul_gflops" in r)
     print(f"machine fp32 matmul (2048^2, same threads): {peak_gflops:.1f} GFLOP/s at start; "
           f"per run: {rates}. % mm = achieved / that run's rate.\n"
-          "step s = median wall, min s = fastest, cpu s = process CPU seconds per step")
+          "step s = median wall, min s = fastest, cpu s = process CPU seconds per step; coord % "
+          "= coordination's share of the step's wall time (median over steps), c cpu% = of its "
+          "process CPU time, c min% = fastest of --coord-repeats runs of the coordination alone "
+          "/ fastest step (the least disturbed by other processes)")
     fast = {r["batch"]: r for r in results
             if r["config"] == "paper" and not r["oracle"] and "error" not in r}
     for r in results:
@@ -212,8 +271,14 @@ def main(argv: list[str] | None = None) -> int:
                     choices=["paper", "default"])
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per rule")
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--coord-repeats", type=int, default=10,
+                    help="runs of the coordination phase alone per rule (for c min%%)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--target", default="classifier_rows",
+                    choices=["classifier_rows", "shared_trunk"],
+                    help="where coordination acts (shared_trunk builds the model with "
+                         "shared_projection); default classifier_rows")
     ap.add_argument("--quick", action="store_true",
                     help="B=2 only (unless --batch), 2 timed steps, rules uniform + cgcoord")
     ap.add_argument("--oracle", action="store_true",
@@ -233,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     rules = ["uniform", "cgcoord"] if args.quick and args.rules == list(RULES) else args.rules
     repeats = 2 if args.quick else args.repeats
     base = {"threads": args.threads, "device": args.device, "warmup": args.warmup,
-            "repeats": repeats, "flops": not args.no_flops}
+            "repeats": repeats, "flops": not args.no_flops, "target": args.target,
+            "coord_repeats": args.coord_repeats}
     specs = [{**base, "config": c, "batch": b, "oracle": False, "rules": rules}
              for c in args.configs for b in batches]
     if args.oracle:

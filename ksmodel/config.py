@@ -23,6 +23,11 @@ from ksmodel.errors import ConfigError
 from ksmodel.tasks import get_task
 
 MODALITIES = ("both", "genomics", "histology")
+COORD_TARGETS = ("classifier_rows", "shared_trunk")
+"""Where gradient coordination acts (README, "Gradient coordination"): ``classifier_rows`` - the
+published rule, each class row of the classifier split into its tumour and TME columns;
+``shared_trunk`` - the rows (units) of the patch projection both streams share, split into what
+reaches it through each stream (needs ``shared_projection``)."""
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -62,6 +67,9 @@ class ModelConfig:
     decompose: bool = True  # False: one gene encoder on all genes, one stream, no coordination
     teacher: bool = True  # False: attention queries from histology only
     modality: str = "both"  # both | genomics | histology
+    # True: one patch projection P (Linear D -> d + ReLU) read by both streams, so that the two
+    # subspaces' gradients meet on the same parameters (coord_target: shared_trunk)
+    shared_projection: bool = False
 
     def __post_init__(self) -> None:
         for key in ("feature_dim", "n_tumour_genes", "n_tme_genes", "n_outputs", "dim",
@@ -79,6 +87,11 @@ class ModelConfig:
                "offset_groups", "heads and offset_groups must divide one another")
         _check(self.modality in MODALITIES, "modality",
                f"must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
+        _check(isinstance(self.shared_projection, bool), "shared_projection",
+               f"must be true or false, got {self.shared_projection!r}")
+        _check(not self.shared_projection or (self.decompose and self.modality != "genomics"),
+               "shared_projection", "a patch projection shared by the two subspace streams needs "
+               "decompose: true and histology (modality both or histology)")
 
     @property
     def n_tokens(self) -> int:
@@ -109,6 +122,7 @@ class TrainConfig:
     lam: float = 0.1  # consistency weight lambda (0 disables it)
     coordination: str = "cgcoord"
     coord_params: Mapping[str, float] = field(default_factory=dict)
+    coord_target: str = "classifier_rows"  # classifier_rows | shared_trunk (see COORD_TARGETS)
     patience: int = 0  # early-stopping patience in epochs (0 = no early stopping)
     seed: int = 0
     log1p: bool = True  # log1p expression before the z-score (off for already-logged data)
@@ -119,6 +133,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         get_task(self.task)
         get_rule(self.coordination)
+        _check(self.coord_target in COORD_TARGETS, "coord_target",
+               f"must be one of {', '.join(COORD_TARGETS)}, got {self.coord_target!r}")
         object.__setattr__(self, "coord_params",
                            effective_params(self.coordination, dict(self.coord_params)))
         for key in ("epochs", "batch_size"):
@@ -151,9 +167,23 @@ def parameter_keys() -> frozenset[str]:
     return MODEL_KEYS | TRAIN_KEYS | coordination_keys()
 
 
+def _check_target(target: Any, shared_projection: Any) -> None:
+    _check(target != "shared_trunk" or shared_projection is True, "coord_target",
+           "shared_trunk coordinates the patch projection both subspace streams share: set "
+           "shared_projection: true as well (README, 'Gradient coordination')")
+
+
+def check_target(model: ModelConfig, train: TrainConfig) -> None:
+    """The one rule joining the two configs: ``coord_target: shared_trunk`` needs the shared
+    patch projection (there is nothing shared to coordinate on otherwise)."""
+    _check_target(train.coord_target, model.shared_projection)
+
+
 def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a flat parameter dict (as a study trial sees it) into ModelConfig and TrainConfig
-    keyword arguments (coordination hyper-parameters go to ``coord_params``)."""
+    keyword arguments (coordination hyper-parameters go to ``coord_params``). A shared_trunk
+    target without the shared projection is refused here, where both halves are still in view
+    (study files are checked through this function)."""
     coord = coordination_keys()
     unknown = set(params) - MODEL_KEYS - TRAIN_KEYS - coord
     if unknown:
@@ -168,6 +198,7 @@ def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
         train["coord_params"] = coord_params
     if "grid" in model:
         model["grid"] = tuple(model["grid"])
+    _check_target(train.get("coord_target"), model.get("shared_projection", False))
     return model, train
 
 
@@ -193,7 +224,8 @@ class SyntheticConfig:
     patches: tuple[int, int] = (100, 400)  # (min, max) patches per patient; int N -> mean N
     dim: int = 384
     seed: int = 0
-    conflict: float = 0.3
+    conflict: float = 0.0  # strength of the planted histology conflict (ksmodel.synthetic)
+    tme_shift: float = 0.3  # fraction of patients whose TME latent belongs to another diagnosis
     n_tumour: int = 59
     n_tme: int = 361
 
@@ -205,8 +237,10 @@ class SyntheticConfig:
         _check(self.patients >= 8, "synthetic.patients", f"must be >= 8, got {self.patients}")
         _check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "synthetic.seed",
                f"must be an integer, got {self.seed!r}")
-        _check(0.0 <= self.conflict <= 1.0, "synthetic.conflict",
-               f"must be in [0, 1], got {self.conflict}")
+        for key in ("conflict", "tme_shift"):
+            value = getattr(self, key)
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool)
+                   and 0.0 <= value <= 1.0, f"synthetic.{key}", f"must be in [0, 1], got {value!r}")
         object.__setattr__(self, "patches", _patch_range(self.patches))
 
     def key(self) -> str:
@@ -241,6 +275,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["MODALITIES", "ConfigError", "ModelConfig", "TrainConfig", "SyntheticConfig",
-           "MODEL_KEYS", "TRAIN_KEYS", "coordination_keys", "parameter_keys", "split_params",
-           "to_dict", "check_grid", "parse_overrides", "replace"]
+__all__ = ["MODALITIES", "COORD_TARGETS", "ConfigError", "check_target", "ModelConfig",
+           "TrainConfig", "SyntheticConfig", "MODEL_KEYS", "TRAIN_KEYS", "coordination_keys",
+           "parameter_keys", "split_params", "to_dict", "check_grid", "parse_overrides",
+           "replace"]

@@ -22,12 +22,21 @@ truth the tests check the pipeline against. What is planted:
   latent, the others the TME latent; H&E shows molecular state only in part) + a per-slide stain
   shift + noise, so histology alone is informative but weaker than the tumour genes.
   ~10% of patients have two slides.
-* ``conflict`` in [0, 1] -- for that fraction of patients (chosen at random, exact count
-  round(conflict * patients)) the TME latent is drawn around the centroid of a *different*
+* ``conflict`` in [0, 1] -- histology conflict between the subspaces, planted where both must
+  read: every patient's TME-compartment patches (necrosis, immune, stroma, normal) also carry,
+  along the *tumour* feature directions, the tumour signature of a *different* diagnosis (drawn
+  per patient), with strength ``conflict`` x that class's centroid signature. Both streams read
+  the same patches through the patch projection; the tumour stream's evidence points to the
+  diagnosis, the TME stream's to the planted class, so the gradients reaching a shared
+  projection through the two streams disagree more as ``conflict`` rises (the measured cosine
+  falls: tests/test_shared_trunk.py). 0 = none (the default: the feature files are then those
+  of the generator without this knob). The planted class comes from a stream of its own.
+* ``tme_shift`` in [0, 1] -- for that fraction of patients (chosen at random, exact count
+  round(tme_shift * patients)) the TME latent is drawn around the centroid of a *different*
   diagnosis, so TME genes, TME patches and the TME part of the hazard point to another class
-  than the tumour subspace: per-subspace gradients then disagree, which is what gradient
-  coordination (PCGrad, CG-Coord) has to resolve. 0 = none. The clinical table marks these
-  patients (``synthetic_conflict`` 0/1, ``tme_source_diagnosis``).
+  than the tumour subspace. This is what ``conflict`` meant before; it is read only by
+  parameters the TME stream owns, so it plants no gradient conflict on shared parameters. The
+  clinical table marks these patients (``synthetic_conflict`` 0/1, ``tme_source_diagnosis``).
 * **Clinical covariates** (for the clinical baselines) -- ``age`` (whole years, normal around a
   diagnosis-specific mean as in glioma: GBM IDH-wt ~62, IDH-mutant astrocytoma ~37-39,
   oligodendroglioma ~44, sd 11, clipped to 18..90), ``is_female`` (0/1, 42% female) and
@@ -39,11 +48,12 @@ normalisation); 16 background genes ``BG_001..`` outside both gene sets are incl
 expression matrix would have. Tables and labels come from their own random stream, so the same
 seed gives identical clinical/expression tables whatever ``patches``/``dim`` are; same arguments
 give byte-identical files (h5 written without timestamps). The covariates have a third stream of
-their own, so adding them changed no expression value, label or feature file. ``cohort.json``
-records the parameters. The parameters and their defaults are ``ksmodel.config.SyntheticConfig``:
-the one synthetic default of the project. ``ensure_synthetic`` builds a cohort beside its final
-folder and renames it into place, so concurrent runs asking for the same cohort never see a
-half-written one.
+their own, so adding them changed no expression value, label or feature file; the planted
+conflict class a fourth, so ``conflict`` changes no table and, at 0, no feature file.
+``cohort.json`` records the parameters. The parameters and their defaults are
+``ksmodel.config.SyntheticConfig``: the one synthetic default of the project.
+``ensure_synthetic`` builds a cohort beside its final folder and renames it into place, so
+concurrent runs asking for the same cohort never see a half-written one.
 """
 
 from __future__ import annotations
@@ -89,6 +99,7 @@ WEIBULL_SHAPE = 1.3
 CENSORING = 0.35
 TWO_SLIDES = 0.1
 HISTOLOGY_NOISE = 1.0  # sd of the latent noise that patches see (genes see the latent itself)
+CONFLICT_STRENGTH = 1.0  # at conflict = 1: the planted signature as large as a class centroid's
 STAIN_SHIFT = 0.1
 N_BACKGROUND = 16
 PATCH_PX = 256
@@ -125,7 +136,7 @@ def _censoring_rate(times: np.ndarray, target: float) -> float:
     return math.sqrt(lo * hi)
 
 
-def _tables(seed_seq: np.random.SeedSequence, patients: int, conflict: float, n_tumour: int,
+def _tables(seed_seq: np.random.SeedSequence, patients: int, tme_shift: float, n_tumour: int,
             n_tme: int) -> dict[str, object]:
     """Clinical labels, latents and expression from their own stream (independent of patches)."""
     rng = np.random.default_rng(seed_seq)
@@ -136,7 +147,7 @@ def _tables(seed_seq: np.random.SeedSequence, patients: int, conflict: float, n_
     order = rng.permutation(patients)
     other = (diag + rng.integers(1, 4, patients)) % 4
     is_conflict = np.zeros(patients, dtype=bool)
-    is_conflict[order[:round(conflict * patients)]] = True
+    is_conflict[order[:round(tme_shift * patients)]] = True
     tme_src = np.where(is_conflict, other, diag)
     z_m = TME_CENTROIDS[tme_src] + rng.normal(0.0, TME_NOISE, (patients, 4))
     scale = MEDIAN_DAYS[diag] / math.log(2) ** (1 / WEIBULL_SHAPE)
@@ -158,6 +169,13 @@ def _covariates(seed_seq: np.random.SeedSequence, diag: np.ndarray) -> dict[str,
     age = np.clip(np.round(rng.normal(AGE_MEAN[diag], AGE_SD)), *AGE_RANGE).astype(np.int64)
     is_female = (rng.random(len(diag)) < FEMALE).astype(np.int64)
     return dict(age=age, is_female=is_female, idh_mutant=(diag != 0).astype(np.int64))
+
+
+def _planted_class(seed_seq: np.random.SeedSequence, diag: np.ndarray) -> np.ndarray:
+    """Per patient, a diagnosis other than its own (uniform over the three others), from its own
+    stream: whose tumour signature the TME patches carry under ``conflict``."""
+    rng = np.random.default_rng(seed_seq)
+    return (diag + rng.integers(1, 4, len(diag))) % 4
 
 
 def _bag_sizes(rng: np.random.Generator, patients: int, patches: tuple[int, int],
@@ -228,7 +246,7 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
     """
     params = replace(params or SyntheticConfig(), **changes)
     patients, patches, dim, seed = params.patients, params.patches, params.dim, params.seed
-    conflict, n_tumour, n_tme = params.conflict, params.n_tumour, params.n_tme
+    n_tumour, n_tme = params.n_tumour, params.n_tme
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"fmt must be parquet or csv, got {fmt!r}")
     start = time.perf_counter()
@@ -238,10 +256,12 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
     _clear(out, overwrite)
     (out / "features").mkdir()
 
-    # child i of spawn(3) equals child i of spawn(2): the table and patch streams are unchanged
-    table_seq, patch_seq, covariate_seq = np.random.SeedSequence(seed).spawn(3)
-    t = _tables(table_seq, patients, conflict, n_tumour, n_tme)
+    # child i of spawn(4) equals child i of spawn(2) and spawn(3): the table, patch and covariate
+    # streams are unchanged by the streams added after them
+    table_seq, patch_seq, covariate_seq, conflict_seq = np.random.SeedSequence(seed).spawn(4)
+    t = _tables(table_seq, patients, params.tme_shift, n_tumour, n_tme)
     covariates = _covariates(covariate_seq, t["diag"])
+    planted = _planted_class(conflict_seq, t["diag"])
     rng = np.random.default_rng(patch_seq)
     sizes = _bag_sizes(rng, patients, patches, t["n_slides"])
     prototypes = rng.normal(0.0, 1.0, (len(PATCH_TYPES), dim)).astype(np.float32)
@@ -254,9 +274,13 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
     # H&E shows the molecular state only in part: patches see a noisy copy of each latent
     seen_t = t["z_t"] + rng.normal(0.0, HISTOLOGY_NOISE, t["z_t"].shape)
     seen_m = t["z_m"] + rng.normal(0.0, HISTOLOGY_NOISE, t["z_m"].shape)
+    # histology conflict: TME patches carry another diagnosis' tumour signature (see the top)
+    planted_sig = (params.conflict * CONFLICT_STRENGTH * TUMOUR_CENTROIDS[planted]) @ m_tumour
     for i, case in enumerate(case_ids):
         shift_t = (seen_t[i] @ m_tumour).astype(np.float32)
         shift_m = (seen_m[i] @ m_tme).astype(np.float32)
+        if params.conflict > 0:  # at 0 the features stay bit for bit those without the knob
+            shift_m = shift_m + planted_sig[i].astype(np.float32)
         k = int(t["n_slides"][i])
         parts = np.diff(np.linspace(0, sizes[i], k + 1).round().astype(int))
         for s, n in enumerate(parts):
@@ -300,7 +324,7 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
             "prevalence": PREVALENCE.tolist(), "censoring_target": CENSORING,
             "grade_rule": "diagnosis 0,1 -> 4; 2,3 -> 3 if proliferation latent high else 2",
             "patch_types": list(PATCH_TYPES), "patch_px": PATCH_PX,
-            "conflict_cases": int(t["conflict"].sum())}
+            "tme_shift_cases": int(t["conflict"].sum())}
     (out / "cohort.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     seconds = time.perf_counter() - start
@@ -309,7 +333,8 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
     say(f"synthetic cohort -> {out}")
     say("  diagnosis: " + ", ".join(f"{c} x {DIAGNOSES[d]}" for d, c in enumerate(counts)))
     say(f"  grade 2/3/4: {', '.join(str(int((t['grade'] == g).sum())) for g in (2, 3, 4))}; "
-        f"censored {1 - t['event'].mean():.1%}; conflict patients {int(t['conflict'].sum())}")
+        f"censored {1 - t['event'].mean():.1%}; TME-shift patients {int(t['conflict'].sum())}; "
+        f"histology conflict {params.conflict:g}")
     say(f"  {n_files} feature files ({n_bytes / 1e6:.1f} MB), {sizes.sum()} patches x D={dim}; "
         f"total {total / 1e6:.1f} MB in {seconds:.1f} s")
     return out
@@ -368,16 +393,22 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"patch feature dimension D ({d.dim})")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"random seed ({d.seed})")
     parser.add_argument("--conflict", type=float, default=d.conflict,
+                        help="histology conflict in [0, 1]: TME-compartment patches also carry, "
+                             "along the tumour feature directions, the tumour signature of a "
+                             "different diagnosis with this strength, so the two subspaces "
+                             "disagree on what they both read (gradients reaching a shared patch "
+                             f"projection conflict more as it rises; default {d.conflict})")
+    parser.add_argument("--tme-shift", type=float, default=d.tme_shift,
                         help="fraction in [0, 1] of patients whose TME genes/patches/hazard are "
-                             "drawn as if from a different diagnosis, so the TME and tumour "
-                             f"subspaces disagree (default {d.conflict}; 0 = none)")
+                             "drawn as if from a different diagnosis (what --conflict meant "
+                             f"before; default {d.tme_shift}; 0 = none)")
     parser.add_argument("--format", choices=("parquet", "csv"), default="parquet",
                         help="table format for clinical and expression (parquet)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a cohort already in --out")
     args = parser.parse_args(argv)
     changes = {"patients": args.patients, "dim": args.dim, "seed": args.seed,
-               "conflict": args.conflict}
+               "conflict": args.conflict, "tme_shift": args.tme_shift}
     if args.patches is not None:
         changes["patches"] = args.patches
     try:

@@ -29,7 +29,14 @@ import torch
 from torch import Tensor
 
 from ksmodel.cohort import Cohort
-from ksmodel.config import ModelConfig, SyntheticConfig, TrainConfig, parse_overrides, split_params
+from ksmodel.config import (
+    ModelConfig,
+    SyntheticConfig,
+    TrainConfig,
+    check_target,
+    parse_overrides,
+    split_params,
+)
 from ksmodel.coordination.coordinator import TELEMETRY_KEYS, Coordinator
 from ksmodel.errors import CohortError, ConfigError
 from ksmodel.losses import consistency_total
@@ -203,8 +210,10 @@ class FoldTrainer:
         n_train = len(self.data.train_idx)
         steps = cfg.epochs * max(1, math.ceil(n_train / cfg.batch_size))
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=steps)
+        check_target(self.model_cfg, cfg)
         rule = cfg.coordination if self.model_cfg.decompose else "uniform"
-        self.coordinator = Coordinator(rule, cfg.coord_params if rule == cfg.coordination else {})
+        self.coordinator = Coordinator(rule, cfg.coord_params if rule == cfg.coordination else {},
+                                       target=cfg.coord_target)
         self._amp = self.device.type == "cuda" and cfg.amp
         d = self.data
         self._bags = d.bags.to(self.device) if d.bags is not None else None

@@ -205,12 +205,22 @@ EXPLAINED: dict[str, str] = {
     "fold_<k>/<key>": "fold k's own value of <key> (e.g. fold_0/val_auc per epoch, "
                       "fold_0/final_auc at the end)",
     "epochs_run": "epochs trained (fewer than asked when early stopping ended every fold)",
-    "coord/cos_mean": "mean cosine between the tumour and TME gradient blocks (per row)",
+    "coord/cos_mean": "mean cosine between the tumour and TME gradient blocks (per row: a class "
+                      "row of the classifier, or a unit of the shared projection)",
+    "coord/cos_p01": "1st percentile of the per-row cosines (mean over steps)",
+    "coord/cos_p99": "99th percentile of the per-row cosines (mean over steps)",
     "coord/conflict_rate": "share of rows whose blocks point in opposite directions (cos < 0)",
     "coord/projected_tumour": "share of rows whose tumour block the rule changed",
     "coord/projected_tme": "share of rows whose TME block the rule changed",
     "coord/proj_norm": "mean norm of the gradient component the rule removed",
     "coord/skipped": "share of steps a confidence-based rule skipped (no confidence in the batch)",
+    "coord/layer_cos": "cosine between the two streams' whole gradients on the coordination "
+                       "target (shared_trunk: the gradients reaching the shared projection "
+                       "through each stream)",
+    "coord/rel_change": "how much the rule changed the update: |g' - g| / |g|, coordinated vs "
+                        "plain gradient of the target (0 for uniform)",
+    "coord/scale_tumour": "|g_t'| / |g_t|: how the rule rescaled the tumour stream's block",
+    "coord/scale_tme": "|g_m'| / |g_m|: how the rule rescaled the TME stream's block",
     "best_<m>": "parent run: final metric of the best completed trial",
     "inner_<m>": "nested evaluation, outer run: the chosen configuration's inner cross-validation "
                  "score (best of the search on that outer training part; optimistic); parent "

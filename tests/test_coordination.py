@@ -1,11 +1,15 @@
-"""Gradient coordination: PCGrad against torchjd, CG-Coord properties, telemetry, confidence,
-and the one rule registry (hyper-parameters declared with the rule, read by the config)."""
+"""Gradient coordination: PCGrad and the whole-layer peers (MGDA, UPGrad, CAGrad, Nash-MTL) against
+torchjd, OGM-GE against its formula, CG-Coord properties, telemetry, confidence, and the one rule
+registry (hyper-parameters declared with the rule, read by the config)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torchjd.aggregation as jd
 from lifelines.utils import concordance_index
 
 from ksmodel.config import ConfigError, TrainConfig, coordination_keys, split_params
@@ -54,7 +58,14 @@ def test_pcgrad_equals_torchjd_pcgrad():
     assert tel["projected_tumour"] == tel["projected_tme"] == pytest.approx(8 / 12)
 
 
-@pytest.mark.parametrize("rule", sorted(RULES))
+GATED = ("uniform", "pcgrad", "cgcoord", "cgcoord_ref")  # act only on rows that conflict
+
+
+def test_every_rule_is_either_conflict_gated_or_checked_below():
+    assert set(RULES) == {*GATED, *TORCHJD, "ogm_ge"}
+
+
+@pytest.mark.parametrize("rule", GATED)
 def test_no_conflict_leaves_gradients_untouched(rule):
     g_t, g_m = agreeing()
     grad = torch.cat([g_t, g_m], dim=1)
@@ -196,3 +207,128 @@ def test_survival_confidence_is_batch_cindex_and_skips_batches_without_pairs():
     grad = torch.cat(conflicting(), dim=1)
     new, tel = make_coordinator("cgcoord")(grad, none, conf)
     assert torch.equal(new, grad) and tel["skipped"] == 1.0
+
+
+# --- whole-layer peers through torchjd --------------------------------------------------------
+
+TORCHJD = {"mgda": lambda p: jd.MGDA(), "upgrad": lambda p: jd.UPGrad(),
+           "cagrad": lambda p: jd.CAGrad(c=p["cagrad_c"]),
+           "nashmtl": lambda p: jd.NashMTL(n_tasks=2)}
+
+
+def mixed_blocks(seed=0):
+    """Rows that conflict and rows that agree, as on a real layer."""
+    g_t, g_m = conflicting(rows=6, seed=seed)
+    a_t, a_m = agreeing(rows=4, seed=seed + 1)
+    return torch.cat([g_t, a_t]), torch.cat([g_m, a_m])
+
+
+@pytest.mark.filterwarnings("ignore:You are solving a parameterized problem")  # cvxpy, Nash-MTL
+@pytest.mark.parametrize(("rule", "params"), [("mgda", {}), ("upgrad", {}),
+                                              ("cagrad", {}), ("cagrad", {"cagrad_c": 0.9}),
+                                              ("nashmtl", {})])
+def test_whole_layer_rules_equal_torchjd_on_fixed_gradients(rule, params):
+    """Ours (2x2 Gramian -> torchjd's weighting -> per-stream weights on the blocks) equals
+    torchjd's aggregator on the [2, n] Jacobian of the two whole-layer gradients, times 2 (the
+    sum's scale). Nash-MTL carries solver state: two consecutive steps are compared."""
+    coord = make_coordinator(rule, **params)
+    theirs_agg = TORCHJD[rule](coord.params)
+    for seed in (0, 7):
+        g_t, g_m = mixed_blocks(seed)
+        new, tel = coord(torch.cat([g_t, g_m], dim=1))
+        ours = (new[:, :D] + new[:, D:]).flatten()
+        theirs = 2 * theirs_agg(torch.stack([g_t.flatten(), g_m.flatten()]))
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+        # the blocks keep their direction: a whole-layer weighting scales each stream
+        w_t = (new[:, :D] * g_t).sum() / g_t.square().sum()
+        torch.testing.assert_close(new[:, :D], w_t * g_t)
+        assert tel["scale_tumour"] == pytest.approx(abs(w_t.item()))
+
+
+def test_upgrad_and_cagrad_c0_are_the_plain_sum_when_nothing_conflicts():
+    g_t, g_m = agreeing(rows=8)
+    grad = torch.cat([g_t, g_m], dim=1)
+    for coord in (make_coordinator("upgrad"), make_coordinator("cagrad", cagrad_c=0.0)):
+        new, tel = coord(grad)
+        torch.testing.assert_close(new, grad)
+        assert tel["rel_change"] < 1e-6
+
+
+def test_whole_layer_rules_act_on_a_conflicting_layer():
+    """Streams pulling against each other: every peer changes the update (MGDA most)."""
+    g_t, g_m = conflicting(rows=8)
+    grad = torch.cat([g_t, g_m], dim=1)
+    for rule in TORCHJD:
+        _, tel = make_coordinator(rule)(grad)
+        assert tel["layer_cos"] < -0.5 and tel["rel_change"] > 0.1, (rule, tel)
+
+
+def test_cagrad_c_is_declared_and_range_checked():
+    assert [p.name for p in RULES["cagrad"].params] == ["cagrad_c"]
+    assert TrainConfig(coordination="cagrad").coord_params == {"cagrad_c": 0.5}
+    with pytest.raises(ConfigError, match="cagrad_c"):
+        TrainConfig(coordination="cagrad", coord_params={"cagrad_c": 1.0})
+
+
+# --- OGM-GE ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("conf_t", "conf_m"), [(0.9, 0.3), (0.2, 0.5), (0.6, 0.6)])
+def test_ogm_scales_the_dominant_stream_by_one_minus_tanh(conf_t, conf_m):
+    alpha = 0.7
+    g_t, g_m = mixed_blocks()
+    coord = make_coordinator("ogm_ge", ogm_alpha=alpha, ogm_noise=0.0)
+    new, tel = coord(torch.cat([g_t, g_m], dim=1), conf_t, conf_m)
+    rho_t, rho_m = conf_t / conf_m, conf_m / conf_t
+    k_t = 1 - math.tanh(alpha * (rho_t - 1)) if rho_t > 1 else 1.0
+    k_m = 1 - math.tanh(alpha * (rho_m - 1)) if rho_m > 1 else 1.0
+    torch.testing.assert_close(new[:, :D], k_t * g_t)
+    torch.testing.assert_close(new[:, D:], k_m * g_m)
+    assert tel["scale_tumour"] == pytest.approx(k_t) and tel["scale_tme"] == pytest.approx(k_m)
+    assert tel["projected_tumour"] == float(k_t < 1) and tel["projected_tme"] == float(k_m < 1)
+    res, _ = coord.coordinate(g_t, g_m, conf_t, conf_m)
+    assert res.stream_scale == pytest.approx((k_t, k_m)) and res.stream_noise == 0.0
+
+
+def test_ogm_ge_noise_has_the_gradients_standard_deviation():
+    torch.manual_seed(0)
+    g_t = torch.randn(200, 50, dtype=torch.float64) * 3.0
+    g_m = torch.randn(200, 50, dtype=torch.float64)
+    coord = make_coordinator("ogm_ge", ogm_alpha=1.0, ogm_noise=1.0)
+    new, _ = coord(torch.cat([g_t, g_m], dim=1), 0.8, 0.4)  # tumour dominant: rho = 2
+    k_t = 1 - math.tanh(1.0)
+    noise_t, noise_m = new[:, :50] - k_t * g_t, new[:, 50:] - g_m
+    assert noise_t.mean().abs() < 0.05 * noise_t.std()
+    assert noise_t.std().item() == pytest.approx((k_t * g_t).std().item(), rel=0.05)
+    assert noise_m.std().item() == pytest.approx(g_m.std().item(), rel=0.05)  # GE on both
+    res, _ = coord.coordinate(g_t, g_m, 0.8, 0.4)
+    assert res.stream_noise == 1.0
+
+
+def test_ogm_ge_declares_its_parameters_and_needs_confidence():
+    rule = RULES["ogm_ge"]
+    assert rule.needs_confidence and [p.name for p in rule.params] == ["ogm_alpha", "ogm_noise"]
+    grad = torch.cat(mixed_blocks(), dim=1)
+    new, tel = make_coordinator("ogm_ge")(grad, None, 0.5)
+    assert torch.equal(new, grad) and tel["skipped"] == 1.0
+
+
+# --- telemetry ---------------------------------------------------------------------------------
+
+def test_layer_telemetry_definitions_for_both_layouts():
+    g_t, g_m = mixed_blocks()
+    grad = torch.cat([g_t, g_m], dim=1)
+    layer_cos = (g_t * g_m).sum() / (g_t.norm() * g_m.norm())
+    for target in ("classifier_rows", "shared_trunk"):
+        coord = make_coordinator("pcgrad", target=target)
+        new, tel = coord(grad)
+        n_t, n_m = new[:, :D], new[:, D:]
+        if target == "shared_trunk":  # one parameter gradient: the sum of the blocks
+            want = (n_t + n_m - g_t - g_m).norm() / (g_t + g_m).norm()
+        else:  # the blocks side by side
+            want = (new - grad).norm() / grad.norm()
+        assert tel["rel_change"] == pytest.approx(want.item(), rel=1e-6)
+        assert tel["layer_cos"] == pytest.approx(layer_cos.item(), rel=1e-6)
+        cos = F.cosine_similarity(g_t, g_m, dim=1)
+        assert tel["cos_p01"] == pytest.approx(torch.quantile(cos, 0.01).item(), rel=1e-5)
+        assert tel["cos_p99"] == pytest.approx(torch.quantile(cos, 0.99).item(), rel=1e-5)
+    assert make_coordinator("uniform")(grad)[1]["rel_change"] == 0.0

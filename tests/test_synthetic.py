@@ -1,4 +1,5 @@
-"""The synthetic cohort: format, determinism, planted signal, conflict knob, CLI."""
+"""The synthetic cohort: format, determinism, planted signal, the conflict and TME-shift knobs,
+CLI."""
 
 from __future__ import annotations
 
@@ -121,10 +122,10 @@ def test_default_cohort_tables_carry_the_planted_signal(tmp_path: Path) -> None:
     assert 0.5 < auc["tme"] < auc["tumour"], auc
 
 
-def test_conflict_turns_tme_evidence_to_another_class(tmp_path: Path) -> None:
+def test_tme_shift_turns_tme_evidence_to_another_class(tmp_path: Path) -> None:
     small = dict(patients=300, patches=(2, 3), dim=2, n_tme=80, quiet=True)
-    base = load_cohort(generate(tmp_path / "a", conflict=0.0, **small))
-    conf = load_cohort(generate(tmp_path / "b", conflict=0.75, **small))
+    base = load_cohort(generate(tmp_path / "a", tme_shift=0.0, **small))
+    conf = load_cohort(generate(tmp_path / "b", tme_shift=0.75, **small))
     # the tumour side (labels, tumour genes) is the same cohort; only the TME side moves
     np.testing.assert_array_equal(base.targets("diagnosis")["label"],
                                   conf.targets("diagnosis")["label"])
@@ -147,6 +148,55 @@ def test_conflict_turns_tme_evidence_to_another_class(tmp_path: Path) -> None:
                       for c in (base, conf))
     assert p_conf[rows, true].mean() < p_base[rows, true].mean() - 0.15
     assert p_conf[rows, source].mean() > p_base[rows, source].mean() + 0.1
+
+
+def _features(root: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for path in sorted((root / "features").glob("*.h5")):
+        with h5py.File(path) as f:
+            out[path.stem] = f["features"][()]
+    return out
+
+
+def test_conflict_plants_another_class_tumour_signature_on_tme_patches(tmp_path: Path) -> None:
+    """conflict: only the TME-compartment patches move, only along the tumour feature
+    directions, towards the tumour signature of a class other than the patient's; tables,
+    coordinates and tumour patches stay as they are; conflict 0 is the cohort without the knob."""
+    from ksmodel.config import SyntheticConfig
+    from ksmodel.synthetic import _planted_class
+
+    kw = dict(patients=40, patches=(20, 30), dim=64, seed=4, quiet=True)
+    base, half, full = (generate(tmp_path / n, conflict=k, **kw)
+                        for n, k in (("a", 0.0), ("b", 0.5), ("c", 1.0)))
+    fa, fb, fc = _files(base), _files(half), _files(full)
+    for name in ("clinical.parquet", "expression.parquet", "gene_sets.csv"):
+        assert fa[name] == fb[name] == fc[name]
+    xa, xb, xc = _features(base), _features(half), _features(full)
+    assert xa.keys() == xc.keys()
+    # rebuild the generator's tumour directions and each patient's planted class
+    seqs = np.random.SeedSequence(4).spawn(4)
+    cohort = load_cohort(base)
+    diag = cohort.cases["diagnosis"].to_numpy()
+    planted = _planted_class(seqs[3], diag)
+    assert (planted != diag).all() and len(set(planted.tolist())) > 1
+    deltas, unmoved = [], 0
+    for i, slides in enumerate(cohort.cases["slide_ids"]):
+        for slide in slides:
+            d1, d2 = xb[slide] - xa[slide], xc[slide] - xa[slide]
+            np.testing.assert_allclose(d2, 2 * d1, rtol=1e-4, atol=1e-5)  # linear in conflict
+            moved = np.abs(d2).max(axis=1) > 0
+            deltas.append((planted[i], d2[moved]))
+            unmoved += int((~moved).sum())
+    assert unmoved > 0  # the tumour patches stay put
+    # every moved patch moved by the same per-patient vector: conflict x centroid(planted) @ M
+    sig = np.stack([d[0] for _, d in deltas if len(d)])
+    cls = np.array([c for c, d in deltas if len(d)])
+    rank = np.linalg.matrix_rank(sig.astype(np.float64), tol=1e-3)
+    assert rank <= 4  # within the 4 tumour feature directions
+    for c in set(cls.tolist()):  # the same planted class: the same signature
+        assert np.abs(sig[cls == c] - sig[cls == c][0]).max() < 1e-5
+    assert len(set(cls.tolist())) > 1 and np.abs(sig).max() > 0.05
+    assert SyntheticConfig().conflict == 0.0  # the default cohort has none
 
 
 def test_patches_carry_histology_and_spatial_structure(tmp_path: Path) -> None:
@@ -190,11 +240,13 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--out", str(tmp_path / "c"), "--patients", "20", "--patches", "10", "--dim",
-                 "6", "--seed", "3", "--conflict", "0.5"]) == 0
+                 "6", "--seed", "3", "--conflict", "0.5", "--tme-shift", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "20/20 patients" in out and "censored" in out and "conflict patients 10" in out
+    assert "20/20 patients" in out and "censored" in out and "TME-shift patients 10" in out
+    assert "histology conflict 0.5" in out
     meta = json.loads((tmp_path / "c" / "cohort.json").read_text())
     assert meta["patches"] == [5, 15] and meta["conflict"] == 0.5 and meta["seed"] == 3
+    assert meta["tme_shift"] == 0.5 and meta["tme_shift_cases"] == 10
     cohort = load_cohort(tmp_path / "c")
     with h5py.File(tmp_path / "c" / "features" / f"{cohort.cases['slide_ids'].iloc[0][0]}.h5") as f:
         assert f["features"].shape[1] == 6
@@ -207,6 +259,7 @@ def test_module_entry_point_help() -> None:
     result = subprocess.run([sys.executable, "-m", "ksmodel.synthetic", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--conflict" in result.stdout and "--patches" in result.stdout
+    assert "--tme-shift" in result.stdout
 
 
 @pytest.mark.slow

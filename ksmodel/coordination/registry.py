@@ -48,10 +48,18 @@ class Rule:
     impl: str  # "module:function" taking (Blocks, params) -> RuleResult
     params: tuple[HyperParam, ...] = ()
     needs_confidence: bool = False
+    # True: ``impl`` is a factory, called once per coordinator with the parameters, returning
+    # the rule function (for rules that carry state from step to step, e.g. a warm-started solver)
+    stateful: bool = False
 
     def load(self) -> Callable[..., Any]:
         module, _, attr = self.impl.partition(":")
         return getattr(importlib.import_module(module), attr)
+
+    def make(self, params: Mapping[str, float]) -> Callable[..., Any]:
+        """The function ``(Blocks, params) -> RuleResult`` one coordinator uses."""
+        fn = self.load()
+        return fn(params) if self.stateful else fn
 
     def defaults(self) -> dict[str, float]:
         return {p.name: p.default for p in self.params}
@@ -63,7 +71,20 @@ TAU_RHO = HyperParam("tau_rho", 0.0, 0.0, 1.0,
                      "confidence margin: project the weaker subspace only when it is behind by "
                      "more than this (rho < 1 - tau_rho)", high_inclusive=False)
 
+CAGRAD_C = HyperParam("cagrad_c", 0.5, 0.0, 1.0,
+                      "CAGrad's c: radius of the ball around the mean gradient, relative to its "
+                      "norm, in which the worse-off stream's improvement is maximised (0 = mean)",
+                      high_inclusive=False)
+OGM_ALPHA = HyperParam("ogm_alpha", 0.5, 0.0, 10.0,
+                       "OGM's alpha: the dominant stream's gradients are scaled by "
+                       "1 - tanh(alpha * (rho - 1)), rho = its confidence over the other's")
+OGM_NOISE = HyperParam("ogm_noise", 1.0, 0.0, 1.0,
+                       "OGM-GE's Gaussian noise, in standard deviations of each gradient tensor "
+                       "(1 = the published GE, 0 = OGM without GE)")
+
 _IMPL = "ksmodel.coordination.rules"
+_WHOLE = ("whole-layer: one decision per step on the two streams' whole gradients of the target "
+          "(as in its paper), via torchjd on their 2x2 Gramian; result x2 to the plain sum's scale")
 RULES: dict[str, Rule] = {r.name: r for r in (
     Rule("uniform", "plain summed loss: gradients untouched", f"{_IMPL}:uniform"),
     Rule("pcgrad", "PCGrad (Yu et al. 2020): on conflict (cos < 0) project each block onto the "
@@ -74,6 +95,23 @@ RULES: dict[str, Rule] = {r.name: r for r in (
     Rule("cgcoord_ref", "CG-Coord as the original code: the projection subtracted twice (a "
          "reflection) before rescaling", f"{_IMPL}:cgcoord_ref", (TAU_COS, TAU_RHO),
          needs_confidence=True),
+    Rule("mgda", f"MGDA (Desideri 2012; Sener & Koltun 2018): the min-norm convex combination of "
+         f"the two streams' gradients; {_WHOLE}", f"{_IMPL}:mgda"),
+    Rule("upgrad", f"UPGrad (Quinton & Rey 2024): each stream's gradient projected onto the dual "
+         f"cone of both, averaged; {_WHOLE}", f"{_IMPL}:upgrad"),
+    Rule("cagrad", f"CAGrad (Liu et al. 2021): the mean gradient moved within a ball of radius "
+         f"cagrad_c |mean| towards the worse-off stream's improvement; {_WHOLE}",
+         f"{_IMPL}:cagrad", (CAGRAD_C,)),
+    Rule("nashmtl", f"Nash-MTL (Navon et al. 2022): bargaining weights w with w_i (G w)_i = 1, "
+         f"warm-started from the previous step, update norm clipped at 1; {_WHOLE}",
+         f"{_IMPL}:nashmtl", stateful=True),
+    Rule("ogm_ge", "OGM-GE (Peng et al. 2022): the dominant stream (confidence ratio rho > 1) has "
+         "its gradients scaled by 1 - tanh(ogm_alpha (rho - 1)) - its block of the target and "
+         "the weight tensors of its own modules (gene encoder, teacher, attention, own "
+         "projection) - plus Gaussian noise of ogm_noise standard deviations of each of those "
+         "tensors on both streams (GE); whole-layer. Meant for shared_trunk: on classifier_rows "
+         "its block is the classifier's columns, which the paper leaves alone",
+         f"{_IMPL}:ogm_ge", (OGM_ALPHA, OGM_NOISE), needs_confidence=True),
 )}
 """Rule name -> Rule."""
 

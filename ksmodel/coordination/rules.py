@@ -4,11 +4,26 @@ A rule sees the two subspaces' gradient blocks of every row at once (``Blocks``:
 with their dot products, norms and cosines precomputed) and returns new blocks plus which rows
 it changed on which side (``RuleResult``). Rules are vectorised over rows: no Python loop over
 rows or samples.
+
+Two kinds of rule:
+
+* **per row** (``pcgrad``, ``cgcoord``, ``cgcoord_ref``): each row (a class row of the classifier,
+  or a unit of the shared projection) is decided on its own cosine;
+* **whole layer** (``mgda``, ``upgrad``, ``cagrad``, ``nashmtl`` through torchjd's weightings, and
+  ``ogm_ge``): one decision per step for the whole target, as their papers aggregate the whole
+  shared-parameter gradient of each objective. The torchjd weightings only need the 2 x 2 Gramian
+  of the two streams' whole-layer gradients, which the blocks' dot products already give: one
+  solve per step on a 2 x 2 matrix, no loop over rows and no [2, n] Jacobian built. The result
+  is ``2 * (w_t * g_t + w_m * g_m)``: torchjd's aggregators average the objectives (UPGrad and
+  CAGrad reduce to the mean when nothing conflicts), the plain summed loss adds them, so the
+  factor 2 puts every rule on the sum's scale and ``rel_change`` measures direction changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +54,13 @@ class Blocks:
         return cls(g_t, g_m, dot, norm_t, norm_m, cos, conf_t, conf_m)
 
 
+    def layer_gramian(self) -> Tensor:
+        """The 2 x 2 Gramian of the two whole-layer gradients, float64 on the CPU (one sync)."""
+        v = torch.stack([self.norm_t.square().sum(), self.dot.sum(), self.norm_m.square().sum()])
+        tt, tm, mm = v.to("cpu", torch.float64).unbind()
+        return torch.stack([torch.stack([tt, tm]), torch.stack([tm, mm])])
+
+
 @dataclass(frozen=True)
 class RuleResult:
     g_t: Tensor
@@ -47,6 +69,10 @@ class RuleResult:
     projected_m: Tensor  # bool [R]
     removed_t: Tensor  # [R] norm of the removed component (0 where not projected)
     removed_m: Tensor
+    # OGM-GE: factors on each stream's own weight gradients (tumour, TME), and the Gaussian noise
+    # (in standard deviations of each gradient tensor) added to both streams' weight gradients
+    stream_scale: tuple[float, float] = (1.0, 1.0)
+    stream_noise: float = 0.0
 
 
 def _project_out(g: Tensor, onto: Tensor, dot: Tensor, onto_norm: Tensor, times: float = 1.0
@@ -109,4 +135,105 @@ def cgcoord_ref(b: Blocks, params: Mapping[str, float]) -> RuleResult:
     return _cg(b, params, 2.0)
 
 
-__all__ = ["Blocks", "RuleResult", "uniform", "pcgrad", "cgcoord", "cgcoord_ref", "EPS"]
+# --- whole-layer rules ---------------------------------------------------------------------
+
+N_STREAMS = 2  # torchjd averages the objectives; the plain summed loss adds them
+
+
+def _weighted(b: Blocks, w_t: float, w_m: float) -> RuleResult:
+    """g_t' = w_t g_t, g_m' = w_m g_m for every row; a side counts as changed when w != 1."""
+    changed_t = torch.full_like(b.cos, abs(w_t - 1.0) > 1e-12, dtype=torch.bool)
+    changed_m = torch.full_like(b.cos, abs(w_m - 1.0) > 1e-12, dtype=torch.bool)
+    return RuleResult(b.g_t * w_t, b.g_m * w_m, changed_t, changed_m,
+                      b.norm_t * abs(1.0 - w_t) * changed_t, b.norm_m * abs(1.0 - w_m) * changed_m)
+
+
+def _reduced(gramian: Tensor) -> Tensor:
+    """A 2 x 2 matrix R with R R^T = gramian: what a Jacobian-based weighting sees of [g_t; g_m]
+    when it only depends on their Gramian (and the norms of their combinations)."""
+    vals, vecs = torch.linalg.eigh(gramian)
+    return vecs * vals.clamp_min(0.0).sqrt()
+
+
+def _by_weighting(b: Blocks, weights: Callable[[Tensor], Tensor]) -> RuleResult:
+    gramian = b.layer_gramian()
+    if not bool(torch.isfinite(gramian).all()) or gramian.trace() <= 0:
+        return uniform(b, {})
+    w = weights(gramian).tolist()
+    return _weighted(b, N_STREAMS * w[0], N_STREAMS * w[1])
+
+
+def mgda(b: Blocks, params: Mapping[str, float]) -> RuleResult:
+    """MGDA (torchjd): the min-norm convex combination of the two whole-layer gradients."""
+    from torchjd.aggregation import MGDAWeighting
+
+    return _by_weighting(b, MGDAWeighting())
+
+
+def upgrad(b: Blocks, params: Mapping[str, float]) -> RuleResult:
+    """UPGrad (torchjd): each whole-layer gradient projected onto the dual cone of both, then
+    averaged."""
+    from torchjd.aggregation import UPGradWeighting
+
+    return _by_weighting(b, UPGradWeighting())
+
+
+def cagrad(b: Blocks, params: Mapping[str, float]) -> RuleResult:
+    """CAGrad (torchjd): the mean gradient moved, within a ball of radius c |g_0|, towards the
+    direction that most improves the worse-off stream."""
+    from torchjd.aggregation import CAGradWeighting
+
+    return _by_weighting(b, CAGradWeighting(c=params["cagrad_c"]))
+
+
+def nashmtl(params: Mapping[str, float]) -> Callable[[Blocks, Mapping[str, float]], RuleResult]:
+    """Nash-MTL (torchjd) for one coordinator: the bargaining weights are warm-started from the
+    previous step's (the solver state lives in the returned rule)."""
+    from torchjd.aggregation import NashMTL
+
+    weighting = NashMTL(n_tasks=N_STREAMS).weighting
+
+    def rule(b: Blocks, params: Mapping[str, float]) -> RuleResult:
+        with warnings.catch_warnings():  # cvxpy: "not DPP" - the problem is small either way
+            warnings.simplefilter("ignore", UserWarning)
+            return _by_weighting(b, lambda gramian: weighting(_reduced(gramian)))
+
+    return rule
+
+
+def ogm_coefficients(conf_t: float, conf_m: float, alpha: float) -> tuple[float, float]:
+    """OGM's k_t, k_m: the dominant stream (confidence ratio rho > 1 over the other) gets
+    1 - tanh(alpha * (rho - 1)), the other 1."""
+    if conf_t > conf_m:
+        rho = conf_t / conf_m if conf_m > 0 else math.inf
+        return 1.0 - math.tanh(alpha * (rho - 1.0)), 1.0
+    if conf_m > conf_t:
+        rho = conf_m / conf_t if conf_t > 0 else math.inf
+        return 1.0, 1.0 - math.tanh(alpha * (rho - 1.0))
+    return 1.0, 1.0
+
+
+def ogm_ge(b: Blocks, params: Mapping[str, float]) -> RuleResult:
+    """OGM-GE (Peng et al. 2022): scale the dominant stream's gradients by 1 - tanh(alpha (rho -
+    1)), rho = its confidence over the other's; GE adds Gaussian noise with the standard deviation
+    of each (scaled) gradient tensor, on both streams. Here: on its block of the target and on
+    the weight tensors of its own modules (``stream_scale``, applied by the coordinator)."""
+    if b.conf_t is None or b.conf_m is None:
+        raise ValueError("OGM-GE needs both subspace confidences")
+    k_t, k_m = ogm_coefficients(b.conf_t, b.conf_m, params["ogm_alpha"])
+    res = _weighted(b, k_t, k_m)
+    noise = params["ogm_noise"]
+    if noise > 0:
+        res = RuleResult(_add_noise(res.g_t, noise), _add_noise(res.g_m, noise), res.projected_t,
+                         res.projected_m, res.removed_t, res.removed_m)
+    return RuleResult(res.g_t, res.g_m, res.projected_t, res.projected_m, res.removed_t,
+                      res.removed_m, stream_scale=(k_t, k_m), stream_noise=noise)
+
+
+def _add_noise(g: Tensor, scale: float) -> Tensor:
+    """g + N(0, (scale * std(g))^2), the GE part of OGM-GE (std over the whole tensor)."""
+    return g + torch.randn_like(g) * (scale * g.std(correction=0))
+
+
+__all__ = ["Blocks", "RuleResult", "uniform", "pcgrad", "cgcoord", "cgcoord_ref", "mgda",
+           "upgrad", "cagrad", "nashmtl", "ogm_ge", "ogm_coefficients", "EPS", "N_STREAMS"]

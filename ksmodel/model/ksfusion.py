@@ -2,7 +2,10 @@
 
 Streams: ``decompose=True`` gives two subspaces, tumour (t) and TME (m), each a
 ``SubspaceStream`` with its own gene encoder, patch projection, teacher and attention;
-``decompose=False`` gives one stream on all genes. The classifier reads the concatenated subspace
+``decompose=False`` gives one stream on all genes. ``shared_projection=True`` replaces the two
+patch projections by one, ``shared_proj``, whose tokens each stream reads through its own view
+(``ksmodel.model.shared``): the place where the two subspaces' gradients meet on the same
+parameters. The classifier reads the concatenated subspace
 features; per-subspace logits ``out_t = W[:, :d] h_t + b/2`` and ``out_m = W[:, d:] h_m + b/2``
 (they sum to the logits) are what CG-Coord's confidences are computed from.
 """
@@ -20,6 +23,7 @@ from torch import Tensor, nn
 from ksmodel.config import ModelConfig
 from ksmodel.model.deform_attention import DeformableCrossAttention
 from ksmodel.model.encoders import GeneEncoder, PatchProjection, Teacher
+from ksmodel.model.shared import SharedTokens
 from ksmodel.model.stream import SubspaceStream
 
 M = TypeVar("M", bound=nn.Module)
@@ -35,6 +39,9 @@ class KSOutput:
     gene_emb: tuple[Tensor, ...]  # [B, d] each; () for modality=histology
     vgrids: tuple[Tensor, ...]  # [B, G, h', w', 2] each; () for modality=genomics
     features: tuple[Tensor, ...] = ()  # h_s [B, d] each
+    # with shared_projection, while gradients are recorded: the shared tokens and (after
+    # backward) what each stream sent back to them; None otherwise
+    shared: SharedTokens | None = None
 
 
 class KSFusion(nn.Module):
@@ -62,7 +69,10 @@ class KSFusion(nn.Module):
         gene_encoders = each(lambda s: GeneEncoder(n_genes[s], d, cfg.gene_hidden,
                                                    cfg.gene_blocks, cfg.dropout),
                              when=self.uses_genes)
-        projs = each(lambda s: PatchProjection(cfg.feature_dim, d), when=self.uses_histology)
+        shared = cfg.shared_projection  # validated: two streams with histology
+        projs = each(lambda s: PatchProjection(cfg.feature_dim, d),
+                     when=self.uses_histology and not shared)
+        self.shared_proj = PatchProjection(cfg.feature_dim, d) if shared else None
         teachers = each(lambda s: Teacher(d),
                         when=self.uses_histology and self.uses_genes and cfg.teacher)
         attentions = each(lambda s: DeformableCrossAttention(
@@ -105,7 +115,16 @@ class KSFusion(nn.Module):
                 genes_m: Tensor | None = None) -> KSOutput:
         self._check(bags, genes_t, genes_m)
         genes = self._stream_genes(genes_t, genes_m)
-        outs = [stream(bags, genes[name]) for name, stream in self.streams.items()]
+        inputs: dict[str, Tensor | None] = dict.fromkeys(self.streams, bags)
+        shared = None
+        if self.shared_proj is not None:
+            tokens = self.shared_proj(bags)
+            if tokens.requires_grad:  # training: record what each stream sends back
+                shared = SharedTokens(bags, tokens)
+                inputs = {name: shared.view_for(name) for name in self.streams}
+            else:
+                inputs = dict.fromkeys(self.streams, tokens)
+        outs = [stream(inputs[name], genes[name]) for name, stream in self.streams.items()]
         feats = tuple(o.feature for o in outs)
         logits = self.classifier(torch.cat(feats, dim=1))
         logits_t = logits_m = None
@@ -116,4 +135,4 @@ class KSFusion(nn.Module):
         return KSOutput(logits, logits_t, logits_m,
                         gene_emb=tuple(o.gene_emb for o in outs if o.gene_emb is not None),
                         vgrids=tuple(o.vgrid for o in outs if o.vgrid is not None),
-                        features=feats)
+                        features=feats, shared=shared)

@@ -3,7 +3,8 @@
 A stream owns exactly the parts its modality needs. With histology, the patch projection's tokens
 are both the keys/values of the deformable attention and (fused with the gene embedding by the
 teacher, when there is one) its queries, so the genes steer where the attention looks. Without
-histology, a linear head turns the gene embedding into the feature.
+histology, a linear head turns the gene embedding into the feature. A histology stream without a
+projection of its own reads tokens projected by KS-Fusion's shared projection instead of bags.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ class SubspaceStream(nn.Module):
 
     Built from its parts (rather than from the config) so that KS-Fusion can create the parts of
     all streams kind by kind, the order that fixes seeded initialisation. Valid part sets:
-    histology (``proj`` + ``attention``, optionally ``gene_encoder`` and then optionally
-    ``teacher``) or genomics only (``gene_encoder`` + ``gene_head``).
+    histology (``attention``, optionally ``proj``, optionally ``gene_encoder`` and then optionally
+    ``teacher``) or genomics only (``gene_encoder`` + ``gene_head``). A histology stream without
+    ``proj`` takes already projected tokens [B, T, d] (a projection shared with another stream).
     """
 
     def __init__(self, *, gene_encoder: GeneEncoder | None = None,
@@ -40,12 +42,12 @@ class SubspaceStream(nn.Module):
                  attention: DeformableCrossAttention | None = None,
                  gene_head: nn.Linear | None = None) -> None:
         super().__init__()
-        histology = proj is not None and attention is not None
+        histology = attention is not None
         genomics_only = (proj is None and attention is None and gene_encoder is not None
                          and gene_head is not None)
         if not (histology or genomics_only) or (histology and gene_head is not None):
-            raise ValueError("a stream needs proj + attention (histology) or gene_encoder + "
-                             "gene_head (genomics only)")
+            raise ValueError("a stream needs attention (histology, with its own proj or reading "
+                             "shared tokens) or gene_encoder + gene_head (genomics only)")
         if teacher is not None and (gene_encoder is None or not histology):
             raise ValueError("a teacher fuses genes into histology queries: it needs both")
         self.gene_encoder = gene_encoder
@@ -55,10 +57,11 @@ class SubspaceStream(nn.Module):
         self.gene_head = gene_head
 
     def forward(self, bags: Tensor | None, genes: Tensor | None) -> StreamOutput:
+        """``bags`` [B, T, D], or the shared projection's tokens [B, T, d] without ``proj``."""
         emb = self.gene_encoder(genes) if self.gene_encoder is not None else None
         if self.attention is None:
             return StreamOutput(torch.tanh(self.gene_head(emb)), emb, None)
-        tokens = self.proj(bags)
+        tokens = self.proj(bags) if self.proj is not None else bags
         queries = self.teacher(tokens, emb) if self.teacher is not None else tokens
         feature, vgrid = self.attention(queries, tokens)
         return StreamOutput(feature, emb, vgrid)
