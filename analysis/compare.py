@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from analysis import claims as claims_mod
 from analysis import evaluation as ev
@@ -389,10 +390,7 @@ def _task_figures(result: Report, task: str, fold_metric: str, candidate: str, s
     else:
         result.skipped.append(f"{task}: parameter importance skipped: fewer than "
                               f"{MIN_TRIALS_IMPORTANCE} completed trials")
-    if task == "survival" or metric == "cindex":
-        _km(result, ev.role_view(result.study, (Roles.TRIAL, Roles.BASELINE)), task, progress)
-    else:
-        result.skipped.append(f"{task}: Kaplan–Meier skipped: not a survival task")
+    _km(result, ev.role_view(result.study, (Roles.TRIAL, Roles.BASELINE)), task, progress)
     # curves: every completed run (a completed run with a missing fold still has its curves)
     done = t[(t["task"] == task) & (t["status"].isin(stats.FULL_BUDGET_STATUSES))
              & ~t["superseded"].astype(bool)]
@@ -430,12 +428,29 @@ def _task_figures(result: Report, task: str, fold_metric: str, candidate: str, s
             "completed runs; each epoch: mean over folds", out / f"{task}_learning_curves.png")
 
 
+SURVIVAL_COLUMNS = {"time", "event", "risk", "fold"}  # a time-to-event task's predictions
+
+
+def _predictions(study: Study, run_id: str) -> pd.DataFrame | None:
+    try:
+        return load_predictions(study, run_id)
+    except MlflowException:  # a run the store no longer has: no predictions to draw
+        return None
+
+
 def _km(result: Report, study: Study, task: str, progress: Callable[[str], None]) -> None:
+    """Kaplan–Meier of each arm's risk groups, for any task whose predictions carry survival
+    times (decided from the logged predictions, not from the task's name)."""
+    loaded = {arm: (run, _predictions(study, run["run_id"]))
+              for arm, run in _representative_runs(study, task).items()}
+    if not any(p is not None and set(p.columns) >= SURVIVAL_COLUMNS for _, p in loaded.values()):
+        result.skipped.append(f"{task}: Kaplan–Meier skipped: no run's predictions carry "
+                              f"survival times (time, event, risk)")
+        return
     progress(f"{task}: Kaplan–Meier from predictions.parquet")
     preds, used, labels = {}, [], {}
-    for arm, run in _representative_runs(study, task).items():
-        p = load_predictions(study, run["run_id"])
-        if p is None or not {"time", "event", "risk", "fold"} <= set(p.columns):
+    for arm, (run, p) in loaded.items():
+        if p is None or not set(p.columns) >= SURVIVAL_COLUMNS:
             result.notes.append(f"{task}: {arm}: run {run['run_id']} has no survival "
                                 f"predictions.parquet (time, event, risk, fold)")
             continue
@@ -1030,7 +1045,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="baseline method; repeat for several (default: every other method)")
     p.add_argument("--reference", default=None,
                    help="reference variant of the claims table (default: the study's "
-                        "ks.reference tag; without either, no claims table)")
+                        f"{Tags.REFERENCE} tag; without either, no claims table)")
     p.add_argument("--metric", action="append", default=None,
                    help="metric to compare (auc, accuracy, balanced_accuracy, f1, cindex); "
                         "repeat for several (default: the task's selection metric)")
