@@ -412,7 +412,7 @@ def _task_figures(result: Report, task: str, fold_metric: str, candidate: str, s
                 out / f"{task}_telemetry_{suffix}.png")
     if not any(keys.values()):
         result.skipped.append(f"{task}: coordination telemetry skipped: no completed run logged "
-                              f"coord/<key> metrics")
+                              f"{telemetry_metric('<key>')} metrics")
     update_keys = [keys[s] for s in UPDATE_SUFFIXES if keys[s]]
     if update_keys:
         eff = multi.update_effect(hist, update_keys)
@@ -420,7 +420,7 @@ def _task_figures(result: Report, task: str, fold_metric: str, candidate: str, s
         result.update_effect = pd.concat([result.update_effect, eff], ignore_index=True)
     else:
         result.skipped.append(f"{task}: effect on the update skipped: no completed run logged "
-                              f"coord/rel_change or coord/layer_cos")
+                              f"{' or '.join(telemetry_metric(s) for s in UPDATE_SUFFIXES)}")
     curves = hist[hist["key"] == val_metric(metric)]
     if len(curves):
         result.figures[f"{task}_learning"] = figs.epoch_curves(

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ksmodel.data import RunData
-from ksmodel.tasks import get_task
 from study.record import COHORT_PARAM, STUDY_PARAM, Tags
 from study.space import StudyConfig
 
@@ -80,8 +79,9 @@ def study_params(cfg: StudyConfig, data: RunData) -> dict[str, str]:
     table = expression_columns(Path(cohort.root))
     if table is not None:
         facts["genes_table"] = table
-    if get_task(cfg.task).kind == "survival":
-        facts["n_events"] = int(cohort.targets(cfg.task)["event"].sum())
+    targets = cohort.targets(cfg.task)
+    if "event" in targets:  # a time-to-event task: how many events the C-index rests on
+        facts["n_events"] = int(targets["event"].sum())
     out.update({f"{COHORT_PARAM}{k}": _text(v) for k, v in facts.items()})
     return {k: v[:6000] for k, v in out.items()}
 
