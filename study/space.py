@@ -369,7 +369,16 @@ def _seed_is_a_parameter(raw: dict[str, Any], where: str, fixed: dict[str, Any],
     if "seed" not in fixed and not any(p.name == "seed" for p in params):
         return False
     if "seeds" in raw:
-        raise _err(where, "seeds", "seed is set in fixed/search; drop the seeds list")
+        # --- researcher's view (issue 15): say how to change the seeds
+        where_seed = "search" if any(p.name == "seed" for p in params) else "fixed"
+        how = ("change its values there, e.g. --set 'search.seed={type: categorical, values: "
+               "[0, 1]}'" if where_seed == "search" else "change it there, e.g. --set seed=1")
+        raise _err(where, "seeds", f"this study sets seed in {where_seed} (each seed is a trial "
+                                   f"of its own), so a seeds list is refused. To change the "
+                                   f"seeds, {how}; or drop seed from {where_seed} and give "
+                                   "seeds: [0, 1, 2] (each trial then averages over them). "
+                                   "See docs/study-files.md, 'Seeds'")
+        # ---
     return True
 
 
