@@ -58,7 +58,7 @@ def set_keys_help(width: int = 96) -> str:
     """The --help section listing `set_keys`, wrapped."""
     import textwrap
 
-    lines = ["Keys --set KEY=VALUE accepts (VALUE is read as YAML: 0.1, true, [8,8], "
+    lines = ["Keys --set KEY=VALUE accepts (VALUE is YAML: 0.1, true, [8,8], "
              "{type: float, low: 0, high: 1}):"]
     for group, keys in set_keys().items():
         lines += textwrap.wrap(", ".join(keys), width=width, initial_indent=f"  {group}: ",
@@ -87,9 +87,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m study.run", add_help=False,
         description="Run a cross-validated KS-Fusion study: Ray Tune schedules the trials "
-                    "(locally, or on a Ray cluster with --address), Optuna proposes the "
-                    "configurations, ASHA stops bad ones early, MLflow records every trial, "
-                    "fold and epoch.",
+                    "(locally, or on a\nRay cluster with --address), Optuna proposes the "
+                    "configurations, ASHA stops bad ones\nearly, MLflow records every trial, "
+                    "fold and epoch. Progress: one line per trial start and\nend, one status "
+                    "line per epoch (README, 'Running a study').",
         epilog="Examples:\n"
                "  python -m study.run --space search_spaces/smoke.yaml   # ~30 s, a first look\n"
                "  python -m study.run --space search_spaces/alpha.yaml\n"
@@ -97,8 +98,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                "--set lam=0.2\n"
                "  python -m study.run --space search_spaces/ablation.yaml --address auto \\\n"
                "      --storage /shared/ray --tracking-uri http://mlflow-host:5000\n"
-               "Afterwards the study prints the MLflow UI command and the URL of its runs table, "
-               "and\nthe report command: python -m analysis.compare --experiment <name> "
+               "Afterwards the study prints the MLflow UI command, the URL of its runs table "
+               "and the report\ncommand: python -m analysis.compare --experiment <name> "
                "--tracking-uri sqlite:///studies/<name>/mlflow.db",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-h", "--help", action=_HelpWithKeys,
@@ -134,6 +135,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                        const="verbose", help="progress lines plus each epoch's per-fold values "
                                              "and training loss")
     return p.parse_args(argv)
+
+
+def _error(exc: BaseException) -> None:
+    """One ``error:`` line (a YAML parser's multi-line message included), no traceback."""
+    print("error: " + " ".join(str(exc).split()), file=sys.stderr)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             code = finished_noop(args)  # a finished study: nothing to do, nothing started
         except StudyError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            _error(exc)
             return 2
         if code is not None:
             return code
@@ -207,13 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_study(args.space, _overrides(args))
     except (SpaceError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return 2
     out = (args.out or Path("studies") / cfg.name).resolve()
     try:
         lock = StudyLock.acquire(out)  # before anything is written; held to the end
     except StudyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return 2
     with lock:
         note = stale_note(lock)
@@ -253,7 +259,7 @@ def _locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace) -> int:
         check_covariates(cfg, data)
         prepare_inner_splits(cfg, data, out, args.resume)
     except (StudyError, SpaceError, CohortError, ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         if not args.resume:  # a refused start leaves the folder as it found it
             _remove_new(out, before, existed)
         return 2
@@ -350,11 +356,11 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
         return run_nested(cfg, out, ctx, args, client, parent, storage)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
-    search_alg, param_space, num_samples = make_search(cfg)
-    if search_alg is not None and args.progress != "verbose":
+    if cfg.sampler != "grid" and args.progress != "verbose":
         import optuna  # its "A new study created in memory" line says nothing to a user
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search_alg, param_space, num_samples = make_search(cfg)
     status = TrialStatusCallback(tracking_uri, experiment_id, cfg.metric)
     shown = ([VARIANT_KEY, "seed"] if cfg.variants else []) + cfg.searched
     progress = StudyProgress(cfg.metric, num_samples if search_alg is not None

@@ -260,9 +260,7 @@ class TrialLogger:
             return
         with contextlib.suppress(Exception):  # the driver refills what is still missing
             self.drain(timeout=30)
-        with contextlib.suppress(Exception):  # a picture is not worth failing the stop for
-            self.log_curves()
-        self._close()
+        self._close()  # the driver draws the stopped trial's curves (TrialStatusCallback)
 
     def log_curves(self) -> None:
         """The trial's per-fold validation curves as a small PNG artifact (`curves_png`)."""
@@ -360,9 +358,30 @@ class TrialStatusCallback(tune.Callback):
         if run is None:
             return
         done = trial.last_result.get("training_iteration", 0)
+        self._log_curves(run.info.run_id, self.reported.get(trial.trial_id, []))
         log_batched(self.client, run.info.run_id, tags=_tags(
             {Tags.STATUS: Status.STOPPED_EARLY, Tags.STOPPED_AT: done}))
         retry(lambda: self.client.set_terminated(run.info.run_id, "FINISHED"))
+
+    def _log_curves(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """A trial stopped by the scheduler gets its validation-curve PNG from here, from the
+        epochs it reported to Ray: its own process may be ended before it can draw one."""
+        from study.reconcile import EPOCH
+
+        curves: dict[str, dict[int, float]] = {}
+        for row in rows:
+            for name, value in row.items():
+                fold = parse_fold_metric(name)
+                if row.get(EPOCH) is not None and (fold[1] if fold else name).startswith("val_"):
+                    curves.setdefault(name, {})[int(row[EPOCH])] = float(value)
+        if not curves:
+            return
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = curves_png(curves, Path(tmp) / Artifacts.CURVES)
+                retry(lambda: self.client.log_artifact(run_id, str(path)))
+        except Exception as exc:  # noqa: BLE001 - a missing picture must not stop the study
+            print(f"warning: no validation-curve image for run {run_id}: {exc}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended.append((time.monotonic() + self.settle_s, trial.trial_id))
