@@ -15,9 +15,8 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import yaml
 
 from ksmodel.config import (
@@ -32,6 +31,9 @@ from ksmodel.config import (
 from ksmodel.tasks import TASKS
 from study.record import EVALUATIONS
 from study.variants import SEARCH_DEFAULTS, STUDY_WIDE
+
+if TYPE_CHECKING:
+    import optuna
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 SCHEDULERS = ("asha", "none")
@@ -57,6 +59,8 @@ class ParamSpec:
     values: tuple[Any, ...] = ()
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
+        import optuna  # here, not at import: `study.run --help` reads this module's keys
+
         if self.type == "float":
             return optuna.distributions.FloatDistribution(self.low, self.high)
         if self.type == "loguniform":

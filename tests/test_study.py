@@ -240,3 +240,17 @@ def test_smoke_trials_carry_previewable_artifacts(smoke: Path, tmp_path: Path) -
                                                             str(tmp_path)))
         assert list(csv.columns) == list(parquet.columns) and len(csv) == len(parquet)
         assert (csv["case_id"].astype(str) == parquet["case_id"].astype(str)).all()
+
+
+def test_per_fold_axis_stays_within_a_bounded_metric(tmp_path: Path) -> None:
+    """Two folds give a 95% t-interval wider than AUC's range; the axis is not stretched
+    past 1 to draw it (the smoke report's per-fold plot reached 1.2)."""
+    from analysis.figures import per_fold
+
+    folds = pd.DataFrame({"task": "diagnosis", "arm": ["a", "a", "b", "b"], "seed": 0,
+                          "fold": [0, 1, 0, 1], "status": "COMPLETED",
+                          "auc": [0.91, 0.86, 0.74, 0.66]})
+    fig = per_fold(folds, "auc", "diagnosis", ["a", "b"], tmp_path / "per_fold.png")
+    low, high = fig.stats["ylim"]
+    assert 0.0 <= low < 0.66 and 0.91 < high <= 1.0
+    assert fig.path.is_file()
