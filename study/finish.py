@@ -118,10 +118,13 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
           f"{counts.get(Status.COMPLETED, 0)} completed, "
           f"{counts.get(Status.STOPPED_EARLY, 0)} stopped early by ASHA, "
           f"{counts.get(Status.FAILED, 0)} failed")
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
+    with pd.option_context("display.width", 119, "display.max_columns", 20):
         cols = [c for c in summary.columns if c not in ("mlflow_run_id", "node_id")]
-        print(summary[cols].sort_values(key, ascending=False, na_position="last")
-              .to_string(index=False))
+        shown = summary[cols].copy()  # the terminal's copy: the error's start (all of it in
+        shown["error"] = shown["error"].astype(str).map(  # summary.csv and in MLflow)
+            lambda e: e if len(e) <= 40 else e[:39] + "…")
+        print(shown.sort_values(key, ascending=False, na_position="last")
+              .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     done = summary[summary["status"] == Status.COMPLETED]
     if done.empty:
         print("no trial completed; see the errors above and in MLflow", file=sys.stderr)

@@ -299,9 +299,6 @@ def _finish_only(cfg: StudyConfig, out: Path, saved: dict[str, Any]) -> int:
 def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespace,
               saved: dict[str, Any]) -> int:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # resume loses at most ~1 s of state
-    # Ray's own output engine prints its trial table and an experiment header even at
-    # verbose=0; the old one is silent at verbose=0, and StudyProgress prints the progress
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
     from ray import tune
 
@@ -353,7 +350,11 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     if cfg.evaluation == "nested":
         from study.nested import run_nested
 
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")  # nested runs keep Ray's own table
         return run_nested(cfg, out, ctx, args, client, parent, storage)
+    # Ray's new output engine prints its trial table and an experiment header even at
+    # verbose=0; the old one is silent at verbose=0, and StudyProgress prints the progress
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
     if cfg.sampler != "grid" and args.progress != "verbose":

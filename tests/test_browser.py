@@ -40,7 +40,7 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 # (no sandbox, no GPU, none of Chromium's background connections).
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1600,1000"]
+                 "--disable-component-update", "--disable-sync", "--window-size=1920,1200"]
 
 
 def _free_port() -> int:
@@ -133,6 +133,12 @@ class WebDriver:
 
     def element_text(self, element: dict) -> str:
         return self._s("GET", f"/element/{next(iter(element.values()))}/text")
+
+    def show(self, element: dict) -> None:
+        """Scroll ``element`` to the middle of its scrolling panel (for the screenshot)."""
+        self._s("POST", "/execute/sync", {
+            "script": "arguments[0].scrollIntoView({block: 'center'})", "args": [element]})
+        time.sleep(0.5)
 
     def text(self) -> str:
         return self._s("POST", "/execute/sync",
@@ -253,10 +259,12 @@ def test_trial_page_shows_alpha_and_val_metric(study: dict[str, Any], ui: str,
     trial = next(r for r in study["trials"] if r.data.tags.get(Tags.STATUS) == "COMPLETED")
     run_id, exp = trial.info.run_id, study["experiment_id"]
     browser.open(f"{ui}/#/experiments/{exp}/runs/{run_id}")
-    browser.wait(_by_text("alpha"))
-    browser.wait(_by_text("val_auc"))
+    alpha_cell = browser.wait(_by_text("alpha"))[0]
+    browser.show(browser.wait(_by_text("val_auc"))[0])
+    browser.screenshot(shots / "3-trial-metrics.png")
+    browser.show(alpha_cell)
+    browser.screenshot(shots / "3-trial-params.png")
     text = browser.text()
-    browser.screenshot(shots / "3-trial-overview.png")
     assert trial.info.run_name in text
     lines = text.splitlines()
     alpha = lines[lines.index("alpha") + 1]
@@ -284,8 +292,8 @@ def test_parent_run_has_params_and_the_html_report(study: dict[str, Any], ui: st
         parent.info.run_id, Artifacts.REPORT_DIR)}
     assert parent.data.params.get("study.search.alpha", "").startswith("float")
     browser.open(f"{ui}/#/experiments/{exp}/runs/{parent.info.run_id}")
-    browser.wait(_by_text("study.search.alpha"))
-    browser.screenshot(shots / "6-parent-overview.png")
+    browser.show(browser.wait(_by_text("study.search.alpha"))[0])
+    browser.screenshot(shots / "6-parent-params.png")
     browser.open(f"{ui}/#/experiments/{exp}/runs/{parent.info.run_id}/artifacts")
     browser.click_text(Artifacts.REPORT_DIR)
     browser.click_text("report.html")
