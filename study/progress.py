@@ -141,9 +141,11 @@ class StudyProgress(tune.Callback):
         if not self.epoch_seconds:
             return None
         per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds)
-        left = sum(self.epochs - t.epochs for t in self.trials.values() if t.state == "running")
-        left += max(0, self.total - len(self.trials)) * self.epochs
-        return left * per_epoch / max(1, self.concurrency)
+        running = [t for t in self.trials.values() if t.state == "running"]
+        waiting = max(0, self.total - len(self.trials))
+        left = sum(self.epochs - t.epochs for t in running) + waiting * self.epochs
+        # trials at once: at most the study's limit, and no more than are left to run
+        return left * per_epoch / max(1, min(self.concurrency, len(running) + waiting))
 
     def status(self, t: _Trial) -> str:
         c = self.counts()
