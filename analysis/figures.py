@@ -152,6 +152,12 @@ def per_fold(folds: pd.DataFrame, metric: str, task: str, arms: list[str], path:
             ax.plot(cx, m, "D", color="black", ms=6, zorder=3)
     ax.plot([], [], "D", color="black", label="mean ± 95% t-interval")
     ax.plot([], [], color="0.6", label="same (seed, fold)")
+    values = wide.to_numpy(dtype=float)
+    if np.isfinite(values).any() and np.nanmin(values) >= 0 and np.nanmax(values) <= 1:
+        # a bounded metric (auc, accuracy, c-index): an interval from few folds can reach past
+        # 0 or 1; the axis stays within the metric's range (the bar is cut at the edge)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, 0.0), min(hi, 1.0))
     ax.set_xticks(x, list(wide.columns))
     ax.set_xlim(-0.6, len(wide.columns) - 0.4)
     ax.set_xlabel("method")
@@ -159,7 +165,7 @@ def per_fold(folds: pd.DataFrame, metric: str, task: str, arms: list[str], path:
     ax.set_title(f"{task}: {metric} per fold and seed, by method (completed trials)")
     ax.grid(axis="y", alpha=0.3)
     _legend_outside(fig, ax)
-    return FigureResult(_save(fig, path), wide.reset_index())
+    return FigureResult(_save(fig, path), wide.reset_index(), {"ylim": ax.get_ylim()})
 
 
 # --- sensitivity ----------------------------------------------------------------------------

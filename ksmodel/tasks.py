@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from ksmodel.errors import CohortError, ConfigError, few
 
 if TYPE_CHECKING:
+    import pandas as pd  # imported where used: `study.run --help` reads the task registry
     from torch import Tensor
 
 
@@ -109,6 +109,8 @@ def _fail(cases: pd.DataFrame, column: str, bad: np.ndarray, rule: str, source: 
 def _column(cases: pd.DataFrame, column: str, source: str) -> np.ndarray:
     if column not in cases.columns:
         raise CohortError(f"{source}: missing column {column}; add it (docs/cohort-format.md)")
+    import pandas as pd
+
     return pd.to_numeric(cases[column], errors="coerce").to_numpy(dtype=np.float64)
 
 

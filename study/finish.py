@@ -118,15 +118,19 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
           f"{counts.get(Status.COMPLETED, 0)} completed, "
           f"{counts.get(Status.STOPPED_EARLY, 0)} stopped early by ASHA, "
           f"{counts.get(Status.FAILED, 0)} failed")
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
+    with pd.option_context("display.width", 119, "display.max_columns", 20):
         cols = [c for c in summary.columns if c not in ("mlflow_run_id", "node_id")]
-        print(summary[cols].sort_values(key, ascending=False, na_position="last")
-              .to_string(index=False))
+        shown = summary[cols].copy()  # the terminal's copy: the error's start (all of it in
+        shown["error"] = shown["error"].astype(str).map(  # summary.csv and in MLflow)
+            lambda e: e if len(e) <= 40 else e[:39] + "…")
+        print(shown.sort_values(key, ascending=False, na_position="last")
+              .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     done = summary[summary["status"] == Status.COMPLETED]
     if done.empty:
         print("no trial completed; see the errors above and in MLflow", file=sys.stderr)
         retry(lambda: client.set_terminated(parent, "FAILED"))
         write_state(out, finished=True)
+        print(next_steps(client.tracking_uri, experiment_id, cfg.name))
         return 1
     best = done.loc[done[key].idxmax()]
     best_params = {k.removeprefix("param."): _plain(v) for k, v in best.items()
@@ -146,12 +150,43 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
     write_state(out, finished=True)
     print(f"best {cfg.metric} {float(best[key]):.4f} (trial {best['trial_id']}): "
           f"{best_params} -> {out / Artifacts.BEST_CONFIG}")
-    print(f"MLflow: mlflow ui --backend-store-uri {client.tracking_uri}")
+    print(next_steps(client.tracking_uri, experiment_id, cfg.name))
     return 0
+
+
+UI_PORT = 5000
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI page that lists the study's runs. ``#/experiments/<id>`` alone opens the
+    GenAI overview in MLflow 3; ``workflowType=machine_learning`` opens the runs table."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def _tool(name: str) -> str:
+    """``name`` as installed beside the running Python (the venv's), else the bare name."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.is_file() else name
+
+
+def next_steps(tracking_uri: str, experiment_id: str, name: str) -> str:
+    """The end-of-run hint: how to open the study in the MLflow UI, and how to get its report."""
+    if tracking_uri.startswith(("http://", "https://")):
+        ui = f"MLflow: open {runs_url(tracking_uri, experiment_id)}"
+    else:
+        ui = (f"MLflow: {_tool('mlflow')} ui --backend-store-uri {tracking_uri} "
+              f"--host 127.0.0.1 --port {UI_PORT}\n"
+              f"  then open {runs_url(f'http://127.0.0.1:{UI_PORT}', experiment_id)}\n"
+              f"  (the runs table: expand study-{name} to list its trials; a trial's page\n"
+              "  shows its params, metrics, validation curves and predictions)")
+    report = (f"Report: {_tool('python')} -m analysis.compare --experiment {name} "
+              f"--tracking-uri {tracking_uri}")
+    return f"{ui}\n{report}"
 
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-__all__ = ["summarise", "finish_study", "finish_guarded", "load_results", "reconcile_results"]
+__all__ = ["summarise", "finish_study", "finish_guarded", "load_results", "reconcile_results",
+           "next_steps", "runs_url"]

@@ -121,6 +121,10 @@ COHORT_PARAM = "cohort."
 
 class Artifacts:
     PREDICTIONS = "predictions.parquet"  # per (seed, fold, case) validation predictions
+    # --- researcher's view (issue 15): what the MLflow UI can preview on a trial's page
+    PREDICTIONS_CSV = "predictions.csv"  # the same rows as CSV (the UI shows it as a table)
+    CURVES = "val_curves.png"  # the trial's per-fold validation curves (the UI shows it)
+    # ---
     ERROR = "error.txt"
     CONFIG = "config.yaml"
     SPLITS = "splits.parquet"

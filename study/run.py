@@ -13,6 +13,7 @@ The folder, lock and resume rules are in docs/errors.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -30,22 +31,79 @@ if TYPE_CHECKING:  # the training stack is imported once the command needs it, s
     from study.space import StudyConfig
 
 
+SET_HELP_GROUPS = ("study keys", "study keys, dotted", "model parameters",
+                   "training parameters", "coordination parameters")
+
+
+def set_keys() -> dict[str, list[str]]:
+    """Every key ``--set`` accepts, grouped, read from the registries the study-file parser
+    checks against (study/space.py, ksmodel/config.py), so the help cannot drift from them."""
+    import dataclasses
+
+    from ksmodel.config import MODEL_KEYS, TRAIN_KEYS, coordination_keys
+    from study.space import _NESTED, _TOP_KEYS, TRIAL_KEYS
+
+    top = sorted(_TOP_KEYS)
+    dotted = [f"{section}.{f.name}" for section, spec in sorted(_NESTED.items())
+              for f in dataclasses.fields(spec)] + ["resources.cpu", "resources.gpu",
+                                                    "fixed.<param>", "search.<param>"]
+    params = TRIAL_KEYS - _TOP_KEYS  # a top-level key (epochs) wins over a parameter name
+    coord = coordination_keys()
+    return dict(zip(SET_HELP_GROUPS, (
+        top, dotted, sorted(params & MODEL_KEYS - coord),
+        sorted(params & TRAIN_KEYS - coord), sorted(params & coord)), strict=True))
+
+
+def set_keys_help(width: int = 96) -> str:
+    """The --help section listing `set_keys`, wrapped."""
+    import textwrap
+
+    lines = ["Keys --set KEY=VALUE accepts (VALUE is YAML: 0.1, true, [8,8], "
+             "{type: float, low: 0, high: 1}):"]
+    for group, keys in set_keys().items():
+        lines += textwrap.wrap(", ".join(keys), width=width, initial_indent=f"  {group}: ",
+                               subsequent_indent="      ", break_on_hyphens=False)
+    lines += ["  A parameter name fixes that parameter for every trial (and takes it out of "
+              "search:);", "  meanings and ranges: docs/study-files.md."]
+    return "\n".join(lines)
+
+
+class _HelpWithKeys(argparse.Action):
+    """-h/--help: the usual help plus the --set keys (read from the registries only when
+    asked, so a plain command does not pay for them twice)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        parser.epilog = f"{parser.epilog}\n\n{set_keys_help()}"
+        parser.print_help()
+        parser.exit()
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m study.run",
+        prog="python -m study.run", add_help=False,
         description="Run a cross-validated KS-Fusion study: Ray Tune schedules the trials "
-                    "(locally, or on a Ray cluster with --address), Optuna proposes the "
-                    "configurations, ASHA stops bad ones early, MLflow records every trial, "
-                    "fold and epoch.",
+                    "(locally, or on a\nRay cluster with --address), Optuna proposes the "
+                    "configurations, ASHA stops bad ones\nearly, MLflow records every trial, "
+                    "fold and epoch. Progress: one line per trial start and\nend, one status "
+                    "line per epoch (README, 'Running a study').",
         epilog="Examples:\n"
+               "  python -m study.run --space search_spaces/smoke.yaml   # ~30 s, a first look\n"
                "  python -m study.run --space search_spaces/alpha.yaml\n"
-               "  python -m study.run --space search_spaces/smoke.yaml --num-samples 4\n"
+               "  python -m study.run --space search_spaces/alpha.yaml --set num_samples=12 "
+               "--set lam=0.2\n"
                "  python -m study.run --space search_spaces/ablation.yaml --address auto \\\n"
                "      --storage /shared/ray --tracking-uri http://mlflow-host:5000\n"
-               "Afterwards: mlflow ui --backend-store-uri sqlite:///studies/<name>/mlflow.db\n"
-               "            python -m analysis.compare --experiment <name> "
+               "Afterwards the study prints the MLflow UI command, the URL of its runs table "
+               "and the report\ncommand: python -m analysis.compare --experiment <name> "
                "--tracking-uri sqlite:///studies/<name>/mlflow.db",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-h", "--help", action=_HelpWithKeys,
+                   help="show this help, with every key --set accepts, and exit")
     p.add_argument("--space", required=True, type=Path, help="study YAML (see search_spaces/)")
     p.add_argument("--out", type=Path, help="study folder (default studies/<name>)")
     p.add_argument("--name", help="study / MLflow experiment name (default: name: in the YAML)")
@@ -68,8 +126,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cohort", help="override cohort: a folder, or 'synthetic'")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any study key (num_samples=4, scheduler.grace_period=1) or "
-                        "fix a model/training parameter (lam=0.2); repeatable")
+                        "fix a model/training parameter (lam=0.2); repeatable; the keys are "
+                        "listed below")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", "-q", dest="progress", action="store_const", const="quiet",
+                       default="normal", help="no progress lines, only the final summary")
+    shown.add_argument("--verbose", "-v", dest="progress", action="store_const",
+                       const="verbose", help="progress lines plus each epoch's per-fold values "
+                                             "and training loss")
     return p.parse_args(argv)
+
+
+def _error(exc: BaseException) -> None:
+    """One ``error:`` line (a YAML parser's multi-line message included), no traceback."""
+    print("error: " + " ".join(str(exc).split()), file=sys.stderr)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             code = finished_noop(args)  # a finished study: nothing to do, nothing started
         except StudyError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            _error(exc)
             return 2
         if code is not None:
             return code
@@ -143,13 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_study(args.space, _overrides(args))
     except (SpaceError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return 2
     out = (args.out or Path("studies") / cfg.name).resolve()
     try:
         lock = StudyLock.acquire(out)  # before anything is written; held to the end
     except StudyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return 2
     with lock:
         note = stale_note(lock)
@@ -167,6 +237,8 @@ def _locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace) -> int:
     from ksmodel.errors import CohortError
     from study.space import SpaceError, dump_study, load_study
 
+    existed = out.exists()
+    before = set(out.iterdir()) if existed and out.is_dir() else set()
     try:
         prepare_folder(out, args.resume, args.overwrite)
         if args.resume:
@@ -187,9 +259,28 @@ def _locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace) -> int:
         check_covariates(cfg, data)
         prepare_inner_splits(cfg, data, out, args.resume)
     except (StudyError, SpaceError, CohortError, ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
+        if not args.resume:  # a refused start leaves the folder as it found it
+            _remove_new(out, before, existed)
         return 2
     return run_study(cfg, out, data, args, saved)
+
+
+def _remove_new(out: Path, before: set[Path], existed: bool) -> None:
+    """Remove what a refused start wrote (config.yaml, split files): everything in ``out`` that
+    was not there before, and ``out`` itself if this command created it."""
+    import shutil
+
+    if not out.is_dir():
+        return
+    for path in set(out.iterdir()) - before:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if not existed:
+        with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
+            out.rmdir()
 
 
 def _finish_only(cfg: StudyConfig, out: Path, saved: dict[str, Any]) -> int:
@@ -208,13 +299,13 @@ def _finish_only(cfg: StudyConfig, out: Path, saved: dict[str, Any]) -> int:
 def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespace,
               saved: dict[str, Any]) -> int:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # resume loses at most ~1 s of state
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     import ray
     from ray import tune
 
     from study.baseline_runs import run_baselines
     from study.finish import finish_guarded
     from study.parent import record_study
+    from study.progress import StudyProgress
     from study.search import make_scheduler, make_search
     from study.store import ensure_store
     from study.tracking import (
@@ -225,6 +316,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
         start_parent_run,
     )
     from study.trial import TrialContext, run_trial
+    from study.variants import VARIANT_KEY
 
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         saved.get("tracking_uri") or default_tracking_uri(out)
@@ -258,15 +350,28 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     if cfg.evaluation == "nested":
         from study.nested import run_nested
 
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")  # nested runs keep Ray's own table
         return run_nested(cfg, out, ctx, args, client, parent, storage)
+    # Ray's new output engine prints its trial table and an experiment header even at
+    # verbose=0; the old one is silent at verbose=0, and StudyProgress prints the progress
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
+    if cfg.sampler != "grid" and args.progress != "verbose":
+        import optuna  # its "A new study created in memory" line says nothing to a user
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     search_alg, param_space, num_samples = make_search(cfg)
     status = TrialStatusCallback(tracking_uri, experiment_id, cfg.metric)
+    shown = ([VARIANT_KEY, "seed"] if cfg.variants else []) + cfg.searched
+    progress = StudyProgress(cfg.metric, num_samples if search_alg is not None
+                             else cfg.grid_size(), cfg.epochs, shown, mode=cfg.mode,
+                             concurrency=cfg.max_concurrent, level=args.progress)
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-        callbacks=[status], verbose=1)
+        # Ray's own table is replaced by StudyProgress (lines < 120 columns, early stops named)
+        callbacks=[status, progress], verbose=0)
     path = f"{storage.rstrip('/')}/{cfg.name}"
     start = time.time()
     if args.resume and tune.Tuner.can_restore(path):

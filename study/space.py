@@ -15,9 +15,8 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import yaml
 
 from ksmodel.config import (
@@ -32,6 +31,9 @@ from ksmodel.config import (
 from ksmodel.tasks import TASKS
 from study.record import EVALUATIONS
 from study.variants import SEARCH_DEFAULTS, STUDY_WIDE
+
+if TYPE_CHECKING:
+    import optuna
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 SCHEDULERS = ("asha", "none")
@@ -57,6 +59,8 @@ class ParamSpec:
     values: tuple[Any, ...] = ()
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
+        import optuna  # here, not at import: `study.run --help` reads this module's keys
+
         if self.type == "float":
             return optuna.distributions.FloatDistribution(self.low, self.high)
         if self.type == "loguniform":
@@ -369,7 +373,16 @@ def _seed_is_a_parameter(raw: dict[str, Any], where: str, fixed: dict[str, Any],
     if "seed" not in fixed and not any(p.name == "seed" for p in params):
         return False
     if "seeds" in raw:
-        raise _err(where, "seeds", "seed is set in fixed/search; drop the seeds list")
+        # --- researcher's view (issue 15): say how to change the seeds
+        where_seed = "search" if any(p.name == "seed" for p in params) else "fixed"
+        how = ("change its values there, e.g. --set 'search.seed={type: categorical, values: "
+               "[0, 1]}'" if where_seed == "search" else "change it there, e.g. --set seed=1")
+        raise _err(where, "seeds", f"this study sets seed in {where_seed} (each seed is a trial "
+                                   f"of its own), so a seeds list is refused. To change the "
+                                   f"seeds, {how}; or drop seed from {where_seed} and give "
+                                   "seeds: [0, 1, 2] (each trial then averages over them). "
+                                   "See docs/study-files.md, 'Seeds'")
+        # ---
     return True
 
 

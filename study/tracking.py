@@ -37,7 +37,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from study.reconcile import RUN_ID, reconcile_reported
-from study.record import Artifacts, Roles, Status, Tags, run_name
+from study.record import Artifacts, Roles, Status, Tags, parse_fold_metric, run_name
 
 T = TypeVar("T")
 
@@ -172,6 +172,7 @@ class TrialLogger:
                  params: dict[str, Any], tags: dict[str, Any],
                  earlier: list[Any] | None = None) -> None:
         self.client = mlflow_client(tracking_uri)
+        self.curves: dict[str, dict[int, float]] = {}  # val metric name -> {epoch: value}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
         self._pending: list[tuple[Future, list[Metric]]] = []
         self._closed = False
@@ -199,6 +200,10 @@ class TrialLogger:
         the MLflow timestamp given to them: the trial reports it to Ray, so the driver can
         refill a lost batch with identical rows (see study/reconcile.py)."""
         stamp = now_ms()
+        for name, value in metrics.items():
+            fold = parse_fold_metric(name)
+            if (fold[1] if fold else name).startswith("val_"):
+                self.curves.setdefault(name, {})[epoch] = float(value)
         batch = _metrics(metrics, epoch, stamp)
         self._pending.append((self._pool.submit(log_batched, self.client, self.run_id,
                                                 metrics=batch), batch))
@@ -239,6 +244,10 @@ class TrialLogger:
             path = Path(tmp) / Artifacts.PREDICTIONS
             predictions.to_parquet(path, index=False)
             retry(lambda: self.client.log_artifact(self.run_id, str(path)))
+            csv = Path(tmp) / Artifacts.PREDICTIONS_CSV  # what the MLflow UI can preview
+            predictions.to_csv(csv, index=False, float_format="%.6g")
+            retry(lambda: self.client.log_artifact(self.run_id, str(csv)))
+        self.log_curves()
         log_batched(self.client, self.run_id, metrics=_metrics(final, 0),
                     tags=_tags({**tags, Tags.STATUS: Status.COMPLETED}))
         retry(lambda: self.client.set_terminated(self.run_id, "FINISHED"))
@@ -251,7 +260,15 @@ class TrialLogger:
             return
         with contextlib.suppress(Exception):  # the driver refills what is still missing
             self.drain(timeout=30)
-        self._close()
+        self._close()  # the driver draws the stopped trial's curves (TrialStatusCallback)
+
+    def log_curves(self) -> None:
+        """The trial's per-fold validation curves as a small PNG artifact (`curves_png`)."""
+        if not self.curves:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = curves_png(self.curves, Path(tmp) / Artifacts.CURVES)
+            retry(lambda: self.client.log_artifact(self.run_id, str(path)))
 
     def fail(self, exc: BaseException) -> None:
         with contextlib.suppress(Exception):  # the original error matters more
@@ -341,9 +358,30 @@ class TrialStatusCallback(tune.Callback):
         if run is None:
             return
         done = trial.last_result.get("training_iteration", 0)
+        self._log_curves(run.info.run_id, self.reported.get(trial.trial_id, []))
         log_batched(self.client, run.info.run_id, tags=_tags(
             {Tags.STATUS: Status.STOPPED_EARLY, Tags.STOPPED_AT: done}))
         retry(lambda: self.client.set_terminated(run.info.run_id, "FINISHED"))
+
+    def _log_curves(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """A trial stopped by the scheduler gets its validation-curve PNG from here, from the
+        epochs it reported to Ray: its own process may be ended before it can draw one."""
+        from study.reconcile import EPOCH
+
+        curves: dict[str, dict[int, float]] = {}
+        for row in rows:
+            for name, value in row.items():
+                fold = parse_fold_metric(name)
+                if row.get(EPOCH) is not None and (fold[1] if fold else name).startswith("val_"):
+                    curves.setdefault(name, {})[int(row[EPOCH])] = float(value)
+        if not curves:
+            return
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = curves_png(curves, Path(tmp) / Artifacts.CURVES)
+                retry(lambda: self.client.log_artifact(run_id, str(path)))
+        except Exception as exc:  # noqa: BLE001 - a missing picture must not stop the study
+            print(f"warning: no validation-curve image for run {run_id}: {exc}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended.append((time.monotonic() + self.settle_s, trial.trial_id))
@@ -394,13 +432,43 @@ def close_open_runs(client: MlflowClient, experiment_id: str, parent_run_id: str
     return closed
 
 
+def curves_png(curves: dict[str, dict[int, float]], path: Path) -> Path:
+    """Per-fold validation metric by epoch (thin lines, one per fold) and the fold mean (thick
+    black): what the trial reported, readable at the size of MLflow's artifact preview."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 3.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    folds = sorted((parse_fold_metric(k), k) for k in curves if parse_fold_metric(k))
+    means = [k for k in curves if not parse_fold_metric(k)]
+    for (fold, _), name in folds:
+        xs = sorted(curves[name])
+        ax.plot(xs, [curves[name][x] for x in xs], marker=".", lw=1, alpha=0.8,
+                label=f"fold {fold}")
+    for name in means:
+        xs = sorted(curves[name])
+        ax.plot(xs, [curves[name][x] for x in xs], color="black", lw=2.2, marker="o",
+                label="mean over folds")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(means[0] if means else "validation metric")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left",
+              bbox_to_anchor=(1.01, 0.5), frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def log_frame(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str) -> None:
     buf = io.StringIO()
     frame.to_csv(buf, index=False)
     retry(lambda: client.log_text(run_id, buf.getvalue(), name))
 
 
-__all__ = ["TrialLogger", "TrialStatusCallback", "LoggingError", "ensure_experiment",
+__all__ = ["TrialLogger", "TrialStatusCallback", "LoggingError", "ensure_experiment", "curves_png",
            "default_tracking_uri", "completed_run", "close_completed", "close_open_children",
            "close_open_runs",
            "start_parent_run", "log_batched", "log_frame", "mlflow_client", "now_ms", "retry"]

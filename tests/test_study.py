@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("smoke") / "study"
     proc = run_study(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (out.parent / "stdout.txt").write_text(proc.stdout)  # what the user saw (progress tests)
     return out
 
 
@@ -177,3 +180,77 @@ def test_mismatched_synthetic_cohort_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2  # smoke.yaml asks for 80 patients, dim 32
     assert "other parameters" in proc.stderr and "patients" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- what a researcher sees (issue 15): progress lines, the end-of-run hint, trial artifacts ---
+
+PROGRESS_LINE = re.compile(r"^\[\d\d:\d\d\] ")
+
+
+def test_smoke_progress_lines_replace_rays_table(smoke: Path) -> None:
+    stdout = (smoke.parent / "stdout.txt").read_text()
+    lines = [line for line in stdout.splitlines() if PROGRESS_LINE.match(line)]
+    assert lines and max(len(line) for line in lines) < 120
+    starts = [line for line in lines if " started " in line]
+    assert len(starts) == 4 and all("alpha=" in line and "lr=" in line for line in starts)
+    summary = pd.read_csv(smoke / "summary.csv")
+    stopped = [line for line in lines if "stopped early by ASHA at epoch" in line]
+    completed = [line for line in lines if re.search(r"completed 4 epochs\s+val_auc 0\.\d{3}",
+                                                     line)]
+    assert len(stopped) == (summary["status"] == "STOPPED_EARLY").sum()
+    assert len(completed) == (summary["status"] == "COMPLETED").sum()
+    status = [line for line in lines if re.search(r"trial \d/4 epoch \d/4 val_auc", line)]
+    assert len(status) == summary["epochs"].sum()  # one status line per reported epoch
+    assert all(re.search(r"of 4 \| best 0\.\d{3} \(trial \d\) \| left ", line)
+               for line in status)
+    # Ray's own table and experiment header are gone; early stops are not "TERMINATED"
+    for ray_text in ("TERMINATED", "Trial status", "Configuration for experiment",
+                     "A new study created"):
+        assert ray_text not in stdout, ray_text
+
+
+def test_smoke_end_hint_opens_the_runs_table(smoke: Path) -> None:
+    from study.finish import runs_url
+
+    stdout = (smoke.parent / "stdout.txt").read_text()
+    experiment = MlflowClient(f"sqlite:///{smoke / 'mlflow.db'}").get_experiment_by_name("smoke")
+    venv = Path(sys.executable).parent
+    assert f"{venv / 'mlflow'} ui --backend-store-uri sqlite:///{smoke / 'mlflow.db'}" in stdout
+    assert runs_url("http://127.0.0.1:5000", experiment.experiment_id) in stdout
+    assert "?workflowType=machine_learning" in stdout
+    assert (f"{venv / 'python'} -m analysis.compare --experiment smoke --tracking-uri "
+            f"sqlite:///{smoke / 'mlflow.db'}") in stdout
+
+
+def test_smoke_trials_carry_previewable_artifacts(smoke: Path, tmp_path: Path) -> None:
+    _, children = runs(smoke, "smoke")
+    client = MlflowClient(f"sqlite:///{smoke / 'mlflow.db'}")
+    for _, row in children.iterrows():
+        names = {a.path for a in client.list_artifacts(row["run_id"])}
+        assert "val_curves.png" in names, (row[T.STATUS], names)  # stopped early ones too
+        png = Path(client.download_artifacts(row["run_id"], "val_curves.png", str(tmp_path)))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        if row[T.STATUS] != "COMPLETED":
+            continue
+        assert {"predictions.csv", "predictions.parquet"} <= names
+        csv = pd.read_csv(client.download_artifacts(row["run_id"], "predictions.csv",
+                                                     str(tmp_path)))
+        parquet = pd.read_parquet(client.download_artifacts(row["run_id"],
+                                                            "predictions.parquet",
+                                                            str(tmp_path)))
+        assert list(csv.columns) == list(parquet.columns) and len(csv) == len(parquet)
+        assert (csv["case_id"].astype(str) == parquet["case_id"].astype(str)).all()
+
+
+def test_per_fold_axis_stays_within_a_bounded_metric(tmp_path: Path) -> None:
+    """Two folds give a 95% t-interval wider than AUC's range; the axis is not stretched
+    past 1 to draw it (the smoke report's per-fold plot reached 1.2)."""
+    from analysis.figures import per_fold
+
+    folds = pd.DataFrame({"task": "diagnosis", "arm": ["a", "a", "b", "b"], "seed": 0,
+                          "fold": [0, 1, 0, 1], "status": "COMPLETED",
+                          "auc": [0.91, 0.86, 0.74, 0.66]})
+    fig = per_fold(folds, "auc", "diagnosis", ["a", "b"], tmp_path / "per_fold.png")
+    low, high = fig.stats["ylim"]
+    assert 0.0 <= low < 0.66 and 0.91 < high <= 1.0
+    assert fig.path.is_file()
