@@ -211,11 +211,13 @@ def _search(cfg: StudyConfig, ctx: Any, outer_fold: int, storage: str,
             tune_config=tune.TuneConfig(
                 metric=val_metric(cfg.metric), mode=cfg.mode, num_samples=num_samples,
                 search_alg=search_alg, scheduler=make_scheduler(cfg),
+                reuse_actors=True,  # one Ray worker runs trial after trial, as in cv studies
                 max_concurrent_trials=cfg.max_concurrent if search_alg is None else None),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                callbacks=[TrialStatusCallback(ctx.tracking_uri, ctx.experiment_id)],
+                callbacks=[TrialStatusCallback(ctx.tracking_uri, ctx.experiment_id,
+                                               cfg.metric)],
                 verbose=1))
     return tuner.fit()
 
