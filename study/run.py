@@ -253,19 +253,27 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
                        seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
                        splits=data.splits, bags=bags, tracking_uri=tracking_uri,
                        experiment_id=experiment_id, parent_run_id=parent,
-                       cpus=cfg.resources["cpu"], tags={Tags.STUDY: cfg.name},
-                       variants=cfg.variants)
+                       cpus=cfg.resources["cpu"], gpus=cfg.resources["gpu"],
+                       tags={Tags.STUDY: cfg.name}, variants=cfg.variants,
+                       checkpoint_every=cfg.checkpoint_every, fold_parallel=cfg.fold_parallel)
     if cfg.evaluation == "nested":
         from study.nested import run_nested
 
         return run_nested(cfg, out, ctx, args, client, parent, storage)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                    {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
+    from study.fanout import trial_resources
+
+    n_folds = len(data.folds) * (len(cfg.seeds) or 1)  # fanned out: one bundle per fold
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(
+        cfg.fold_parallel, cfg.resources["cpu"], cfg.resources["gpu"], n_folds))
     search_alg, param_space, num_samples = make_search(cfg)
     status = TrialStatusCallback(tracking_uri, experiment_id, cfg.metric)
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        # mid-trial checkpoints (study/checkpoint.py): the latest few per trial; PBT's donors
+        # must keep theirs until the trials that copy them have started
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=8 if cfg.scheduler.type == "pbt" else 2),
         callbacks=[status], verbose=1)
     path = f"{storage.rstrip('/')}/{cfg.name}"
     start = time.time()

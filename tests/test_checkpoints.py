@@ -3,20 +3,32 @@ from its last checkpoint with the final metrics of an uninterrupted run."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from ksmodel.train import FoldTrainer, train_fold
+from study.reconcile import RUN_ID
+from study.record import Tags
+from tests.study_helpers import ROOT, T, run_study, runs, study_env, write_space
 from tests.test_train import _trainer
+
+RESUMED, CHECKPOINT_OF = f"tags.{Tags.RESUMED_AT}", f"tags.{Tags.CHECKPOINT_OF}"
 
 # dropout on (AlphaDropout draws from torch's RNG) and OGM-GE's noise: both RNG streams matter
 RANDOM = dict(model={"dropout": 0.25}, coordination="ogm_ge", lam=0.1, batch_size=8)
 
 
-def _history(trainer: FoldTrainer) -> list[tuple]:
+def _fold_history(trainer: FoldTrainer) -> list[tuple]:
     return [(r.epoch, r.train_loss, r.metrics, r.telemetry) for r in trainer.history]
 
 
@@ -41,7 +53,7 @@ def test_fold_state_continues_exactly(small_cohort: Path, tmp_path: Path, patien
     assert resumed.epoch == 2
     train_fold(resumed)
 
-    assert _history(resumed) == _history(whole)
+    assert _fold_history(resumed) == _fold_history(whole)
     assert resumed.result.epoch == whole.result.epoch
     assert resumed.result.metrics == whole.result.metrics
     pd.testing.assert_frame_equal(resumed.predictions(), whole.predictions())
@@ -65,4 +77,113 @@ def test_folds_side_by_side_train_as_alone(small_cohort: Path) -> None:
     while not b.done:
         a.fit_epoch()
         b.fit_epoch()
-    assert _history(b) == _history(alone)
+    assert _fold_history(b) == _fold_history(alone)
+
+
+# --- a study killed mid-trial ------------------------------------------------------------------
+
+LRS = [3.0e-4, 1.0e-3, 2.0e-3]  # a grid: both studies train exactly these three trials
+EPOCHS = 10
+
+
+def _grid_space(path: Path, **changes: object) -> Path:
+    return write_space(path, sampler="grid", scheduler={"type": "none"}, epochs=EPOCHS,
+                       search={"lr": {"type": "categorical", "values": LRS}}, max_concurrent=2,
+                       checkpoint_every=1, **changes)
+
+
+def _history(client: MlflowClient, run_id: str, key: str = "val_auc") -> list[tuple]:
+    return sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key))
+
+
+def _ray_rows(out: Path, trial_id: str) -> list[dict]:
+    (result,) = (out / "ray" / "smoke").glob(f"run_trial_{trial_id}_*/result.json")
+    return [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+
+
+def _epochs_logged(out: Path) -> list[int]:
+    """Epochs logged so far by each running trial run (empty until the store exists)."""
+    if not (out / "study.json").is_file():
+        return []
+    try:
+        _, children = runs(out, "smoke")
+    except Exception:  # noqa: BLE001 - the store is being created
+        return []
+    if children.empty:
+        return []
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    running = children[children["status"] == "RUNNING"]
+    return [len(_history(client, r)) for r in running["run_id"]]
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_mid_trial_with_identical_results(tmp_path: Path) -> None:
+    space = _grid_space(tmp_path / "space.yaml")
+    reference = tmp_path / "reference"
+    proc = run_study(reference, space=space, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = tmp_path / "study"
+    log = (tmp_path / "killed.log").open("w")
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "study.run", "--space", str(space), "--out", str(out),
+         "--num-cpus", "2"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True, env=study_env())
+    deadline = time.time() + 600
+    while time.time() < deadline:  # two trials some epochs in, far from their end
+        epochs = _epochs_logged(out)
+        if len(epochs) >= 2 and min(epochs) >= 3:
+            break
+        assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.3)
+    else:
+        pytest.fail("two trials never got 3 epochs in")
+    time.sleep(1.5)  # Ray saves the experiment's state (with the latest checkpoints) every ~1 s
+    os.killpg(killed.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    killed.wait()
+    killed_at = int(time.time() * 1000)
+    _, before = runs(out, "smoke")
+    interrupted = set(before.loc[before["status"] == "RUNNING", T.TRIAL_ID])
+    assert len(interrupted) >= 2
+
+    resumed = run_study(out, "--resume", space=space, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    ref_client = MlflowClient(f"sqlite:///{reference / 'mlflow.db'}")
+    _, ref_runs = runs(reference, "smoke")
+    _, after = runs(out, "smoke")
+    assert RESUMED not in ref_runs or ref_runs[RESUMED].isna().all()  # reused workers: no leak
+    done = after[after[T.STATUS] == "COMPLETED"].set_index("params.lr")
+    ref_done = ref_runs[ref_runs[T.STATUS] == "COMPLETED"].set_index("params.lr")
+    assert len(done) == len(ref_done) == len(LRS)
+    continued = 0
+    for lr, run in done.iterrows():
+        ref = ref_done.loc[lr]
+        # the same trial, to the last bit: every final metric, per fold too, and the history
+        finals = [c for c in ref.index if c.startswith("metrics.") and "final_" in c]
+        assert len(finals) >= 3
+        assert run[finals].tolist() == ref[finals].tolist(), lr
+        assert [h[:2] for h in _history(client, run["run_id"])] == \
+            [h[:2] for h in _history(ref_client, ref["run_id"])]
+        trial = run[T.TRIAL_ID]
+        if trial not in interrupted:
+            assert pd.isna(run.get(RESUMED)), "a trial that was not interrupted resumed"
+            continue
+        # it went on from its checkpoint: epoch k+1 was the first one trained after the resume
+        k = int(run[RESUMED])
+        assert 1 <= k < EPOCHS and run[CHECKPOINT_OF] == trial
+        assert f"trial {trial}: continuing from the checkpoint of trial {trial} after epoch {k}" \
+            in resumed.stdout
+        trained = [r["epoch"] for r in _ray_rows(out, trial) if r.get(RUN_ID) == run["run_id"]]
+        assert trained == list(range(k + 1, EPOCHS + 1))
+        # its MLflow history is whole, each epoch once: 1..k carried over from the checkpoint
+        # (logged before the kill), k+1.. trained after it
+        history = _history(client, run["run_id"])
+        assert [h[0] for h in history] == list(range(1, EPOCHS + 1))
+        assert all(h[2] < killed_at for h in history[:k])
+        assert all(h[2] > killed_at for h in history[k:])
+        assert int(run["metrics.epochs_run"]) == EPOCHS
+        continued += 1
+    assert continued >= 2
+    assert set(after["status"]) <= {"FINISHED", "KILLED"}
