@@ -224,7 +224,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
         mlflow_client,
         start_parent_run,
     )
-    from study.trial import TrialContext, run_trial
+    from study.trial import COMPLETED, TrialContext, run_trial
 
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         saved.get("tracking_uri") or default_tracking_uri(out)
@@ -274,7 +274,10 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
         # must keep theirs until the trials that copy them have started
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=8 if cfg.scheduler.type == "pbt" else 2),
-        callbacks=[status], verbose=1)
+        callbacks=[status], verbose=1,
+        # a trial ends with the report that completes it: PBT, which acts on reports at its
+        # perturbation epochs, must not send a finished trial back to an earlier checkpoint
+        stop={COMPLETED: True} if cfg.scheduler.type == "pbt" else None)
     path = f"{storage.rstrip('/')}/{cfg.name}"
     start = time.time()
     if args.resume and tune.Tuner.can_restore(path):

@@ -189,3 +189,53 @@ def test_killed_study_resumes_mid_trial_with_identical_results(tmp_path: Path) -
         continued += 1
     assert continued >= 1  # a trial Ray had not yet saved the latest state of starts afresh
     assert set(after["status"]) <= {"FINISHED", "KILLED"}
+
+
+# --- PBT ----------------------------------------------------------------------------------------
+
+PBT = ROOT / "search_spaces" / "pbt.yaml"
+
+
+@pytest.mark.parametrize(("patch", "key"), [
+    ({"sampler": "tpe"}, "sampler"),
+    ({"search": {"dim": {"type": "categorical", "values": [16, 32]}}}, "search.dim"),
+    ({"search": {"coordination": {"type": "categorical", "values": ["uniform", "pcgrad"]}}},
+     "search.coordination"),
+    ({"checkpoint_every": 0}, "checkpoint_every"),
+    ({"checkpoint_every": 3}, "checkpoint_every"),
+    ({"scheduler": {"type": "pbt", "perturbation_interval": 6}}, "scheduler.perturbation_interval"),
+    ({"scheduler": {"type": "pbt", "grace_period": 1}}, "scheduler.grace_period"),
+    ({"scheduler": {"type": "pbt", "quantile_fraction": 0.9}}, "scheduler.quantile_fraction"),
+    ({"scheduler": {"type": "asha", "perturbation_interval": 2}},
+     "scheduler.perturbation_interval"),
+    ({"checkpoint_every": -1}, "checkpoint_every"),
+])
+def test_bad_pbt_and_checkpoint_keys_name_the_key(tmp_path: Path, patch: dict, key: str) -> None:
+    from study.space import SpaceError, load_study
+
+    path = write_space(tmp_path / "bad.yaml", base=PBT, **patch)
+    with pytest.raises(SpaceError, match=f"'{key}'") as err:
+        load_study(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.slow
+def test_pbt_study_continues_trials_from_other_trials_checkpoints(tmp_path: Path) -> None:
+    out = tmp_path / "pbt"
+    proc = run_study(out, space=PBT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    _, children = runs(out, "pbt")
+    assert set(children["status"]) <= {"FINISHED", "KILLED"}
+    done = children[children[T.STATUS] == "COMPLETED"]
+    assert len(done) == 4 and done[T.TRIAL_ID].is_unique
+    copies = done[done[CHECKPOINT_OF].notna() & (done[CHECKPOINT_OF] != done[T.TRIAL_ID])]
+    assert len(copies) >= 1, "PBT never continued a trial from another's checkpoint"
+    for _, run in copies.iterrows():
+        assert int(run[RESUMED]) in (2, 4)  # a perturbation epoch
+        assert [h[0] for h in _history(client, run["run_id"])] == list(range(1, 7))
+    for trial in done[T.TRIAL_ID]:  # no finished trial was sent back by PBT and replayed
+        (result,) = (out / "ray" / "pbt").glob(f"run_trial_{trial}_*/result.json")
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        assert not any(r.get("replayed") for r in rows)
+        assert sum(bool(r.get("completed")) for r in rows) == 1
