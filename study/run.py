@@ -255,7 +255,9 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
                        experiment_id=experiment_id, parent_run_id=parent,
                        cpus=cfg.resources["cpu"], gpus=cfg.resources["gpu"],
                        tags={Tags.STUDY: cfg.name}, variants=cfg.variants,
-                       checkpoint_every=cfg.checkpoint_every, fold_parallel=cfg.fold_parallel)
+                       # nested searches keep no mid-trial checkpoints (their Tuners keep all)
+                       checkpoint_every=cfg.checkpoint_every if cfg.evaluation == "cv" else 0,
+                       fold_parallel=cfg.fold_parallel)
     if cfg.evaluation == "nested":
         from study.nested import run_nested
 

@@ -199,7 +199,7 @@ def _epochs(config: dict[str, Any], folds: Any, ctx: TrialContext, logger: Trial
         logged.append({"epoch": epoch, "stamp": stamp, "values": values})
         finished = all(s.done for s in steps)
         if finished:  # log completion before the last report: the scheduler may stop us there
-            _complete(folds.finals(), logger, timing["train_seconds"])
+            _complete(folds.finals(), logger, train_seconds + time.perf_counter() - start)
         report = {**values, **timing, EPOCH: epoch, COMPLETED: finished, LOGGED_AT: stamp,
                   RUN_ID: logger.run_id, NODE: node_id, REPORTED_AT: time.time()}
         if checkpoint.due(epoch, ctx.checkpoint_every, finished):

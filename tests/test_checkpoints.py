@@ -221,19 +221,24 @@ def test_bad_pbt_and_checkpoint_keys_name_the_key(tmp_path: Path, patch: dict, k
 
 @pytest.mark.slow
 def test_pbt_study_continues_trials_from_other_trials_checkpoints(tmp_path: Path) -> None:
+    # 12 epochs, half the population copies the other half: many chances for a copy even when
+    # the trials start seconds apart on a busy machine
+    space = write_space(tmp_path / "pbt.yaml", base=PBT, epochs=12, scheduler={
+        "type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5})
     out = tmp_path / "pbt"
-    proc = run_study(out, space=PBT, timeout=900)
+    proc = run_study(out, space=space, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     _, children = runs(out, "pbt")
     assert set(children["status"]) <= {"FINISHED", "KILLED"}
     done = children[children[T.STATUS] == "COMPLETED"]
     assert len(done) == 4 and done[T.TRIAL_ID].is_unique
+    assert CHECKPOINT_OF in done, "PBT never continued a trial from another's checkpoint"
     copies = done[done[CHECKPOINT_OF].notna() & (done[CHECKPOINT_OF] != done[T.TRIAL_ID])]
     assert len(copies) >= 1, "PBT never continued a trial from another's checkpoint"
     for _, run in copies.iterrows():
-        assert int(run[RESUMED]) in (2, 4)  # a perturbation epoch
-        assert [h[0] for h in _history(client, run["run_id"])] == list(range(1, 7))
+        assert int(run[RESUMED]) % 2 == 0  # a perturbation epoch
+        assert [h[0] for h in _history(client, run["run_id"])] == list(range(1, 13))
     for trial in done[T.TRIAL_ID]:  # no finished trial was sent back by PBT and replayed
         (result,) = (out / "ray" / "pbt").glob(f"run_trial_{trial}_*/result.json")
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
