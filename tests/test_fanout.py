@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 import yaml
 
+from ksmodel.train import build_model_config
 from study.fanout import trial_resources
 from study.space import SpaceError, load_study
 from tests.study_helpers import SMOKE, T, run_study, runs, write_space
@@ -59,3 +62,48 @@ def test_fan_out_equals_lock_step(tmp_path: Path) -> None:
     lock_final, fan_final = _final(tmp_path / "lock"), _final(tmp_path / "fan")
     assert len(lock_final) == 2
     assert fan_final == lock_final  # bit-identical: each fold draws from its own RNG streams
+
+
+@pytest.mark.slow
+def test_fanned_out_folds_continue_a_lock_step_checkpoint(small_cohort: Path) -> None:
+    """States cross processes: folds checkpointed in lock-step, restored into fold actors, end
+    exactly where lock-step ends."""
+    import ray
+
+    from ksmodel.data import load_run_data
+    from study.fanout import FannedOutFolds, LocalFolds
+    from study.trial import TrialContext
+    from tests.test_train import SMALL
+
+    data = load_run_data(small_cohort, "diagnosis", grid=SMALL["grid"], folds=2)
+    ctx = TrialContext(task="diagnosis", metric="auc", epochs=4, folds=data.folds, seeds=(0,),
+                       fixed={}, cohort=data.cohort, splits=data.splits,
+                       bags=data.bags.numpy(), tracking_uri="", experiment_id="",
+                       parent_run_id="fanout-test", fold_parallel="tasks")
+    model_cfg = build_model_config(data.cohort, "diagnosis", **SMALL, dropout=0.25)
+    train_kw = {"task": "diagnosis", "epochs": 4, "lam": 0.1, "batch_size": 8}
+    torch.set_num_threads(1)
+    whole = LocalFolds(ctx, model_cfg, train_kw, [3])
+    for _ in range(4):
+        expected = whole.step()
+    half = LocalFolds(ctx, model_cfg, train_kw, [3])
+    half.step(), half.step()
+    states = half.states()
+    ray.init(num_cpus=2, include_dashboard=False, address="local")
+    try:
+        fanned = FannedOutFolds(ctx, model_cfg, train_kw, [3])
+        restored = fanned.restore(states)
+        assert [s.epoch for s in restored] == [2, 2]
+        fanned.step()
+        got = fanned.step()
+        finals = fanned.finals()
+        fanned.close()
+    finally:
+        ray.shutdown()
+    def key(steps: list) -> list[tuple]:
+        return [(s.fold, s.epoch, s.current.train_loss, s.current.metrics, s.current.telemetry)
+                for s in steps]
+
+    assert key(got) == key(expected)
+    for a, b in zip(finals, whole.finals(), strict=True):
+        pd.testing.assert_frame_equal(a.predictions, b.predictions)
