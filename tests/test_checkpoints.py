@@ -203,7 +203,7 @@ PBT = ROOT / "search_spaces" / "pbt.yaml"
      "search.coordination"),
     ({"checkpoint_every": 0}, "checkpoint_every"),
     ({"checkpoint_every": 3}, "checkpoint_every"),
-    ({"scheduler": {"type": "pbt", "perturbation_interval": 6}}, "scheduler.perturbation_interval"),
+    ({"scheduler": {"type": "pbt", "perturbation_interval": 8}}, "scheduler.perturbation_interval"),
     ({"scheduler": {"type": "pbt", "grace_period": 1}}, "scheduler.grace_period"),
     ({"scheduler": {"type": "pbt", "quantile_fraction": 0.9}}, "scheduler.quantile_fraction"),
     ({"scheduler": {"type": "asha", "perturbation_interval": 2}},
