@@ -38,17 +38,17 @@ def _params(trainer: FoldTrainer) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("patience", [0, 2])
 def test_fold_state_continues_exactly(small_cohort: Path, tmp_path: Path, patience: int) -> None:
-    whole = _trainer(small_cohort, seed=5, epochs=5, patience=patience, **RANDOM)
+    whole = _trainer(small_cohort, seed=5, epochs=4, patience=patience, **RANDOM)
     train_fold(whole)
 
-    first = _trainer(small_cohort, seed=5, epochs=5, patience=patience, **RANDOM)
+    first = _trainer(small_cohort, seed=5, epochs=4, patience=patience, **RANDOM)
     for _ in range(2):
         first.fit_epoch()
     first.save(tmp_path / "fold.pt")
     state = torch.load(tmp_path / "fold.pt", weights_only=True)  # plain data only
     assert state["epoch"] == 2 and len(state["selection"]["history"]) == 2
     torch.manual_seed(1234)  # whatever the process's global RNG holds meanwhile
-    resumed = _trainer(small_cohort, seed=5, epochs=5, patience=patience, **RANDOM)
+    resumed = _trainer(small_cohort, seed=5, epochs=4, patience=patience, **RANDOM)
     resumed.load(tmp_path / "fold.pt")
     assert resumed.epoch == 2
     train_fold(resumed)
@@ -70,10 +70,10 @@ def test_fold_state_is_refused_by_another_fold(small_cohort: Path) -> None:
 
 def test_folds_side_by_side_train_as_alone(small_cohort: Path) -> None:
     """Each fold draws from its own RNG stream: lock-step, fan-out and resume agree."""
-    alone = _trainer(small_cohort, seed=2, fold=1, epochs=3, **RANDOM)
+    alone = _trainer(small_cohort, seed=2, fold=1, epochs=2, **RANDOM)
     train_fold(alone)
-    a = _trainer(small_cohort, seed=2, fold=0, epochs=3, **RANDOM)
-    b = _trainer(small_cohort, seed=2, fold=1, epochs=3, **RANDOM)
+    a = _trainer(small_cohort, seed=2, fold=0, epochs=2, **RANDOM)
+    b = _trainer(small_cohort, seed=2, fold=1, epochs=2, **RANDOM)
     while not b.done:
         a.fit_epoch()
         b.fit_epoch()
