@@ -56,6 +56,20 @@ def _ray_domain(p: ParamSpec) -> Any:
     return tune.choice(list(p.values))
 
 
+class ClipToSearch:
+    """PBT's explore step multiplies values by 0.8 or 1.2 without looking at their range: keep
+    every perturbed value inside its searched range (alpha = 1.2 x 0.9 is no configuration)."""
+
+    def __init__(self, bounds: dict[str, tuple[float, float]]) -> None:
+        self.bounds = bounds
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for name, (low, high) in self.bounds.items():
+            if name in config:
+                config[name] = type(config[name])(min(max(config[name], low), high))
+        return config
+
+
 def make_scheduler(cfg: StudyConfig) -> Any:
     if cfg.scheduler.type == "none":
         return None
@@ -68,7 +82,9 @@ def make_scheduler(cfg: StudyConfig) -> Any:
         return PopulationBasedTraining(
             time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
             hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
-            resample_probability=s.resample_probability)
+            resample_probability=s.resample_probability,
+            custom_explore_fn=ClipToSearch({p.name: (p.low, p.high) for p in cfg.search
+                                            if p.type != "categorical"}))
     from ray.tune.schedulers import ASHAScheduler
 
     return ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
@@ -76,4 +92,4 @@ def make_scheduler(cfg: StudyConfig) -> Any:
                          reduction_factor=cfg.scheduler.reduction_factor)
 
 
-__all__ = ["make_search", "make_scheduler"]
+__all__ = ["ClipToSearch", "make_search", "make_scheduler"]

@@ -219,6 +219,26 @@ def test_bad_pbt_and_checkpoint_keys_name_the_key(tmp_path: Path, patch: dict, k
     assert str(path) in str(err.value)
 
 
+def test_pbt_keeps_perturbed_values_in_their_searched_ranges() -> None:
+    import random
+
+    from ray.tune.schedulers.pbt import _explore
+
+    from study.search import make_scheduler
+    from study.space import load_study
+
+    pbt = make_scheduler(load_study(PBT))
+    random.seed(0)
+    seen = set()
+    for _ in range(300):  # from the top of each range, x1.2 would leave it
+        new, _ = _explore({"lr": 9.0e-3, "alpha": 0.95, "lam": 0.45},
+                          pbt._hyperparam_mutations, 0.25, (1.2, 0.8), pbt._custom_explore_fn)
+        assert 1.0e-5 <= new["lr"] <= 1.0e-2 and 0 <= new["alpha"] <= 1
+        assert 0 <= new["lam"] <= 0.5
+        seen.add(new["alpha"])
+    assert 1.0 in seen  # clipped, not only resampled
+
+
 @pytest.mark.slow
 def test_pbt_study_continues_trials_from_other_trials_checkpoints(tmp_path: Path) -> None:
     # 12 epochs, half the population copies the other half: many chances for a copy even when
