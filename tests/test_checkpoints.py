@@ -253,11 +253,12 @@ def test_pbt_study_continues_trials_from_other_trials_checkpoints(tmp_path: Path
     assert set(children["status"]) <= {"FINISHED", "KILLED"}
     done = children[children[T.STATUS] == "COMPLETED"]
     assert len(done) == 4 and done[T.TRIAL_ID].is_unique
-    assert CHECKPOINT_OF in done, "PBT never continued a trial from another's checkpoint"
-    copies = done[done[CHECKPOINT_OF].notna() & (done[CHECKPOINT_OF] != done[T.TRIAL_ID])]
-    assert len(copies) >= 1, "PBT never continued a trial from another's checkpoint"
-    for _, run in copies.iterrows():
-        assert int(run[RESUMED]) % 2 == 0  # a perturbation epoch
+    assert CHECKPOINT_OF in children, "PBT never continued a trial from a checkpoint"
+    # some attempt continued another trial's checkpoint (a later copy may replace it)
+    copied = children[CHECKPOINT_OF].notna() & (children[CHECKPOINT_OF] != children[T.TRIAL_ID])
+    assert copied.sum() >= 1, "PBT never continued a trial from another's checkpoint"
+    assert (children.loc[copied, RESUMED].astype(int) % 2 == 0).all()  # perturbation epochs
+    for _, run in done[done[CHECKPOINT_OF].notna()].iterrows():  # a continued run is whole
         assert [h[0] for h in _history(client, run["run_id"])] == list(range(1, 13))
     for trial in done[T.TRIAL_ID]:  # no finished trial was sent back by PBT and replayed
         (result,) = (out / "ray" / "pbt").glob(f"run_trial_{trial}_*/result.json")
