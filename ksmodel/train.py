@@ -204,6 +204,11 @@ class FoldTrainer:
         torch.manual_seed(cfg.seed * 1000 + self.data.fold)
         self._gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.data.fold)
         self.model = KSFusion(self.model_cfg).to(self.device)
+        # the fold's own torch RNG stream (dropout, noise in coordination): folds trained side by
+        # side, in other processes, or resumed from a checkpoint draw exactly the same numbers
+        self._rng = torch.get_rng_state()
+        self._cuda_rng = (torch.cuda.get_rng_state(self.device)
+                          if self.device.type == "cuda" else None)
         self._forward = torch.compile(self.model) if cfg.compile else self.model
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
@@ -242,17 +247,25 @@ class FoldTrainer:
             batches[-2] = torch.cat(batches[-2:])
             batches.pop()
         losses, tele = [], []
-        for idx in batches:
-            try:
-                step = train_step(self._forward, self._batch(idx), self._objective, self.opt,
-                                  self.coordinator, amp=self._amp)
-            except NonFiniteLossError as exc:
-                raise NonFiniteLossError(f"fold {self.data.fold}, epoch {self.epoch + 1}: "
-                                         f"{exc}") from None
-            self.sched.step()
-            losses.append(step.loss)
-            if step.telemetry is not None:
-                tele.append(step.telemetry)
+        cuda = [self.device] if self._cuda_rng is not None else []
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            torch.set_rng_state(self._rng)
+            if self._cuda_rng is not None:
+                torch.cuda.set_rng_state(self._cuda_rng, self.device)
+            for idx in batches:
+                try:
+                    step = train_step(self._forward, self._batch(idx), self._objective, self.opt,
+                                      self.coordinator, amp=self._amp)
+                except NonFiniteLossError as exc:
+                    raise NonFiniteLossError(f"fold {self.data.fold}, epoch {self.epoch + 1}: "
+                                             f"{exc}") from None
+                self.sched.step()
+                losses.append(step.loss)
+                if step.telemetry is not None:
+                    tele.append(step.telemetry)
+            self._rng = torch.get_rng_state()
+            if self._cuda_rng is not None:
+                self._cuda_rng = torch.cuda.get_rng_state(self.device)
         self.epoch += 1
         metrics, predictions = self.evaluate()
         telemetry = ({k: float(np.mean([t[k] for t in tele])) for k in TELEMETRY_KEYS}
@@ -303,16 +316,83 @@ class FoldTrainer:
         return self._best_predictions
 
     # --- checkpoints ----------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                    "sched": self.sched.state_dict(), "epoch": self.epoch}, path)
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to continue this fold exactly where it is: weights, optimiser, LR
+        schedule, both RNG streams (torch, batch order) and the selection state (history, best
+        epoch and its predictions, patience counter).
 
-    def load(self, path: str | Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        Plain data only (tensors, numbers, strings, lists, dicts), so ``torch.save`` writes it
+        and ``torch.load(..., weights_only=True)`` reads it back. The tensors are the live
+        ones: save or send the state before training on."""
+        return {
+            "version": STATE_VERSION, "fold": self.data.fold, "seed": self.train_cfg.seed,
+            "epoch": self.epoch, "done": self.done,
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "rng": {"torch": self._rng.clone(), "batch_order": self._gen.get_state(),
+                    **({"cuda": self._cuda_rng.clone()} if self._cuda_rng is not None else {})},
+            "selection": {"best_epoch": self.best.epoch if self.best is not None else 0,
+                          "stale": self._stale,
+                          "history": [_epoch_state(r) for r in self.history],
+                          "best_predictions": _frame_state(self._best_predictions)},
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from ``get_state()`` of a trainer of the same fold and model: the next
+        ``fit_epoch`` trains exactly the epoch the saved trainer would have trained (its RNG
+        streams come with the state)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"fold state version {state.get('version')!r}, expected "
+                             f"{STATE_VERSION} (a checkpoint from another version of ksmodel)")
+        if state["fold"] != self.data.fold:  # other validation cases: its selection is moot
+            raise ValueError(f"the state of fold {state['fold']} cannot continue fold "
+                             f"{self.data.fold}")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
-        self.epoch = int(state["epoch"])
+        rng = state["rng"]
+        self._rng = rng["torch"].clone()
+        self._gen.set_state(rng["batch_order"])
+        if self._cuda_rng is not None and "cuda" in rng:
+            self._cuda_rng = rng["cuda"].clone()
+        self.epoch, self.done = int(state["epoch"]), bool(state["done"])
+        sel = state["selection"]
+        self.history = [EpochResult(**r) for r in sel["history"]]
+        best = int(sel["best_epoch"])
+        self.best = self.history[best - 1] if best else None
+        self._best_predictions = _frame_from_state(sel["best_predictions"])
+        self._stale = int(sel["stale"])
+
+    def save(self, path: str | Path) -> None:
+        torch.save(self.get_state(), path)
+
+    def load(self, path: str | Path) -> None:
+        self.set_state(torch.load(path, map_location=self.device, weights_only=True))
+
+
+STATE_VERSION = 1
+"""Version of ``FoldTrainer.get_state()``'s layout (a checkpoint of another layout is refused)."""
+
+
+def _epoch_state(r: EpochResult) -> dict[str, Any]:
+    return {"epoch": r.epoch, "train_loss": r.train_loss, "metrics": dict(r.metrics),
+            "telemetry": dict(r.telemetry), "seconds": r.seconds}
+
+
+def _frame_state(frame: pd.DataFrame | None) -> dict[str, Any] | None:
+    """A prediction table as plain data: numeric columns as tensors (dtype kept), others as
+    lists (case ids)."""
+    if frame is None:
+        return None
+    return {str(c): (torch.from_numpy(frame[c].to_numpy().copy())
+                     if pd.api.types.is_numeric_dtype(frame[c]) else frame[c].tolist())
+            for c in frame.columns}
+
+
+def _frame_from_state(state: dict[str, Any] | None) -> pd.DataFrame | None:
+    if state is None:
+        return None
+    return pd.DataFrame({c: v.numpy() if isinstance(v, Tensor) else v for c, v in state.items()})
 
 
 def _to(t: Tensor | None, device: torch.device) -> Tensor | None:

@@ -69,6 +69,9 @@ class Tags:
     WALL_SECONDS = "ks.wall_seconds"
     # --- study folder integrity (issue 17): epochs the driver filled from Ray's results
     RECONCILED = "ks.reconciled"
+    # --- mid-trial checkpoints (issue 14): a run that continued a checkpoint
+    RESUMED_AT = "ks.resumed_at_epoch"  # the checkpoint's epoch; training went on from the next
+    CHECKPOINT_OF = "ks.checkpoint_of"  # the trial that saved it (itself, or a PBT donor)
     # ---
     # parent run
     MODE = "ks.mode"

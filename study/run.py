@@ -315,7 +315,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
         mlflow_client,
         start_parent_run,
     )
-    from study.trial import TrialContext, run_trial
+    from study.trial import COMPLETED, TrialContext, run_trial
     from study.variants import VARIANT_KEY
 
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
@@ -345,8 +345,11 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
                        seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
                        splits=data.splits, bags=bags, tracking_uri=tracking_uri,
                        experiment_id=experiment_id, parent_run_id=parent,
-                       cpus=cfg.resources["cpu"], tags={Tags.STUDY: cfg.name},
-                       variants=cfg.variants)
+                       cpus=cfg.resources["cpu"], gpus=cfg.resources["gpu"],
+                       tags={Tags.STUDY: cfg.name}, variants=cfg.variants,
+                       # nested searches keep no mid-trial checkpoints (their Tuners keep all)
+                       checkpoint_every=cfg.checkpoint_every if cfg.evaluation == "cv" else 0,
+                       fold_parallel=cfg.fold_parallel)
     if cfg.evaluation == "nested":
         from study.nested import run_nested
 
@@ -355,8 +358,11 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     # Ray's new output engine prints its trial table and an experiment header even at
     # verbose=0; the old one is silent at verbose=0, and StudyProgress prints the progress
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                    {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
+    from study.fanout import trial_resources
+
+    n_folds = len(data.folds) * (len(cfg.seeds) or 1)  # fanned out: one bundle per fold
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(
+        cfg.fold_parallel, cfg.resources["cpu"], cfg.resources["gpu"], n_folds))
     if cfg.sampler != "grid" and args.progress != "verbose":
         import optuna  # its "A new study created in memory" line says nothing to a user
 
@@ -370,8 +376,15 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        # mid-trial checkpoints (study/checkpoint.py): the latest few per trial; PBT's donors
+        # must keep theirs until the trials that copy them have started
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=8 if cfg.scheduler.type == "pbt" else 2),
         # Ray's own table is replaced by StudyProgress (lines < 120 columns, early stops named)
-        callbacks=[status, progress], verbose=0)
+        callbacks=[status, progress], verbose=0,
+        # a trial ends with the report that completes it: PBT, which acts on reports at its
+        # perturbation epochs, must not send a finished trial back to an earlier checkpoint
+        stop={COMPLETED: True} if cfg.scheduler.type == "pbt" else None)
     path = f"{storage.rstrip('/')}/{cfg.name}"
     start = time.time()
     if args.resume and tune.Tuner.can_restore(path):

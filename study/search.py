@@ -1,13 +1,15 @@
 """The study file's sampler and scheduler as Ray Tune objects: Optuna through ``OptunaSearch``
-(seeded) or Ray's grid, and ASHA over epochs (``training_iteration``). A variants study is a
-grid over variant x seed (x grid-searched values)."""
+(seeded) or Ray's grid, and ASHA or PBT over epochs (``training_iteration``). A variants study
+is a grid over variant x seed (x grid-searched values). PBT draws its population with Ray's own
+(seeded) random sampling or grid, as Ray refuses search algorithms under PBT, and perturbs the
+searched values of running trials (study/checkpoint.py says which may change)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from study.record import val_metric
-from study.space import StudyConfig
+from study.space import ParamSpec, StudyConfig
 from study.variants import VARIANT_KEY
 
 
@@ -21,6 +23,12 @@ def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
             space = {VARIANT_KEY: tune.grid_search(list(cfg.variants)),
                      "seed": tune.grid_search(list(cfg.seeds)), **space}
         return None, space, 1
+    if cfg.scheduler.type == "pbt":  # sampler random (grid returned above)
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        space = {p.name: _ray_domain(p) for p in cfg.search}
+        return (BasicVariantGenerator(max_concurrent=cfg.max_concurrent,
+                                      random_state=cfg.sampler_seed), space, cfg.num_samples)
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -34,9 +42,49 @@ def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
     return ConcurrencyLimiter(search, max_concurrent=cfg.max_concurrent), {}, cfg.num_samples
 
 
+def _ray_domain(p: ParamSpec) -> Any:
+    """A searched parameter as a Ray Tune sampling domain (PBT's population and its
+    resampling)."""
+    from ray import tune
+
+    if p.type == "float":
+        return tune.uniform(p.low, p.high)
+    if p.type == "loguniform":
+        return tune.loguniform(p.low, p.high)
+    if p.type == "int":
+        return tune.randint(int(p.low), int(p.high) + 1)
+    return tune.choice(list(p.values))
+
+
+class ClipToSearch:
+    """PBT's explore step multiplies values by 0.8 or 1.2 without looking at their range: keep
+    every perturbed value inside its searched range (alpha = 1.2 x 0.9 is no configuration)."""
+
+    def __init__(self, bounds: dict[str, tuple[float, float]]) -> None:
+        self.bounds = bounds
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for name, (low, high) in self.bounds.items():
+            if name in config:
+                config[name] = type(config[name])(min(max(config[name], low), high))
+        return config
+
+
 def make_scheduler(cfg: StudyConfig) -> Any:
     if cfg.scheduler.type == "none":
         return None
+    if cfg.scheduler.type == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        s = cfg.scheduler
+        mutations = {p.name: list(p.values) if p.type == "categorical" else _ray_domain(p)
+                     for p in cfg.search}
+        return PopulationBasedTraining(
+            time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
+            hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
+            resample_probability=s.resample_probability,
+            custom_explore_fn=ClipToSearch({p.name: (p.low, p.high) for p in cfg.search
+                                            if p.type != "categorical"}))
     from ray.tune.schedulers import ASHAScheduler
 
     return ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
@@ -44,4 +92,4 @@ def make_scheduler(cfg: StudyConfig) -> Any:
                          reduction_factor=cfg.scheduler.reduction_factor)
 
 
-__all__ = ["make_search", "make_scheduler"]
+__all__ = ["ClipToSearch", "make_search", "make_scheduler"]

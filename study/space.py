@@ -36,7 +36,10 @@ if TYPE_CHECKING:
     import optuna
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
-SCHEDULERS = ("asha", "none")
+SCHEDULERS = ("asha", "pbt", "none")
+FOLD_PARALLEL = ("lockstep", "tasks")
+PBT_KEYS = ("perturbation_interval", "quantile_fraction", "resample_probability")
+ASHA_KEYS = ("grace_period", "reduction_factor")
 PARAM_TYPES = ("float", "loguniform", "int", "categorical")
 DEFAULT_INNER_FOLDS = 3
 DATA_KEYS = frozenset({"feature_dim", "n_tumour_genes", "n_tme_genes", "n_outputs", "task"})
@@ -84,8 +87,11 @@ class ParamSpec:
 @dataclass(frozen=True)
 class SchedulerSpec:
     type: str = "asha"
-    grace_period: int = 2
-    reduction_factor: int = 2
+    grace_period: int = 2  # asha
+    reduction_factor: int = 2  # asha
+    perturbation_interval: int = 2  # pbt: epochs between exploit/explore steps
+    quantile_fraction: float = 0.25  # pbt: bottom fraction that copies the top fraction
+    resample_probability: float = 0.25  # pbt: chance a value is drawn afresh, not perturbed
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,8 @@ class StudyConfig:
     evaluation: str = "cv"  # cv | nested (README, "Evaluation modes")
     inner_folds: int = DEFAULT_INNER_FOLDS  # nested: folds of each outer training part
     baselines: tuple[str, ...] = ()  # reference models run on the study's folds
+    checkpoint_every: int = 1  # epochs between mid-trial checkpoints; 0: none
+    fold_parallel: str = "lockstep"  # lockstep | tasks (one Ray actor per fold)
     covariates: tuple[str, ...] = ()  # clinical columns of the clinical baselines
     source: str = ""  # the YAML file this came from
 
@@ -157,6 +165,8 @@ class StudyConfig:
         out["baselines"], out["covariates"] = list(self.baselines), list(self.covariates)
         if self.evaluation != "nested":  # the key is refused without nested evaluation
             out.pop("inner_folds")
+        mine = ASHA_KEYS if self.scheduler.type == "pbt" else PBT_KEYS  # refused there
+        out["scheduler"] = {k: v for k, v in out["scheduler"].items() if k not in mine}
         return out
 
 
@@ -164,7 +174,7 @@ _TOP_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"source"}
 _NESTED = {"scheduler": SchedulerSpec, "synthetic": SyntheticConfig}
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _INT_KEYS = ("folds", "split_seed", "epochs", "num_samples", "max_concurrent", "max_failures",
-             "sampler_seed")
+             "sampler_seed", "checkpoint_every")
 
 
 def _err(where: str, key: str, msg: str) -> SpaceError:
@@ -267,6 +277,8 @@ def _parse_counts(raw: dict[str, Any], where: str) -> dict[str, int]:
             raise _err(where, key, "must be >= 1")
     if kw.get("max_failures", 0) < 0:
         raise _err(where, "max_failures", "must be >= 0")
+    if kw.get("checkpoint_every", 0) < 0:
+        raise _err(where, "checkpoint_every", "must be >= 0 (0: no mid-trial checkpoints)")
     return kw
 
 
@@ -321,12 +333,71 @@ def _parse_nested(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return kw
 
 
-def _check_scheduler(sched: SchedulerSpec, where: str) -> None:
+def _check_scheduler(sched: SchedulerSpec, where: str, raw: dict[str, Any]) -> None:
     if sched.type not in SCHEDULERS:
         raise _err(where, "scheduler.type", f"must be one of {', '.join(SCHEDULERS)}, "
                                             f"got {sched.type!r}")
     if sched.grace_period < 1 or sched.reduction_factor < 2:
         raise _err(where, "scheduler", "grace_period must be >= 1 and reduction_factor >= 2")
+    given = raw.get("scheduler") if isinstance(raw.get("scheduler"), dict) else {}
+    if sched.type != "pbt":
+        for key in PBT_KEYS:
+            if key in given:
+                raise _err(where, f"scheduler.{key}", "is a key of scheduler type pbt")
+        return
+    for key in ASHA_KEYS:
+        if key in given:
+            raise _err(where, f"scheduler.{key}", "is a key of scheduler type asha")
+    if sched.perturbation_interval < 1:
+        raise _err(where, "scheduler.perturbation_interval", "must be >= 1 (epochs)")
+    if not 0 < sched.quantile_fraction <= 0.5:
+        raise _err(where, "scheduler.quantile_fraction", "must be in (0, 0.5]")
+    if not 0 <= sched.resample_probability <= 1:
+        raise _err(where, "scheduler.resample_probability", "must be in [0, 1]")
+
+
+def _parse_runtime(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """fold_parallel: where a trial's folds train (lock-step in the trial, or one Ray actor
+    per fold)."""
+    mode = raw.get("fold_parallel", "lockstep")
+    if mode not in FOLD_PARALLEL:
+        raise _err(where, "fold_parallel", f"must be one of {', '.join(FOLD_PARALLEL)}, "
+                                           f"got {mode!r}")
+    return {"fold_parallel": mode}
+
+
+def _check_pbt(where: str, kw: dict[str, Any]) -> None:
+    """PBT changes searched values inside running trials, continuing from checkpoints: only
+    the optimiser and loss weights may change, checkpoints must fall on its perturbation
+    epochs, and its population comes from Ray's own sampling (random or grid)."""
+    from study.checkpoint import PBT_MUTABLE
+
+    sched = kw["scheduler"]
+    if kw["sampler"] not in ("random", "grid"):
+        raise _err(where, "sampler", "scheduler pbt takes its population from Ray's sampling: "
+                                     "use sampler: random (or grid); an Optuna sampler cannot "
+                                     "follow trials whose values PBT changes")
+    if not kw["search"]:
+        raise _err(where, "search", "scheduler pbt needs searched parameters to perturb "
+                                    f"(any of {', '.join(PBT_MUTABLE)})")
+    for p in kw["search"]:
+        if p.name not in PBT_MUTABLE:
+            raise _err(where, f"search.{p.name}", f"PBT changes searched values under trained "
+                                                  f"weights; only {', '.join(PBT_MUTABLE)} may "
+                                                  "change (fix the others)")
+    every = kw.get("checkpoint_every", 1)
+    if every < 1 or sched.perturbation_interval % every:
+        raise _err(where, "checkpoint_every", f"scheduler pbt continues trials from the "
+                                              f"checkpoints of others every "
+                                              f"{sched.perturbation_interval} epochs: "
+                                              "checkpoint_every must divide "
+                                              "scheduler.perturbation_interval")
+    if sched.perturbation_interval >= kw.get("epochs", 10):
+        raise _err(where, "scheduler.perturbation_interval", "must be < epochs (or PBT never "
+                                                              "perturbs)")
+    if kw["evaluation"] == "nested":
+        raise _err(where, "scheduler", "scheduler pbt is for cv evaluation (nested evaluation "
+                                       "refits the chosen configuration from scratch)")
 
 
 def _parse_resources(raw: dict[str, Any], where: str) -> dict[str, float]:
@@ -568,7 +639,8 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
     kw["cohort"] = _parse_cohort(raw, where, base_dir)
     kw["sampler"] = _parse_sampler(raw, where)
     kw.update(_parse_nested(raw, where))
-    _check_scheduler(kw.get("scheduler", SchedulerSpec()), where)
+    _check_scheduler(kw.get("scheduler", SchedulerSpec()), where, raw)
+    kw.update(_parse_runtime(raw, where))
     kw["resources"] = _parse_resources(raw, where)
     kw["fixed"], kw["search"] = _parse_params(raw, where)
     if "variants" not in raw and _seed_is_a_parameter(raw, where, kw["fixed"], kw["search"]):
@@ -583,6 +655,11 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
         raise _err(where, "evaluation", "a variants study scores every variant on every fold "
                                         "already (nothing is chosen, so nothing is optimistic); "
                                         "nested evaluation is for searches - drop it")
+    if kw.get("scheduler", SchedulerSpec()).type == "pbt":
+        _check_pbt(where, kw)
+    if kw["fold_parallel"] == "tasks" and kw["evaluation"] == "nested":
+        raise _err(where, "fold_parallel", "nested evaluation trains its folds in lock-step; "
+                                           "fold_parallel: tasks is for cv evaluation")
     return StudyConfig(**kw, source=where)
 
 

@@ -1,7 +1,10 @@
 """The Ray Tune trainable: one configuration, cross-validated over all folds (and seeds).
 
-The folds are trained in lock-step and the trial reports the mean validation metric across
-folds after every epoch, so ASHA compares trials at equal training budgets on equal data.
+The folds advance together, one epoch at a time - in the trial's process (lock-step) or one Ray
+actor per fold (``fold_parallel: tasks``, study/fanout.py) - and the trial reports the mean
+validation metric across folds after every epoch, so ASHA and PBT compare trials at equal
+training budgets on equal data. Every ``checkpoint_every`` epochs the report carries a checkpoint
+of every fold (study/checkpoint.py); a trial restored from one trains on from the epoch after it.
 Everything a trial needs (cohort tables, bags already on the token grid, the study's split
 file) arrives once through Ray's object store (`tune.with_parameters`), so no trial re-reads
 the h5 files and every trial sees identical folds.
@@ -10,7 +13,6 @@ the h5 files and every trial sees identical folds.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +20,15 @@ import numpy as np
 import pandas as pd
 import ray
 import torch
+from mlflow.entities import Metric
 from ray import tune
 
 from ksmodel.cohort import Cohort
 from ksmodel.config import TrainConfig, split_params, to_dict
 from ksmodel.coordination.coordinator import TELEMETRY_KEYS
-from ksmodel.train import FoldTrainer, build_model_config, prepare_fold, resolve_device
+from ksmodel.train import build_model_config
+from study import checkpoint
+from study.fanout import FoldFinal, FoldStep, make_folds
 from study.reconcile import EPOCH, LOGGED_AT, REPLAYED, RUN_ID
 from study.record import (
     EPOCHS_RUN,
@@ -36,7 +41,7 @@ from study.record import (
     telemetry_metric,
     val_metric,
 )
-from study.tracking import TrialLogger, close_completed, mlflow_client, trial_runs
+from study.tracking import TrialLogger, close_completed, log_batched, mlflow_client, trial_runs
 from study.variants import expand as expand_variant
 
 # Keys of the results a trial reports to Ray Tune (read back by the driver's summary and its
@@ -62,8 +67,11 @@ class TrialContext:
     experiment_id: str
     parent_run_id: str
     cpus: float = 1.0
+    gpus: float = 0.0
     tags: dict[str, str] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides
+    checkpoint_every: int = 1  # epochs between checkpoints; 0: none
+    fold_parallel: str = "lockstep"  # lockstep | tasks (study/fanout.py)
 
 
 def method_name(params: dict[str, Any]) -> str:
@@ -114,15 +122,25 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     logged = {**trial_params(params, ctx.cohort), Params.SEEDS: ",".join(map(str, seeds)),
               Params.FOLDS: len(ctx.folds)}
+    resume = checkpoint.latest()
+    resumed = {Tags.RESUMED_AT: resume.epoch, Tags.CHECKPOINT_OF: resume.trial_id} \
+        if resume is not None else {}
     logger = TrialLogger(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id,
                          logged, {Tags.METHOD: method_name(params), Tags.TASK: ctx.task,
                                   Tags.METRIC: ctx.metric, Tags.NODE_ID: node_id,
                                   Tags.FOLDS: ",".join(map(str, ctx.folds)),
                                   Tags.SEED: seeds[0] if len(seeds) == 1 else "mean",
-                                  **({Tags.VARIANT: variant} if variant else {}), **ctx.tags},
+                                  **({Tags.VARIANT: variant} if variant else {}), **ctx.tags,
+                                  **resumed},
                          earlier=earlier)
     try:
-        _train(params, seeds, ctx, logger, node_id, entered)
+        if resume is not None:  # the new run's history starts with the checkpoint's epochs
+            print(f"trial {trial_id}: continuing from the checkpoint of trial "
+                  f"{resume.trial_id} after epoch {resume.epoch}", flush=True)
+            log_batched(logger.client, logger.run_id, metrics=[
+                Metric(k, float(v), int(e["stamp"]), int(e["epoch"]))
+                for e in resume.epochs for k, v in e["values"].items()])
+        _train(config, params, seeds, ctx, logger, node_id, entered, resume)
     except Exception as exc:
         logger.fail(exc)
         raise
@@ -131,68 +149,85 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         raise
 
 
-def _train(params: dict[str, Any], seeds: list[int], ctx: TrialContext, logger: TrialLogger,
-           node_id: str, entered: float) -> None:
+def _train(config: dict[str, Any], params: dict[str, Any], seeds: list[int], ctx: TrialContext,
+           logger: TrialLogger, node_id: str, entered: float,
+           resume: checkpoint.TrialState | None) -> None:
     setup_start = time.perf_counter()
     torch.set_num_threads(max(1, int(ctx.cpus)))
     model_kw, train_kw = split_params({k: v for k, v in params.items() if k != "seed"})
-    base_model = build_model_config(ctx.cohort, ctx.task, **model_kw)
-    base_train = TrainConfig(**train_kw)
-    device = resolve_device(base_train.device)
-    bags = _shared_tensor(ctx.bags).to(device) if ctx.bags is not None else None
-    folds = {f: prepare_fold(ctx.cohort, bags, ctx.splits, f, ctx.task, log1p=base_train.log1p)
-             for f in ctx.folds}
-    trainers = [FoldTrainer(folds[f], base_model, TrainConfig(**{**train_kw, "seed": s}), device)
-                for s in seeds for f in ctx.folds]
-    metric = ctx.metric
+    model_cfg = build_model_config(ctx.cohort, ctx.task, **model_kw)
+    folds = make_folds(ctx, model_cfg, train_kw, seeds)
+    try:
+        _epochs(config, folds, ctx, logger, node_id, entered, resume, setup_start)
+    finally:
+        folds.close()
+
+
+def _epochs(config: dict[str, Any], folds: Any, ctx: TrialContext, logger: TrialLogger,
+            node_id: str, entered: float, resume: checkpoint.TrialState | None,
+            setup_start: float) -> None:
+    """Advance every fold one epoch at a time; log, checkpoint and report each epoch."""
+    metric, key = ctx.metric, val_metric(ctx.metric)
+    trial_id = tune.get_context().get_trial_id()
+    logged: list[dict[str, Any]] = []  # every epoch's values, for the checkpoints
+    first, train_seconds = 1, 0.0
+    if resume is not None:
+        steps = folds.restore(resume.folds)
+        first, logged, train_seconds = resume.epoch + 1, list(resume.epochs), \
+            resume.train_seconds
+        if all(s.done for s in steps):  # every fold had finished (patience) at the checkpoint
+            _complete(folds.finals(), logger, train_seconds)
+            tune.report({key: logged[-1]["values"][key], EPOCH: resume.epoch, COMPLETED: True,
+                         RUN_ID: logger.run_id, NODE: node_id, REPORTED_AT: time.time()})
+            return
     start = time.perf_counter()
-    timing = {"setup_seconds": start - setup_start, "train_seconds": 0.0,
+    timing = {"setup_seconds": start - setup_start, "train_seconds": train_seconds,
               ENTERED_AT: entered, READY_AT: time.time()}
-    for epoch in range(1, ctx.epochs + 1):
+    for epoch in range(first, ctx.epochs + 1):
         epoch_start = time.perf_counter()
-        results = [t.fit_epoch() for t in trainers if not t.done]
+        steps: list[FoldStep] = folds.step()
         timing["train_seconds"] += time.perf_counter() - epoch_start
-        current = [t.result if t.done else t.history[-1] for t in trainers]
-        per_fold = _by_fold(trainers, [c.metrics[metric] for c in current])
-        key = val_metric(metric)
-        values = {key: float(np.mean([c.metrics[metric] for c in current])),
-                  TRAIN_LOSS: float(np.mean([r.train_loss for r in results])),
+        trained = [s.trained for s in steps if s.trained is not None]
+        per_fold = _by_fold(steps, [s.current.metrics[metric] for s in steps])
+        values = {key: float(np.mean([s.current.metrics[metric] for s in steps])),
+                  TRAIN_LOSS: float(np.mean([r.train_loss for r in trained])),
                   **{fold_metric(f, key): v for f, v in per_fold.items()}}
-        tele = [r.telemetry for r in results if r.telemetry]
+        tele = [r.telemetry for r in trained if r.telemetry]
         values.update({telemetry_metric(k): float(np.mean([t[k] for t in tele]))
                        for k in TELEMETRY_KEYS if tele})
         stamp = logger.log_epoch(epoch, values)
-        finished = all(t.done for t in trainers)
+        logged.append({"epoch": epoch, "stamp": stamp, "values": values})
+        finished = all(s.done for s in steps)
         if finished:  # log completion before the last report: the scheduler may stop us there
-            _complete(trainers, logger, time.perf_counter() - start)
-        tune.report({**values, **timing, EPOCH: epoch, COMPLETED: finished, LOGGED_AT: stamp,
-                     RUN_ID: logger.run_id, NODE: node_id, REPORTED_AT: time.time()})
+            _complete(folds.finals(), logger, train_seconds + time.perf_counter() - start)
+        report = {**values, **timing, EPOCH: epoch, COMPLETED: finished, LOGGED_AT: stamp,
+                  RUN_ID: logger.run_id, NODE: node_id, REPORTED_AT: time.time()}
+        if checkpoint.due(epoch, ctx.checkpoint_every, finished):
+            state = checkpoint.TrialState(epoch, trial_id, dict(config), folds.states(), logged,
+                                          timing["train_seconds"])
+            with checkpoint.written(state) as saved:
+                tune.report(report, checkpoint=saved)
+        else:
+            tune.report(report)
         if finished:
             return
 
 
-def _complete(trainers: list[FoldTrainer], logger: TrialLogger, seconds: float) -> None:
+def _complete(finals: list[FoldFinal], logger: TrialLogger, seconds: float) -> None:
     """Final per-fold metrics (each fold at its selected epoch) and predictions to MLflow."""
     final: dict[str, float] = {}
-    for name in trainers[0].result.metrics:
+    for name in finals[0].result.metrics:
         key = final_metric(name)
-        final[key] = float(np.mean([t.result.metrics[name] for t in trainers]))
-        for f, v in _by_fold(trainers, [t.result.metrics[name] for t in trainers]).items():
-            final[fold_metric(f, key)] = v
-    final[EPOCHS_RUN] = float(max(t.epoch for t in trainers))
-    predictions = pd.concat([t.predictions().assign(seed=t.train_cfg.seed) for t in trainers],
+        final[key] = float(np.mean([f.result.metrics[name] for f in finals]))
+        for fold, v in _by_fold(finals, [f.result.metrics[name] for f in finals]).items():
+            final[fold_metric(fold, key)] = v
+    final[EPOCHS_RUN] = float(max(f.epoch for f in finals))
+    predictions = pd.concat([f.predictions.assign(seed=f.seed) for f in finals],
                             ignore_index=True)
     logger.complete(final, predictions, {Tags.WALL_SECONDS: round(seconds, 2)})
 
 
-def _shared_tensor(array: np.ndarray) -> torch.Tensor:
-    """View the object store's read-only bag array without copying (nothing writes to it)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
-
-
-def _by_fold(trainers: list[FoldTrainer], values: list[float]) -> dict[int, float]:
+def _by_fold(folds: list[FoldStep] | list[FoldFinal], values: list[float]) -> dict[int, float]:
     """Per-fold values, averaged over seeds when a trial trains several."""
-    frame = pd.DataFrame({"fold": [t.data.fold for t in trainers], "v": values})
+    frame = pd.DataFrame({"fold": [f.fold for f in folds], "v": values})
     return frame.groupby("fold")["v"].mean().to_dict()
