@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -225,9 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = stale_note(lock)
         if note:
             print(note, flush=True)
+        previous = signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
         try:
             return _locked_main(cfg, out, args)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM before Tune took over the signals
+            return _interrupted_early(out)
         finally:  # before the lock is released: no worker of this study outlives it
+            signal.signal(signal.SIGTERM, previous)
             ray = sys.modules.get("ray")
             if ray is not None and ray.is_initialized():
                 ray.shutdown()
@@ -413,6 +418,25 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     write_state(out, trials_done=True)
     return finish_guarded(grid, cfg, out, client, experiment_id, parent,
                           time.time() - start)
+
+
+def _stop_like_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM (a batch system's stop) before the trials start: Ctrl-C's way out. Once Tune
+    runs, its graceful stop takes the signal over (TrialStatusCallback)."""
+    raise KeyboardInterrupt
+
+
+def _interrupted_early(out: Path) -> int:
+    """Stopped while the study was being set up (cohort, store, baselines, Ray start): close
+    what it opened and say how to continue."""
+    state = read_state(out)
+    if state.get("parent_run_id"):
+        from study.tracking import mlflow_client
+
+        return _interrupted(mlflow_client(state["tracking_uri"]), state["experiment_id"],
+                            state["parent_run_id"], None)
+    print("interrupted before the study started; run the same command again", file=sys.stderr)
+    return 130
 
 
 def _interrupted(client: Any, experiment_id: str, parent: str, unfinished: int | None) -> int:

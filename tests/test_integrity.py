@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from study.lock import StudyBusyError, StudyLock, lock_path, read_holder, stale_note
 from study.reconcile import EPOCH, LOGGED_AT, RUN_ID, reconcile_reported
-from study.record import Status, Tags
+from study.record import Roles, Status, Tags
 from tests.study_helpers import (
     ROOT,
     T,
@@ -436,9 +436,10 @@ def test_stopped_driver_leaves_every_run_closed_and_resumes(tmp_path: Path) -> N
         if (out / "study.json").is_file():
             client = client or MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
             state = json.loads((out / "study.json").read_text())
-            running = client.search_runs([state["experiment_id"]],
-                                         "attributes.status = 'RUNNING'")
-            if len(running) >= 2:  # the parent and at least one trial
+            running = client.search_runs(
+                [state["experiment_id"]],
+                f"attributes.status = 'RUNNING' and tags.`{Tags.ROLE}` = '{Roles.TRIAL}'")
+            if running:  # a trial is training (the parent and baselines open earlier)
                 break
         time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
@@ -454,3 +455,24 @@ def test_stopped_driver_leaves_every_run_closed_and_resumes(tmp_path: Path) -> N
     final = after.sort_values("start_time").groupby(T.TRIAL_ID).last()
     assert len(final) == 4 and (final[T.STATUS] == "COMPLETED").all()
     assert set(after["status"]) <= TERMINAL
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_study_is_set_up_closes_what_it_opened(tmp_path: Path) -> None:
+    """A stop before the trials start (store, baselines, Ray starting) also takes Ctrl-C's way:
+    exit 130 with one line saying how to continue, no traceback, every run closed."""
+    space = _tiny_space(tmp_path)
+    out = tmp_path / "study"
+    proc = start_study(out, space=space)
+    deadline = time.time() + 300
+    while not (out / "study.json").is_file():  # the parent run exists from here on
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "interrupted" in err, err[-3000:]
+    parents, children = runs(out, "smoke")
+    assert len(parents) == 1
+    assert set(parents["status"]) | set(children["status"]) <= TERMINAL
+    assert lock_is_free(out)
