@@ -375,7 +375,7 @@ def _fit_fold(baseline: Baseline, spec: Task, cohort: Cohort, splits: pd.DataFra
     targets = cohort.targets(task)
     table = pd.DataFrame({"fold": np.full(len(val_ids), fold, dtype=np.int64),
                           "case_id": val_ids})
-    if spec.kind == SURVIVAL:
+    if baseline.kind == SURVIVAL:  # the baseline family decides the fit (Cox or logistic)
         pen = DEFAULT_PENALIZER[baseline.name] if penalizer is None else float(penalizer)
         params["penalizer"] = pen
         time_, event = targets["time"], targets["event"]
