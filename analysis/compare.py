@@ -34,7 +34,7 @@ from analysis import fmt, multi, stats
 from analysis.document import Doc
 from analysis.load import AnalysisError, Study, load_predictions, load_study, metric_histories
 from analysis.summary import best_trial
-from study.record import Roles, Tags, telemetry_metric, val_metric
+from study.record import COHORT_PARAM, STUDY_PARAM, Roles, Tags, telemetry_metric, val_metric
 
 SENSITIVITY_PARAMS = ("alpha", "lam", "tau_cos", "tau_rho")
 MIN_TRIALS_IMPORTANCE = 4
@@ -48,12 +48,14 @@ TELEMETRY_PANELS = {
 }
 UPDATE_SUFFIXES = ("rel_change", "layer_cos")
 #: What the parent run records about the study, in the order a reader wants it.
-PARENT_PARAMS = (
-    ("study.epochs", "epochs per trial"), ("study.folds", "folds"),
-    ("study.seeds", "seeds"), ("study.evaluation", "evaluation"),
-    ("study.coord_target", "coordination target"), ("cohort.n_cases", "cases in the cohort"),
-    ("cohort.genes_tumour", "tumour genes used"), ("cohort.genes_tme", "TME genes used"),
-    ("cohort.genes_table", "genes in the expression table"))
+PARENT_PARAMS = tuple(
+    (f"{STUDY_PARAM}{key}", label) for key, label in (
+        ("epochs", "epochs per trial"), ("folds", "folds"), ("seeds", "seeds"),
+        ("trials", "trials planned (grid)"), ("evaluation", "evaluation"),
+        ("coord_target", "coordination target"))) + tuple(
+    (f"{COHORT_PARAM}{key}", label) for key, label in (
+        ("n_cases", "cases in the cohort"), ("genes_tumour", "tumour genes used"),
+        ("genes_tme", "TME genes used"), ("genes_table", "genes in the expression table")))
 PARENT_TAGS = ((Tags.SAMPLER, "sampler"), (Tags.MODE, "metric direction"),
                (Tags.SEARCHED, "searched parameters"), (Tags.EVALUATION, "evaluation (tag)"),
                (Tags.REFERENCE, "reference variant"))
@@ -159,7 +161,7 @@ def is_search(study: Study, task: str) -> bool:
 
 
 def evaluation_mode(study: Study, params: dict[str, str]) -> str | None:
-    return study.parent_tags.get(Tags.EVALUATION) or params.get("study.evaluation")
+    return study.parent_tags.get(Tags.EVALUATION) or params.get(f"{STUDY_PARAM}evaluation")
 
 
 def nested_estimate(study: Study, task: str, metric: str) -> pd.DataFrame | None:
@@ -529,14 +531,14 @@ def _study_rows(r: Report) -> pd.DataFrame:
     rows = []
 
     def from_trials(name: str) -> str | None:
-        if name == "study.epochs" and "params.epochs" in t:
+        if name == f"{STUDY_PARAM}epochs" and "params.epochs" in t:
             v = sorted(pd.to_numeric(t["params.epochs"], errors="coerce").dropna().astype(int)
                        .unique())
             return ", ".join(map(str, v)) if v else None
-        if name == "study.folds":
+        if name == f"{STUDY_PARAM}folds":
             n = sorted({len(f) for f in t["folds"] if len(f)}) if "folds" in t else []
             return ", ".join(map(str, n)) if n else None
-        if name == "study.seeds":
+        if name == f"{STUDY_PARAM}seeds":
             v = sorted(int(x) for x in t["seed"].unique() if int(x) >= 0)
             return ", ".join(map(str, v)) if v else None
         return None
@@ -549,14 +551,15 @@ def _study_rows(r: Report) -> pd.DataFrame:
             value = NOT_RECORDED + (f" on the parent run (trials: {seen})" if seen else "")
         rows.append({"what": what, "value": value, "recorded as": f"`{key}`"})
     try:
-        used = int(params["cohort.genes_tumour"]) + int(params["cohort.genes_tme"])
-        total = int(params["cohort.genes_table"])
+        used = int(params[f"{COHORT_PARAM}genes_tumour"]) + int(params[f"{COHORT_PARAM}genes_tme"])
+        total = int(params[f"{COHORT_PARAM}genes_table"])
         rows.append({"what": "genes reaching the model", "value": f"{used} of {total} "
                      f"({used / total:.1%})" if total else str(used), "recorded as": "(derived)"})
     except (KeyError, ValueError):
         pass
     known = {k for k, _ in PARENT_PARAMS}
-    for key in sorted(k for k in params if k.startswith(("study.", "cohort.")) and k not in known):
+    extra = (k for k in params if k.startswith((STUDY_PARAM, COHORT_PARAM)) and k not in known)
+    for key in sorted(extra):
         rows.append({"what": key.split(".", 1)[1].replace("_", " "), "value": params[key],
                      "recorded as": f"`{key}`"})
     for tag, what in PARENT_TAGS:

@@ -60,6 +60,9 @@ def study_params(cfg: StudyConfig, data: RunData) -> dict[str, str]:
     raw["folds_source"] = data.splits_source
     if cfg.seeds:
         raw["seeds"] = list(cfg.seeds)
+    if cfg.sampler == "grid":  # a grid runs every combination; num_samples does not apply
+        raw.pop("num_samples", None)
+        raw["trials"] = cfg.grid_size()
     out = {}
     for key, value in raw.items():
         if key == "search":

@@ -149,7 +149,7 @@ def test_parent_params_record_the_study_and_the_cohort(data, tmp_path) -> None:
     for key, value in {"study.name": "b", "study.task": TASK, "study.metric": "auc",
                        "study.folds": "3", "study.seeds": "0,1", "study.epochs": "7",
                        "study.evaluation": "cv", "study.sampler": "grid",
-                       "study.num_samples": "8", "study.scheduler.type": "asha",
+                       "study.trials": "2", "study.scheduler.type": "asha",
                        "study.fixed.lam": "0.2", "study.covariates": "age",
                        "study.baselines": "logreg_clinical,logreg_pca",
                        "study.search.coordination": "categorical cgcoord,uniform",
@@ -158,6 +158,7 @@ def test_parent_params_record_the_study_and_the_cohort(data, tmp_path) -> None:
                        "cohort.genes_tme": str(len(data.cohort.gene_sets["tme"])),
                        "cohort.path": str(data.cohort.root)}.items():
         assert params[key] == value, key
+    assert "study.num_samples" not in params  # a grid runs every combination
     table = pd.read_parquet(Path(data.cohort.root) / "expression.parquet") \
         if (Path(data.cohort.root) / "expression.parquet").is_file() \
         else pd.read_csv(Path(data.cohort.root) / "expression.csv")
@@ -207,7 +208,8 @@ def _check_record(out: Path, name: str, runs: pd.DataFrame, baselines: set[str],
     # the study on its parent run
     assert parent[f"tags.{Tags.EVALUATION}"] == "cv"
     for key in ("study.name", "study.task", "study.metric", "study.folds", "study.seeds",
-                "study.epochs", "study.evaluation", "study.sampler", "study.num_samples",
+                "study.epochs", "study.evaluation", "study.sampler",
+                "study.trials" if parent["params.study.sampler"] == "grid" else "study.num_samples",
                 "study.scheduler.type", "cohort.n_cases", "cohort.genes_tumour",
                 "cohort.genes_tme", "cohort.genes_table", "cohort.path"):
         assert pd.notna(parent.get(f"params.{key}")), key
