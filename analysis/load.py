@@ -278,7 +278,7 @@ def _tidy_folds(runs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         [(r, f) for r, fs in zip(trials["run_id"], trials["folds"], strict=True) for f in fs],
         names=["run_id", "fold"])
     index = wide.index.union(expected) if len(expected) else wide.index
-    folds = pd.DataFrame(index=index).join(wide).reset_index()
+    folds = wide.reindex(index).reset_index()
     keep = base_cols + [c for c in trials.columns if c.startswith("params.")]
     folds = folds.merge(trials[keep], on="run_id", how="left")
     front = base_cols + ["fold"]
