@@ -134,21 +134,13 @@ ensure_store(sys.argv[1], "exp", Path(sys.argv[2]))
 def _read_store(db: Path) -> tuple[bool, str | None]:
     """Open the store as MLflow readers do (a fresh store object: schema check, migrations if
     tables are missing) and read it raw; (experiment 'exp' visible, error)."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    uri = f"sqlite:///{db}"
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as con:
             tables = {r[0] for r in con.execute("select name from sqlite_master")}
             assert {"experiments", "runs", "metrics", "alembic_version"} <= tables, tables
-        found = MlflowClient(uri).get_experiment_by_name("exp") is not None
-        return found, None
     except Exception as exc:  # noqa: BLE001 - recorded and asserted on
         return False, f"{type(exc).__name__}: {exc}"
-    finally:
-        engine = SqlAlchemyStore._engine_map.pop(uri, None)
-        if engine is not None:
-            engine.dispose()
+    return _read_store_named(db, "exp")
 
 
 def test_store_appears_complete_to_a_reader_polling_for_it(tmp_path: Path) -> None:
@@ -232,6 +224,14 @@ def _tiny_space(tmp_path: Path, **changes: object) -> Path:
                                                    "num_samples": 2, "epochs": 2, **changes})
 
 
+def _wait_for_study_json(proc: subprocess.Popen, out: Path, poll: float) -> None:
+    """Until the started study has written its state file (its parent run exists from then)."""
+    deadline = time.time() + 300
+    while not (out / "study.json").is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(poll)
+
+
 def _assert_one_intact_study(out: Path, trials: int) -> pd.DataFrame:
     parents, children = runs(out, "smoke")
     assert len(parents) == 1
@@ -274,10 +274,7 @@ def test_running_study_refuses_overwrite_and_resume(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", num_samples=4, epochs=4)
     out = tmp_path / "study"
     proc = start_study(out, space=space)
-    deadline = time.time() + 300
-    while not (out / "study.json").is_file():
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-        time.sleep(0.2)
+    _wait_for_study_json(proc, out, poll=0.2)
     for args in (("--overwrite",), ("--resume",)):
         refused = run_study(out, *args, space=space, timeout=120)
         assert refused.returncode == 2
@@ -331,6 +328,8 @@ def test_reader_polling_the_store_from_its_first_instant(tmp_path: Path) -> None
 
 
 def _read_store_named(db: Path, name: str) -> tuple[bool, str | None]:
+    """(experiment ``name`` visible, error) through a fresh MLflow store object (its cached
+    engine is dropped afterwards, so the next read opens the file anew)."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     uri = f"sqlite:///{db}"
@@ -384,10 +383,7 @@ def test_final_step_failure_closes_every_run_and_resume_finishes(tmp_path: Path)
     space = _tiny_space(tmp_path, num_samples=2)
     out = tmp_path / "study"
     proc = start_study(out, space=space)
-    deadline = time.time() + 300
-    while not (out / "study.json").is_file():
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-        time.sleep(0.1)
+    _wait_for_study_json(proc, out, poll=0.1)
     # the parent run's artifact folder becomes a file: writing into it fails, even as root
     artifacts = _parent_artifact_dir(out)
     assert (artifacts / "config.yaml").is_file()
@@ -464,10 +460,7 @@ def test_sigterm_while_the_study_is_set_up_closes_what_it_opened(tmp_path: Path)
     space = _tiny_space(tmp_path)
     out = tmp_path / "study"
     proc = start_study(out, space=space)
-    deadline = time.time() + 300
-    while not (out / "study.json").is_file():  # the parent run exists from here on
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
-        time.sleep(0.05)
+    _wait_for_study_json(proc, out, poll=0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
