@@ -36,7 +36,12 @@ def test_ablation_study_then_report(tmp_path: Path) -> None:
     rows = comparison.set_index("baseline")
     assert {"uniform", "pcgrad"} <= set(rows.index)
     assert (rows.loc[["uniform", "pcgrad"], "n_pairs"] == 15).all()  # 3 seeds x 5 folds
-    assert rows.loc[["uniform", "pcgrad"], "wilcoxon_p"].between(0, 1).all()
+    for base in ("uniform", "pcgrad"):  # on the classifier rows the rules barely move the
+        row = rows.loc[base]            # update: at 2 epochs cgcoord can tie on every pair
+        if row["n_ties"] == row["n_pairs"]:
+            assert pd.isna(row["wilcoxon_p"]) and "tie on every pair" in row["note"], row
+        else:
+            assert 0 <= row["wilcoxon_p"] <= 1, row
     text = (report / "report.md").read_text()
     assert "cgcoord" in text and "pcgrad" in text and "uniform" in text
     pngs = sorted(p.name for p in report.glob("*.png"))
