@@ -294,7 +294,9 @@ def test_running_study_refuses_overwrite_and_resume(tmp_path: Path) -> None:
     # this process's MLflow keeps a connection to the moved file under the old URI, so the new
     # store is read with sqlite3 directly
     with sqlite3.connect(out / "mlflow.db") as db:
-        assert db.execute("select count(*) from runs").fetchone()[0] == 2  # parent + 1 trial
+        roles = dict(db.execute("select value, count(*) from tags where key = ? group by value",
+                                (Tags.ROLE,)).fetchall())
+    assert roles[Roles.STUDY] == 1 and roles[Roles.TRIAL] == 1, roles
     assert len(pd.read_csv(out / "summary.csv")) == 1
     assert lock_is_free(out) and lock_path(out).read_text() == ""
 
