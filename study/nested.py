@@ -191,34 +191,20 @@ def _search(cfg: StudyConfig, ctx: Any, outer_fold: int, storage: str,
     """One outer fold's search: a Tuner of its own (see the module docstring for why)."""
     from ray import tune
 
-    from study.search import make_scheduler, make_search
+    from study.search import make_search, make_tuner
     from study.tracking import TrialStatusCallback
     from study.trial import run_trial
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
-    search_alg, param_space, num_samples = make_search(cfg)
     name = _tuner_name(cfg.name, outer_fold)
-    path = f"{storage.rstrip('/')}/{name}"
-    if args.resume and tune.Tuner.can_restore(path):
-        print(f"outer fold {outer_fold}: resuming {path}", flush=True)
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=args.retry_failed,
-                                   restart_errored=args.retry_failed, param_space=param_space)
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=val_metric(cfg.metric), mode=cfg.mode, num_samples=num_samples,
-                search_alg=search_alg, scheduler=make_scheduler(cfg),
-                reuse_actors=True,  # one Ray worker runs trial after trial, as in cv studies
-                max_concurrent_trials=cfg.max_concurrent if search_alg is None else None),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                callbacks=[TrialStatusCallback(ctx.tracking_uri, ctx.experiment_id,
-                                               cfg.metric)],
-                verbose=1))
+    run_config = tune.RunConfig(
+        name=name, storage_path=storage,
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        callbacks=[TrialStatusCallback(ctx.tracking_uri, ctx.experiment_id, cfg.metric)],
+        verbose=1)
+    tuner = make_tuner(trainable, cfg, make_search(cfg), run_config, resume=args.resume,
+                       retry_failed=args.retry_failed)
     return tuner.fit()
 
 

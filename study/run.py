@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from study.folder import StudyError, prepare_folder, read_state, write_state
 from study.lock import StudyLock, stale_note
-from study.record import Artifacts, Tags, val_metric
+from study.record import Artifacts, Tags
 
 if TYPE_CHECKING:  # the training stack is imported once the command needs it, so that
     # `--help` and a `--resume` of a finished study answer at once (study/resume.py)
@@ -311,7 +311,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     from study.finish import finish_guarded
     from study.parent import record_study
     from study.progress import StudyProgress
-    from study.search import make_scheduler, make_search
+    from study.search import make_search, make_tuner
     from study.store import ensure_store
     from study.tracking import (
         TrialStatusCallback,
@@ -390,24 +390,9 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
         # a trial ends with the report that completes it: PBT, which acts on reports at its
         # perturbation epochs, must not send a finished trial back to an earlier checkpoint
         stop={COMPLETED: True} if cfg.scheduler.type == "pbt" else None)
-    path = f"{storage.rstrip('/')}/{cfg.name}"
     start = time.time()
-    if args.resume and tune.Tuner.can_restore(path):
-        print(f"resuming {path}", flush=True)
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=args.retry_failed,
-                                   restart_errored=args.retry_failed, param_space=param_space)
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=val_metric(cfg.metric), mode=cfg.mode, num_samples=num_samples,
-                search_alg=search_alg, scheduler=make_scheduler(cfg),
-                # one Ray worker runs trial after trial (no process start per trial)
-                reuse_actors=True,
-                # Optuna's proposals are already limited by its ConcurrencyLimiter
-                max_concurrent_trials=cfg.max_concurrent if search_alg is None else None),
-            run_config=run_config)
+    tuner = make_tuner(trainable, cfg, (search_alg, param_space, num_samples), run_config,
+                       resume=args.resume, retry_failed=args.retry_failed)
     try:
         grid = tuner.fit()
     except (KeyboardInterrupt, SystemExit):  # a second signal: stop at once

@@ -92,4 +92,29 @@ def make_scheduler(cfg: StudyConfig) -> Any:
                          reduction_factor=cfg.scheduler.reduction_factor)
 
 
-__all__ = ["ClipToSearch", "make_search", "make_scheduler"]
+def make_tuner(trainable: Any, cfg: StudyConfig, search: tuple[Any, dict[str, Any], int],
+               run_config: Any, *, resume: bool, retry_failed: bool) -> Any:
+    """The study's Tuner: restored from ``run_config``'s folder on ``--resume`` (failed trials
+    retried with ``--retry-failed``), else new with ``search`` (``make_search``'s result)."""
+    from ray import tune
+
+    search_alg, param_space, num_samples = search
+    path = f"{run_config.storage_path.rstrip('/')}/{run_config.name}"
+    if resume and tune.Tuner.can_restore(path):
+        print(f"resuming {path}", flush=True)
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=retry_failed, restart_errored=retry_failed,
+                                  param_space=param_space)
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=val_metric(cfg.metric), mode=cfg.mode, num_samples=num_samples,
+            search_alg=search_alg, scheduler=make_scheduler(cfg),
+            # one Ray worker runs trial after trial (no process start per trial)
+            reuse_actors=True,
+            # Optuna's proposals are already limited by its ConcurrencyLimiter
+            max_concurrent_trials=cfg.max_concurrent if search_alg is None else None),
+        run_config=run_config)
+
+
+__all__ = ["ClipToSearch", "make_search", "make_scheduler", "make_tuner"]
