@@ -22,7 +22,10 @@ import optuna
 import pandas as pd
 from lifelines import KaplanMeierFitter
 from lifelines.statistics import logrank_test
+from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import Collection, PolyCollection
+from matplotlib.container import Container
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -49,6 +52,40 @@ class FigureResult:
     path: Path
     data: pd.DataFrame
     stats: dict = field(default_factory=dict)
+    figure: Figure | None = None  # the drawn figure (tests walk its legends)
+
+
+def proxy(handle: Artist, drawn: Artist | None) -> Artist:
+    """A legend handle that stands for the artist ``drawn`` (``legend_problems`` checks it)."""
+    handle.stands_for = drawn  # type: ignore[attr-defined]
+    return handle
+
+
+def _has_data(a: Artist) -> bool:
+    if isinstance(a, Line2D):
+        return len(a.get_xdata()) > 0 and a.get_visible()
+    if isinstance(a, PolyCollection):  # a band: some area, not a flat line
+        return any(len(p.vertices) > 2 and np.ptp(p.vertices[:, 1]) > 0 for p in a.get_paths())
+    if isinstance(a, Collection):
+        return len(a.get_offsets()) > 0 or len(a.get_paths()) > 0
+    if isinstance(a, Container):
+        return any(_has_data(c) for c in a.get_children())
+    return a.get_visible()
+
+
+def legend_problems(fig: Figure) -> list[str]:
+    """Legend entries of ``fig`` without a drawn artist: a handle that is not an artist of the
+    figure with data, or a proxy whose artist is missing or empty (e.g. a band not drawn)."""
+    drawn = {id(a) for ax in fig.axes for a in ax.get_children()}
+    drawn |= {id(c) for ax in fig.axes for cont in ax.containers for c in cont.get_children()}
+    problems = []
+    for label, handle in getattr(fig, "ks_legend", []):
+        target = getattr(handle, "stands_for", handle)
+        if target is None or id(target) not in drawn and not isinstance(target, Container):
+            problems.append(f"{label!r}: no artist drawn")
+        elif not _has_data(target):
+            problems.append(f"{label!r}: its artist is empty")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -105,8 +142,14 @@ def _legend_outside(fig: Figure, ax, title: str | None = None, handles=None) -> 
     if title:
         title = "\n".join(textwrap.fill(line, LEGEND_WIDTH) for line in title.split("\n"))
     if handles:
+        _record(fig, handles, labels)
         fig.legend(handles, labels, loc="outside right upper", fontsize=8, title=title,
                    title_fontsize=8, alignment="left")
+
+
+def _record(fig: Figure, handles: list, labels: list[str]) -> None:
+    """Remember each legend entry's handle (``legend_problems``)."""
+    fig.ks_legend = [*getattr(fig, "ks_legend", []), *zip(labels, handles, strict=True)]
 
 
 def _finished(trials: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -119,8 +162,9 @@ def _finished(trials: pd.DataFrame, task: str) -> pd.DataFrame:
 def per_fold(folds: pd.DataFrame, metric: str, task: str, arms: list[str], path: Path,
              selection: str = "selected epoch") -> FigureResult:
     """Every (seed, fold) value per method (completed trials); grey lines join the same
-    (seed, fold) across methods, black diamonds are the mean ± 95% t-interval. Seeds are spread
-    by small x offsets so that equal values do not hide each other."""
+    (seed, fold) across methods, black diamonds are the mean, with a 95% t-interval only for a
+    method with at least 6 values. Seeds are spread by small x offsets so that equal values do
+    not hide each other; a bounded metric's axis stays within [0, 1]."""
     f = usable(folds[(folds["task"] == task) & folds["arm"].isin(arms)], metric)
     wide = f.pivot_table(index=["seed", "fold"], columns="arm", values=metric, aggfunc="mean")
     wide = wide.reindex(columns=[a for a in arms if a in wide.columns])
@@ -134,28 +178,35 @@ def per_fold(folds: pd.DataFrame, metric: str, task: str, arms: list[str], path:
     pos = {key: (i - (n_pos - 1) / 2) * spread / max(1, n_pos - 1)
            for i, key in enumerate((s, k) for s in seeds for k in folds_)}
     x = np.arange(len(wide.columns))
+    joins = []
     for key, row in wide.iterrows():
-        ax.plot(x + pos[key], row.to_numpy(dtype=float), color="0.6", alpha=0.45, lw=0.9,
-                zorder=1)
+        joins += ax.plot(x + pos[key], row.to_numpy(dtype=float), color="0.6", alpha=0.45,
+                         lw=0.9, zorder=1)
+    handles, means, bars = [], [], []
     for i, arm in enumerate(wide.columns):
         v = wide[arm].to_numpy(dtype=float)
         dx = np.array([pos[k] for k in wide.index])
-        ax.scatter(i + dx, v, color=st[arm].colour, marker=st[arm].marker, s=26, zorder=2,
-                   edgecolors="white", linewidths=0.4,
-                   label=f"{arm} (n={int(np.isfinite(v).sum())})")
-        m, lo, hi = t_interval(v)
+        handles.append(ax.scatter(i + dx, v, color=st[arm].colour, marker=st[arm].marker, s=26,
+                                  zorder=2, edgecolors="white", linewidths=0.4,
+                                  label=f"{arm} (n={int(np.isfinite(v).sum())})"))
+        m, lo, hi = t_interval(v)  # no interval from fewer than 6 values
         cx = i + spread / 2 + 0.12
+        means += ax.plot(cx, m, "D", color="black", ms=6, zorder=3)
         if np.isfinite(lo):
-            ax.errorbar(cx, m, yerr=[[m - lo], [hi - m]], fmt="D", color="black", ms=6,
-                        capsize=4, zorder=3)
-        else:
-            ax.plot(cx, m, "D", color="black", ms=6, zorder=3)
-    ax.plot([], [], "D", color="black", label="mean ± 95% t-interval")
-    ax.plot([], [], color="0.6", label="same (seed, fold)")
+            bars.append(ax.errorbar(cx, m, yerr=[[m - lo], [hi - m]], fmt="none",
+                                    color="black", capsize=4, zorder=3))
+    if means:
+        handles.append(proxy(Line2D([], [], marker="D", color="black", linestyle="none",
+                                    label="mean" + (" ± 95% t-interval (methods with ≥ 6 "
+                                                    "values)" if bars else "")), means[0]))
+    if bars:
+        handles.append(proxy(Line2D([], [], color="black", label="95% t-interval of the mean"),
+                             bars[0]))
+    if len(wide.columns) > 1 and joins:
+        handles.append(proxy(Line2D([], [], color="0.6", label="same (seed, fold)"), joins[0]))
     values = wide.to_numpy(dtype=float)
     if np.isfinite(values).any() and np.nanmin(values) >= 0 and np.nanmax(values) <= 1:
-        # a bounded metric (auc, accuracy, c-index): an interval from few folds can reach past
-        # 0 or 1; the axis stays within the metric's range (the bar is cut at the edge)
+        # a bounded metric (auc, accuracy, c-index): the axis stays within its range
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(lo, 0.0), min(hi, 1.0))
     ax.set_xticks(x, list(wide.columns))
@@ -164,8 +215,9 @@ def per_fold(folds: pd.DataFrame, metric: str, task: str, arms: list[str], path:
     ax.set_ylabel(f"validation {metric} ({selection} of each fold)")
     ax.set_title(f"{task}: {metric} per fold and seed, by method (completed trials)")
     ax.grid(axis="y", alpha=0.3)
-    _legend_outside(fig, ax)
-    return FigureResult(_save(fig, path), wide.reset_index(), {"ylim": ax.get_ylim()})
+    _legend_outside(fig, ax, handles=[h for h in handles if not h.get_label().startswith("_")])
+    return FigureResult(_save(fig, path), wide.reset_index(),
+                        {"ylim": ax.get_ylim(), "intervals": len(bars)}, figure=fig)
 
 
 # --- sensitivity ----------------------------------------------------------------------------
@@ -248,7 +300,7 @@ def sensitivity(trials: pd.DataFrame, folds: pd.DataFrame, metric: str, task: st
         if len(f) else pd.DataFrame())
     fig, ax = _figure(size=(9.0, 4.8))
     ax = ax[0, 0]
-    rows, any_band, handles = [], False, []
+    rows, bands, handles = [], [], []
     for arm in arms:
         s = st[arm]
         a = t[t["arm"] == arm]
@@ -276,29 +328,38 @@ def sensitivity(trials: pd.DataFrame, folds: pd.DataFrame, metric: str, task: st
                              "band_low": l_, "band_high": h_,
                              "n_folds": int(vals.shape[1]) if vals.ndim == 2 else 0})
             cx = shift(np.asarray(centre), arm)
-            ax.plot(cx, mean, color=s.colour, marker=s.marker, linestyle=s.linestyle, ms=5,
-                    lw=1.6, zorder=3)
+            line, = ax.plot(cx, mean, color=s.colour, marker=s.marker, linestyle=s.linestyle,
+                            ms=5, lw=1.6, zorder=3)
             lo_a, hi_a = np.asarray(lo), np.asarray(hi)
-            if np.isfinite(lo_a).any():
-                any_band = True
-                ax.fill_between(cx, lo_a, hi_a, color=s.colour, alpha=0.15, lw=0)
-            handles.append(Line2D([], [], color=s.colour, marker=s.marker, linestyle=s.linestyle,
-                                  label=f"{arm}: {x.size} completed trials, binned mean"))
+            ok = np.isfinite(lo_a) & np.isfinite(hi_a)
+            if ok.sum() >= 2:  # a band needs two bins; one bin gets an error bar
+                bands.append(ax.fill_between(cx[ok], lo_a[ok], hi_a[ok], color=s.colour,
+                                             alpha=0.15, lw=0))
+            elif ok.sum() == 1:
+                m_ = np.asarray(mean)[ok]
+                bands.append(ax.errorbar(cx[ok], m_, yerr=[m_ - lo_a[ok], hi_a[ok] - m_],
+                                         fmt="none", color=s.colour, alpha=0.5, capsize=3))
+            handles.append(proxy(Line2D([], [], color=s.colour, marker=s.marker,
+                                        linestyle=s.linestyle,
+                                        label=f"{arm}: {x.size} completed trials, binned mean"),
+                                 line))
         sa = stop[stop["arm"] == arm]
         if len(sa):
-            ax.scatter(shift(sa[col].to_numpy(dtype=float), arm),
-                       sa["final"].to_numpy(dtype=float), facecolors="none",
-                       edgecolors=s.colour, marker=s.marker, s=30, linewidths=1.1, zorder=2)
+            hollow = ax.scatter(shift(sa[col].to_numpy(dtype=float), arm),
+                                sa["final"].to_numpy(dtype=float), facecolors="none",
+                                edgecolors=s.colour, marker=s.marker, s=30, linewidths=1.1,
+                                zorder=2)
             epochs = sa["epochs_run"].astype(float)
             when = (f" after ≤ {int(epochs.max())} epochs" if np.isfinite(epochs).any() else "")
-            handles.append(Line2D([], [], color=s.colour, marker=s.marker, linestyle="none",
-                                  markerfacecolor="none",
-                                  label=f"{arm}: {len(sa)} stopped early by ASHA{when} "
-                                        f"(last value; not in the mean)"))
+            handles.append(proxy(Line2D([], [], color=s.colour, marker=s.marker,
+                                        linestyle="none", markerfacecolor="none",
+                                        label=f"{arm}: {len(sa)} stopped early by ASHA{when} "
+                                              f"(last value; not in the mean)"), hollow))
+    any_band = bool(bands)
     if any_band:
-        handles.append(Patch(color="0.5", alpha=0.3,
-                             label=f"band: 95% bootstrap interval of the bin mean "
-                                   f"(folds resampled, B={n_boot})"))
+        handles.append(proxy(Patch(color="0.5", alpha=0.3,
+                                   label=f"band: 95% bootstrap interval of the bin mean "
+                                         f"(folds resampled, B={n_boot})"), bands[0]))
         title = "dots: completed trials"
     else:
         title = "dots: completed trials; no band (per-fold values not logged)"
@@ -313,7 +374,7 @@ def sensitivity(trials: pd.DataFrame, folds: pd.DataFrame, metric: str, task: st
         columns={col: "x"}).reset_index(drop=True)
     return FigureResult(_save(fig, path), pd.DataFrame(rows),
                         {"stopped": stopped, "band": any_band,
-                         "legend": [title, *(h.get_label() for h in handles)]})
+                         "legend": [title, *(h.get_label() for h in handles)]}, figure=fig)
 
 
 # --- optimisation history -------------------------------------------------------------------
@@ -339,8 +400,9 @@ def history(trials: pd.DataFrame, metric: str, task: str, path: Path) -> FigureR
         sel = ok & (t["arm"] == arm)
         done = sel & (t["status"] == Status.COMPLETED)
         stop = sel & (t["status"] == Status.STOPPED_EARLY)
-        ax.scatter(t.loc[done, "number"], t.loc[done, "final"], color=st[arm].colour,
-                   marker=st[arm].marker, s=24, label=f"{arm} (completed)")
+        if done.any():
+            ax.scatter(t.loc[done, "number"], t.loc[done, "final"], color=st[arm].colour,
+                       marker=st[arm].marker, s=24, label=f"{arm} (completed)")
         if stop.any():
             ax.scatter(t.loc[stop, "number"], t.loc[stop, "final"], facecolors="none",
                        edgecolors=st[arm].colour, marker=st[arm].marker, s=24,
@@ -359,7 +421,7 @@ def history(trials: pd.DataFrame, metric: str, task: str, path: Path) -> FigureR
     _legend_outside(fig, ax)
     data = pd.DataFrame({"number": t["number"], "run_id": t["run_id"], "arm": t["arm"],
                          "status": t["status"], "value": vals, "best_so_far": best})
-    return FigureResult(_save(fig, path), data)
+    return FigureResult(_save(fig, path), data, figure=fig)
 
 
 # --- parameter importance -------------------------------------------------------------------
@@ -440,7 +502,7 @@ def importance(trials: pd.DataFrame, metric: str, task: str, path: Path, seed: i
                  f"({len(study.trials)} completed trials; trials stopped early left out)",
                  fontsize=10)
     ax.set_xlim(0, max(1.0, float(data["importance"].max()) * 1.15))
-    return FigureResult(_save(fig, path), data)
+    return FigureResult(_save(fig, path), data, figure=fig)
 
 
 # --- Kaplan-Meier ---------------------------------------------------------------------------
@@ -497,6 +559,8 @@ def kaplan_meier(predictions: dict[str, pd.DataFrame], task: str, path: Path,
         ax.set_ylabel("survival probability")
         ax.set_title(f"{task} — {arm}: predicted-risk groups, log-rank p = {res.p_value:.3g}"
                      + (f"\n{labels[arm]}" if arm in labels else ""), fontsize=10)
+        handles, labels = ax.get_legend_handles_labels()
+        _record(fig, handles, labels)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1,
                   frameon=False)
         ax.grid(alpha=0.3)
@@ -504,7 +568,8 @@ def kaplan_meier(predictions: dict[str, pd.DataFrame], task: str, path: Path,
         axes[j // ncols, j % ncols].set_visible(False)
     fig.suptitle("Kaplan–Meier by predicted risk (split at each fold's median risk, pooled)",
                  fontsize=10)
-    return FigureResult(_save(fig, path), pd.concat(frames, ignore_index=True), stats)
+    return FigureResult(_save(fig, path), pd.concat(frames, ignore_index=True), stats,
+                        figure=fig)
 
 
 # --- per-epoch curves -----------------------------------------------------------------------
@@ -517,7 +582,8 @@ def _epoch_bands(hist: pd.DataFrame) -> pd.DataFrame:
 
 def epoch_curves(hist: pd.DataFrame, keys: list[tuple[str, str]], task: str, title: str,
                  path: Path) -> FigureResult:
-    """Mean over runs per method and epoch with a ± 1 SD band; one panel per (key, label).
+    """Mean over runs per method and epoch, with a ± 1 SD band for methods with at least 2 runs
+    (and a legend entry for the band only when one is drawn); one panel per (key, label).
     Methods differ in colour, marker and line style and are offset by a few hundredths of an
     epoch, so identical curves stay visible."""
     bands = _epoch_bands(hist)
@@ -525,6 +591,7 @@ def epoch_curves(hist: pd.DataFrame, keys: list[tuple[str, str]], task: str, tit
     st = styles(arms)
     dx = offsets(arms, 0.06)
     fig, axes = _figure(1, len(keys), size=(5.6 * len(keys) + 2.6, 4.5))
+    handles, drawn = {}, []
     for ax, (key, label) in zip(axes[0], keys, strict=True):
         sub = bands[bands["key"] == key]
         for arm in arms:
@@ -534,20 +601,26 @@ def epoch_curves(hist: pd.DataFrame, keys: list[tuple[str, str]], task: str, tit
             n_runs = hist[(hist["arm"] == arm) & (hist["key"] == key)]["run_id"].nunique()
             x = a["step"].to_numpy(dtype=float) + dx[arm]
             s = st[arm]
-            ax.plot(x, a["mean"], color=s.colour, marker=s.marker, linestyle=s.linestyle, ms=4,
-                    label=f"{arm} ({n_runs} runs)")
-            ax.fill_between(x, a["mean"] - a["sd"], a["mean"] + a["sd"], color=s.colour,
-                            alpha=0.12, lw=0)
+            line, = ax.plot(x, a["mean"], color=s.colour, marker=s.marker,
+                            linestyle=s.linestyle, ms=4, label=f"{arm} ({n_runs} runs)")
+            handles.setdefault(arm, line)
+            if n_runs >= 2 and len(x) >= 2 and (a["sd"] > 0).any():
+                drawn.append(ax.fill_between(x, a["mean"] - a["sd"], a["mean"] + a["sd"],
+                                             color=s.colour, alpha=0.12, lw=0))
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.set_title(f"{task}: {label}" + (f"\n{title}" if len(keys) == 1 else ""),
                      fontsize=10)
         ax.grid(alpha=0.3)
-    _legend_outside(fig, axes[0, 0], title="line: mean over runs\nband: ± 1 SD over runs")
+    legend = list(handles.values())
+    if drawn:
+        legend.append(proxy(Patch(color="0.5", alpha=0.25, label="band: ± 1 SD over runs "
+                                  "(methods with ≥ 2 runs)"), drawn[0]))
+    _legend_outside(fig, axes[0, 0], title="line: mean over runs", handles=legend)
     if len(keys) > 1:
         fig.suptitle(title, fontsize=10)
-    return FigureResult(_save(fig, path), bands)
+    return FigureResult(_save(fig, path), bands, {"bands": len(drawn)}, figure=fig)
 
 
 # --- critical-difference diagram ------------------------------------------------------------
@@ -579,4 +652,4 @@ def cd_diagram(result, path: Path) -> FigureResult:
         f"complete (seed, fold) blocks\nFriedman χ² = {result.statistic:.3g}, p {p}; bars join "
         f"methods Nemenyi does not separate (α = {result.alpha:g})", fontsize=9, pad=28)
     data = pd.DataFrame({"arm": ranks.index, "mean_rank": ranks.to_numpy()})
-    return FigureResult(_save(fig, path, tight=True), data, {"cd": result.cd})
+    return FigureResult(_save(fig, path, tight=True), data, {"cd": result.cd}, figure=fig)

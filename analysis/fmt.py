@@ -59,6 +59,14 @@ def effect(mean: object, low: object, high: object, *, level: str = "95% CI") ->
     return f"{signed(mean, d)} ({level} {signed(low, d)} to {signed(high, d)})"
 
 
+def interval(low: object, high: object) -> str:
+    """``+0.0048 to +0.037`` with digits from the width; ``–`` when either end is missing."""
+    if not (_finite(low) and _finite(high)):
+        return "–"
+    d = decimals_for(width=float(high) - float(low), value=float(high))  # type: ignore[arg-type]
+    return f"{signed(low, d)} to {signed(high, d)}"
+
+
 def value(v: object, *, decimals: int = 3) -> str:
     """A metric value (mean, sd, ...) with fixed ``decimals``; integers as integers."""
     if not _finite(v):
