@@ -26,16 +26,15 @@ from analysis import claims as claims_mod
 from analysis import evaluation as ev
 from analysis import multi, recorded, stats
 from analysis.figures import NOT_HYPERPARAMS, FigureResult, cd_diagram
-from analysis.load import Study, load_study, param_name
+from analysis.load import Study, load_study, param_column
 from analysis.stats import Design
-from analysis.summary import best_trial
 from analysis.task_figures import task_figures
+from analysis.trials_summary import best_trial
 from study.record import Roles, Tags
 
 #: Baseline-run tags and metrics the baselines section lists when a run carries them.
 BASELINE_INPUTS, BASELINE_TUNING, FIT_SECONDS = "ks.baseline_inputs", "ks.baseline_tuning", \
     "fit_seconds"
-SEARCH_NOTE = "ks.search_note"
 
 
 def _stderr(msg: str) -> None:
@@ -102,7 +101,7 @@ def selection_rule(trials: pd.DataFrame, task: str | None = None) -> str:
     epoch, p > 0 -> the best epoch with early stopping after p epochs without improvement."""
     t = trials if task is None else trials[trials["task"] == task]
     t = t[~t["superseded"].astype(bool)]
-    col = t.get("params.patience")
+    col = t.get(param_column("patience"))
     if col is None or col.dropna().empty:
         return f"{recorded.NOT_RECORDED} (no trial logged the param `patience`)"
     values = pd.to_numeric(col, errors="coerce").dropna().astype(int)
@@ -159,7 +158,7 @@ def best_configuration(study: Study, task: str, metric: str) -> Best | None:
     if len(t):
         params = {k: v for k, v in recorded.trial_params(study, t.iloc[0],
                                                          exclude=NOT_HYPERPARAMS).items()
-                  if t[f"params.{k}"].nunique(dropna=True) <= 1}
+                  if t[param_column(k)].nunique(dropna=True) <= 1}
     return Best(task, metric, "method", arm, float(means.max()),
                 rows[["seed", "fold", *mcols]].sort_values(["seed", "fold"]).reset_index(
                     drop=True), params, [], list(t["run_id"]))
@@ -366,4 +365,4 @@ def _log(r: Analysis, progress: Callable[[str], None]) -> None:
 
 
 __all__ = ["Analysis", "Report", "Best", "run_compare", "analyse", "best_configuration",
-           "selection_rule", "is_search", "nested_estimate", "baseline_table", "param_name"]
+           "selection_rule", "is_search", "nested_estimate", "baseline_table"]

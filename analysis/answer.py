@@ -130,9 +130,12 @@ def terminal_lines(tracking_uri: str, experiment: str, parent_run_id: str | None
         return [f"(no verdict: the analysis could not be imported: {exc})"]
     try:
         study = load_study(experiment, tracking_uri, parent_run_id=parent_run_id)
+        return study_lines(study, rope=rope, ev=ev, recorded=recorded, stats=stats)
     except AnalysisError as exc:
         return wrap([f"(no verdict: {exc})"])
-    return study_lines(study, rope=rope, ev=ev, recorded=recorded, stats=stats)
+    except Exception as exc:  # noqa: BLE001 - the study itself is finished; say why, go on
+        return wrap([f"(no verdict: the analysis failed: {type(exc).__name__}: {exc}; "
+                     f"python -m analysis.compare gives the full report)"])
 
 
 def study_lines(study: Study, *, rope: float | None = None, ev: Any = None, recorded: Any = None,

@@ -31,6 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from analysis.load import is_param_column, param_column, param_name
 from analysis.stats import USABLE_STATUSES, full_budget, stopped_early, t_interval, usable
 from study.record import Status
 
@@ -238,7 +239,7 @@ def varying_numeric(trials: pd.DataFrame, params: tuple[str, ...],
     """The numeric (non-bool) params among ``params`` that take ``min_distinct`` or more values."""
     out = []
     for p in params:
-        col = trials.get(f"params.{p}")
+        col = trials.get(param_column(p))
         if (col is not None and pd.api.types.is_numeric_dtype(col)
                 and not pd.api.types.is_bool_dtype(col) and col.dropna().nunique() >= min_distinct):
             out.append(p)
@@ -276,7 +277,7 @@ def sensitivity(trials: pd.DataFrame, folds: pd.DataFrame, metric: str, task: st
     (``fold_bootstrap_band``). Trials stopped early by the scheduler: hollow markers at their last
     value, never in the binned mean or band (they were judged after fewer epochs).
     ``data``: one row per (arm, bin); ``stats["stopped"]``: the hollow points."""
-    col = f"params.{param}"
+    col = param_column(param)
     t = _finished(trials, task)
     t = t[t[col].notna()] if col in t else t.iloc[0:0]
     stop = stopped_early(trials, task)
@@ -463,10 +464,10 @@ def rebuild_study(trials: pd.DataFrame, task: str,
     ``params`` (default: every logged param except bookkeeping ones such as seed). Trials
     stopped early by the scheduler are left out: their values come from fewer epochs."""
     t = _finished(trials, task)
-    pcols = [c for c in t.columns if c.startswith("params.")
-             and c[len("params."):] not in NOT_HYPERPARAMS and t[c].notna().all()
-             and (params is None or c[len("params."):] in params)]
-    params = t[pcols].rename(columns=lambda c: c[len("params."):])
+    pcols = [c for c in t.columns if is_param_column(c)
+             and param_name(c) not in NOT_HYPERPARAMS and t[c].notna().all()
+             and (params is None or param_name(c) in params)]
+    params = t[pcols].rename(columns=param_name)
     dists = infer_distributions(params)
     optuna.logging.set_verbosity(logging.WARNING)
     study = optuna.create_study(direction="maximize")

@@ -20,6 +20,8 @@ from analysis.verdict import default_rope
 from study.record import COHORT_PARAM, STUDY_PARAM, Tags
 
 NOT_RECORDED = "not recorded"
+#: Parent tag a study may set about its search (e.g. that it is random), shown with the baselines.
+SEARCH_NOTE = "ks.search_note"
 SEARCH_PARAM = f"{STUDY_PARAM}search."
 ROPE_PARAM = f"{STUDY_PARAM}rope"
 FOLDS_PARAM = f"{STUDY_PARAM}folds"
@@ -85,7 +87,7 @@ PARENT_PARAMS = tuple(
         ("genes_tme", "TME genes used"), ("genes_table", "genes in the expression table")))
 PARENT_TAGS = ((Tags.SAMPLER, "sampler"), (Tags.MODE, "metric direction"),
                (Tags.SEARCHED, "searched parameters"), (Tags.EVALUATION, "evaluation (tag)"),
-               (Tags.REFERENCE, "reference variant"), ("ks.search_note", "search note"))
+               (Tags.REFERENCE, "reference variant"), (SEARCH_NOTE, "search note"))
 #: parent params that are said under another key, or only when present
 _ALIASES = {f"{STUDY_PARAM}trials": f"{STUDY_PARAM}num_samples"}
 _OPTIONAL = {f"{STUDY_PARAM}repeats", f"{STUDY_PARAM}rope"}

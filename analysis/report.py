@@ -17,6 +17,7 @@ from analysis import answer, fmt, recorded, stats
 from analysis import evaluation as ev
 from analysis.claims import verdict_sentence
 from analysis.document import Doc
+from analysis.recorded import SEARCH_NOTE
 from analysis.report_sections import (
     best_section,
     figure_sections,
@@ -189,7 +190,8 @@ def build_document(r: Analysis) -> Doc:
         doc.para("No paired comparison could be made (see _Skipped / notes_ below), so this report "
                  "makes no claim about which method is better.")
     doc.para(HOW_TO_READ)
-    designs = "; ".join(f"{task}/{metric}: k = {d.folds} folds, ROPE ±{d.rope:g} ({d.source})"
+    designs = "; ".join(f"{task}/{metric}: k = {d.folds} folds per repeat, {d.repeats} "
+                        f"repeat{'' if d.repeats == 1 else 's'}, ROPE ±{d.rope:g} ({d.source})"
                         for (task, metric), d in r.designs.items())
     if designs:
         doc.para(f"Design of the verdicts: {designs}.")
@@ -264,7 +266,7 @@ def _baselines(doc: Doc, r: Analysis) -> None:
     doc.table(r.baselines[cols], {c: (lambda v: fmt.value(v, decimals=1)) if c == "fit seconds"
                                   else (lambda v: fmt.value(v, decimals=4))
                                   for c in cols if c.startswith(("fit", "final"))})
-    note = r.study.parent_tags.get("ks.search_note")
+    note = r.study.parent_tags.get(SEARCH_NOTE)
     if note:
         doc.para(f"Search: {note}")
 

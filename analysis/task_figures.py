@@ -16,7 +16,7 @@ from analysis import evaluation as ev
 from analysis import figures as figs
 from analysis import multi, recorded, stats
 from analysis.load import Study, load_predictions, metric_histories, param_column
-from study.record import Roles, telemetry_metric, val_metric
+from study.record import STUDY_PARAM, Roles, Tags, telemetry_metric, val_metric
 
 if TYPE_CHECKING:
     from analysis.analyse import Analysis
@@ -43,8 +43,8 @@ SURVIVAL_COLUMNS = {"time", "event", "risk", "fold"}  # a time-to-event task's p
 
 def coord_target(study: Study) -> str | None:
     """Where coordination acted: the parent's param or tag, else the trials' own param."""
-    target = (study.parent_params.get("study.coord_target")
-              or study.parent_tags.get("ks.coord_target"))
+    target = (study.parent_params.get(f"{STUDY_PARAM}coord_target")
+              or study.parent_tags.get(Tags.COORD_TARGET))
     col = param_column("coord_target")
     if not target and col in study.trials:
         values = study.trials[col].dropna().astype(str).unique()

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from analysis.answer import terminal_lines  # standard library only at import
 from study.folder import write_state
 from study.record import Artifacts, Status, Tags, best_metric, val_metric
 from study.space import StudyConfig
@@ -150,6 +151,7 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
     write_state(out, finished=True)
     print(f"best {cfg.metric} {float(best[key]):.4f} (trial {best['trial_id']}): "
           f"{best_params} -> {out / Artifacts.BEST_CONFIG}")
+    print("\n".join(terminal_lines(client.tracking_uri, cfg.name, parent)))  # vs baselines
     print(next_steps(client.tracking_uri, experiment_id, cfg.name))
     return 0
 
