@@ -53,7 +53,7 @@ SUPPORTED, CONTRADICTED, UNDECIDED = "supported", "contradicted", "undecided"
 
 CLAIM_COLUMNS = [
     "task", "metric", "reference", "variant", "setting", "claim", "n_pairs", "mean_reference",
-    "mean_variant", "mean_diff", "claim_verdict", *VERDICT_COLUMNS, "ci_low", "ci_high",
+    "mean_variant", "mean_diff", *VERDICT_COLUMNS, "test_verdict", "ci_low", "ci_high",
     "wilcoxon_p", "holm_p", "win_rate", "n_wins", "n_ties", "n_losses", "sd_diff",
     "n_missing_pairs", "note"]
 
@@ -148,8 +148,10 @@ def _cell_rows(f: pd.DataFrame, metric: str, task: str, reference: str,
             "setting": setting, "claim": claim_text(v, metric, reference), "n_pairs": n,
             "mean_reference": p.candidate.mean() if n else math.nan,
             "mean_variant": p.baseline.mean() if n else math.nan,
-            "mean_diff": d.mean() if n else math.nan, "claim_verdict": claim_verdict(v_),
-            **cols, "ci_low": lo, "ci_high": hi,
+            "mean_diff": d.mean() if n else math.nan,
+            # the claim's word (supported, ...); the test's own word (better, ...) beside it
+            **cols, "verdict": claim_verdict(v_), "test_verdict": v_.word,
+            "ci_low": lo, "ci_high": hi,
             "wilcoxon_p": pval, "win_rate": float((d > 0).mean()) if n else math.nan,
             "n_wins": int((d > 0).sum()), "n_ties": int((d == 0).sum()),
             "n_losses": int((d < 0).sum()), "sd_diff": sd,
@@ -168,7 +170,7 @@ def verdict_sentence(row: pd.Series | object) -> str:
     ref, var = r["reference"], r["variant"]
     d = fmt.effect(r["mean_diff"], r["cred_low"], r["cred_high"],
                    level="95% credible interval")
-    text = (f"“{r['claim']}”: **{r['claim_verdict']}** (**{ref}** vs **{var}**{at}, "
+    text = (f"“{r['claim']}”: **{r['verdict']}** (**{ref}** vs **{var}**{at}, "
             f"{int(r['n_pairs'])} pairs, {r['design']}): {ref} − {var} = {d}; "
             f"P({ref} better) {prob_text(r['p_better'])}, P(equivalent within "
             f"±{r['rope']:g}) {prob_text(r['p_equivalent'])}, P({var} better) "

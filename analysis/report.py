@@ -169,7 +169,7 @@ def _claims_table(c: pd.DataFrame) -> pd.DataFrame:
         "reference − variant (95% credible interval)": [
             fmt.effect(m, lo, hi, level="95% CrI") for m, lo, hi in
             zip(c["mean_diff"], c["cred_low"], c["cred_high"], strict=True)],
-        "verdict": c["claim_verdict"].map(lambda v: f"**{v}**"),
+        "verdict": c["verdict"].map(lambda v: f"**{v}**"),
         "P(reference better)": c["p_better"].map(prob_text),
         "P(equivalent)": c["p_equivalent"].map(prob_text),
         "P(variant better)": c["p_worse"].map(prob_text),

@@ -72,9 +72,9 @@ def test_claims_table_matches_scipy_and_gives_verdicts():
     for i, v in enumerate(order):
         running = max(running, min(1.0, (4 - i) * p[v]))
         assert t.loc[v, "holm_p"] == pytest.approx(running, rel=1e-9)
-    assert t.loc["histology_only", "claim_verdict"] == "supported"  # −0.08: far outside ±0.01
-    assert t.loc["genomics_only", "claim_verdict"] == "contradicted"  # +0.03 the other way
-    assert t.loc["no_teacher", "claim_verdict"] in ("undecided", "equivalent within ±0.01")
+    assert t.loc["histology_only", "verdict"] == "supported"  # −0.08: far outside ±0.01
+    assert t.loc["genomics_only", "verdict"] == "contradicted"  # +0.03 the other way
+    assert t.loc["no_teacher", "verdict"] in ("undecided", "equivalent within ±0.01")
     assert t.loc["histology_only", "claim"] == "adding genomics raises AUC"
     assert t.loc["genomics_only", "claim"] == "adding histology raises AUC"
     assert t.loc["no_teacher", "claim"] == "the multi-modal teacher raises AUC"
@@ -108,7 +108,7 @@ def test_five_folds_reach_a_verdict_wilcoxon_cannot():
     assert row["n_pairs"] == 5 and np.isnan(row["wilcoxon_p"])
     assert "never reach p < 0.05" in row["note"]
     assert np.isnan(row["ci_low"])  # no bootstrap interval from 5 pairs
-    assert row["claim_verdict"] == "supported" and row["p_better"] > 0.95
+    assert row["verdict"] == "supported" and row["p_better"] > 0.95
     assert "one run of 5 folds" in row["design"]
 
 
@@ -134,7 +134,7 @@ def test_report_shows_the_claims_table(tmp_path):
     md = (r.out_dir / "report.md").read_text()
     assert "## Claims" in md and "reference variant **full**" in md
     csv = pd.read_csv(r.out_dir / "claims.csv").set_index("variant")
-    assert csv.loc["histology_only", "claim_verdict"] == "supported"
+    assert csv.loc["histology_only", "verdict"] == "supported"
     line = next(ln for ln in md.splitlines() if ln.startswith("| adding genomics raises AUC"))
     assert "**supported**" in line and "| histology_only | 15 |" in line and "±0.01" in line
     conclusion = md[md.index("## Conclusion"):md.index("## Claims")]
