@@ -166,16 +166,17 @@ def study_lines(study: Study, *, rope: float | None = None, ev: Any = None, reco
         label = ("nested estimate" if ev.is_nested(study) else
                  f"best trial ({best})" if stats.duplicated_arms(
                      study.folds[study.folds["role"] == Roles.TRIAL], metric) else best)
-        lines.append(f"Verdict ({task}, {metric}; Bayesian correlated t-test, ROPE "
-                     f"±{design.rope:g}, P ≥ 0.95 to decide):")
+        n = int(comp["n_pairs"].max())
+        lines.append(f"Verdict ({task}, {metric}; Bayesian correlated t-test on {n} paired "
+                     f"folds, ROPE ±{design.rope:g}, P ≥ 0.95 to decide; P = better/equivalent/"
+                     f"worse):")
         for row in comp.sort_values("mean_baseline", ascending=False).itertuples(index=False):
             if not row.n_pairs:
                 continue
             lines.append(f"  {label} {_num(row.mean_method)} vs {row.baseline} "
-                         f"{_num(row.mean_baseline)}: {_signed(row.mean_diff)} → "
-                         f"{row.verdict} (P better/equal/worse {prob_text(row.p_better)}/"
-                         f"{prob_text(row.p_equivalent)}/{prob_text(row.p_worse)}; "
-                         f"{int(row.n_pairs)} pairs)")
+                         f"{_num(row.mean_baseline)}: {_signed(row.mean_diff, 4)} → "
+                         f"{row.verdict} (P {prob_text(row.p_better)}/"
+                         f"{prob_text(row.p_equivalent)}/{prob_text(row.p_worse)})")
     return wrap(lines)
 
 

@@ -52,6 +52,8 @@ def effect(mean: object, low: object, high: object, *, level: str = "95% CI") ->
         return "–"
     width = float(high) - float(low) if _finite(low) and _finite(high) else None  # type: ignore
     d = decimals_for(width=width, value=float(mean))  # type: ignore[arg-type]
+    if float(mean) != 0:  # never a false "-0.000": at least one significant digit of the mean
+        d = max(d, decimals_for(value=float(mean), significant=1))  # type: ignore[arg-type]
     if width is None:
         return signed(mean, d)
     if width == 0 and float(mean) == 0:  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from analysis import evaluation as ev
 from analysis import fmt, multi, recorded, stats  # noqa: F401
 from analysis.document import Doc
 from analysis.task_figures import BASIS_DEPENDENT, BASIS_NOTE, TELEMETRY_PANELS
@@ -21,7 +22,7 @@ def best_section(doc: Doc, r: Analysis) -> None:
     from analysis.analyse import selection_rule
 
     doc.heading("Best configuration")
-    nested = bool(r.nested) or r.study.parent_tags.get("ks.evaluation") == "nested"
+    nested = bool(r.nested) or ev.is_nested(r.study)
     doc.para("**Best-of-search is optimistically biased**: the configuration below was chosen on "
              "the same validation folds it is scored on, so its score overstates what to expect "
              "on new patients. Use it to pick a configuration, not to report performance"

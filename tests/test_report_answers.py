@@ -96,7 +96,7 @@ def test_terminal_lines_set_the_best_trial_against_each_baseline(search_store):
     text = "\n".join(lines)
     assert "ROPE ±0.01" in text
     pca = next(ln for ln in lines if "vs logreg_pca" in ln)
-    assert "best trial (cgcoord) 0.856 vs logreg_pca 0.746: +0.110 → better" in pca
+    assert "best trial (cgcoord) 0.856 vs logreg_pca 0.746: +0.1100 → better (P > 0.999/" in pca
     clin = next(ln for ln in lines if "vs logreg_clinical" in ln)
     assert "→ undecided" in clin or "→ equivalent" in clin
     # a store that does not exist: one line, no store created
@@ -244,3 +244,12 @@ def test_nested_report_words_and_figures(tmp_path, inner_above):
     # Kaplan–Meier from the outer-fold runs: all 60 outer patients, not one inner trial's
     km = r.figures["survival_km"].stats["nested (outer folds)"]
     assert km["n_high"] + km["n_low"] == 60
+
+
+def test_telemetry_panels_are_keys_of_the_record():
+    """The analysis draws telemetry under the names study/record.py explains to users."""
+    from analysis.task_figures import BASIS_DEPENDENT, TELEMETRY_PANELS
+    from study.record import EXPLAINED, telemetry_metric
+
+    for suffix in (*TELEMETRY_PANELS, *BASIS_DEPENDENT):
+        assert telemetry_metric(suffix) in EXPLAINED, suffix
