@@ -512,6 +512,17 @@ def _fit_path(x: np.ndarray, time_: np.ndarray, event: np.ndarray, alphas: np.nd
     return np.asarray(model.alphas_), np.asarray(model.coef_)
 
 
+def _mean_score(scores: np.ndarray, where: str) -> np.ndarray:
+    """Mean inner score of each candidate [folds, candidates] over the inner folds that could
+    score it; BaselineError when none could (no comparable pair in any inner validation part)."""
+    ok = np.isfinite(scores)
+    if not ok.any():
+        raise BaselineError(f"{where}: no inner validation part could be scored (too few "
+                            f"events or cases); use the fixed-setting baselines on so few cases")
+    with np.errstate(invalid="ignore"):
+        return np.where(ok.any(axis=0), np.nansum(scores, axis=0) / ok.sum(axis=0), np.nan)
+
+
 def fit_coxnet_cv(x_train: np.ndarray, time_: np.ndarray, event: np.ndarray,
                   x_val: np.ndarray, seed: int = 0, where: str = "coxnet"
                   ) -> tuple[np.ndarray, dict[str, object]]:
@@ -529,7 +540,7 @@ def fit_coxnet_cv(x_train: np.ndarray, time_: np.ndarray, event: np.ndarray,
     for f, (tr, va) in enumerate(folds):
         a, c = _fit_path(z_train[tr], time_[tr], event[tr], alphas, where)
         scores[f, :len(a)] = path_concordance(time_[va], event[va], z_train[va] @ c)
-    mean = np.nanmean(scores, axis=0)
+    mean = _mean_score(scores, where)
     best = int(np.nanargmax(mean))  # the first maximum: the strongest penalty that reaches it
     info = {"alpha": float(alphas[best]), "l1_ratio": COXNET_L1_RATIO,
             "inner_folds": len(folds), "inner_cindex": float(mean[best]),
@@ -581,14 +592,13 @@ def _forest_cv(make: Callable[[int], object], x: np.ndarray, y: object, strata: 
     """The forest whose ``min_samples_leaf`` has the best mean inner score, refit on all
     training rows."""
     folds = inner_folds(strata, FOREST_INNER_FOLDS, seed, where)
-    mean = []
-    for leaf in FOREST_LEAVES:
-        values = [score(_fit_forest(make(leaf), x[tr], y[tr]), x[va], va) for tr, va in folds]
-        mean.append(float(np.nanmean(values)))
+    scores = np.array([[score(_fit_forest(make(leaf), x[tr], y[tr]), x[va], va)
+                        for leaf in FOREST_LEAVES] for tr, va in folds], dtype=np.float64)
+    mean = _mean_score(scores, where)
     best = int(np.nanargmax(mean))
     return _fit_forest(make(FOREST_LEAVES[best]), x, y), {
         "min_samples_leaf": FOREST_LEAVES[best], "inner_folds": len(folds),
-        "inner_score": mean[best], "trees": FOREST_TREES}
+        "inner_score": float(mean[best]), "trees": FOREST_TREES}
 
 
 def fit_rsf_cv(x_train: np.ndarray, time_: np.ndarray, event: np.ndarray, x_val: np.ndarray,
