@@ -26,6 +26,12 @@ search. Separate Tuners keep each search blind to its outer fold, let ASHA rank 
 on the same inner folds, and can be resumed one by one. The price: outer folds are searched one
 after another, so at most ``max_concurrent`` trials run at a time.
 
+Each outer fold's sampler is seeded from (``sampler_seed``, outer fold) (``outer_sampler_seed``),
+so the outer folds do not all try the same configurations (with one seed, a search at or below
+TPE's start-up trials would draw the same random configurations in every outer fold). The study
+key ``outer_sampler_seeds: same`` gives every outer fold ``sampler_seed`` instead. The seed is on
+the outer run (param ``sampler_seed``) and on its inner trials (tag ``ks.sampler_seed``).
+
 Compute: k_outer x (the search: num_samples trials x inner_folds folds) + k_outer refits.
 """
 
@@ -75,6 +81,15 @@ INNER_COLUMNS = ["outer_fold", "case_id", "fold"]
 def inner_seed(split_seed: int, outer_fold: int) -> int:
     """The seed of outer fold ``outer_fold``'s inner split (one stream per outer fold)."""
     return int(np.random.SeedSequence([int(split_seed), int(outer_fold)]).generate_state(1)[0])
+
+
+def outer_sampler_seed(cfg: StudyConfig, outer_fold: int) -> int:
+    """The seed of outer fold ``outer_fold``'s sampler: drawn from (``sampler_seed``, outer
+    fold), or ``sampler_seed`` itself with ``outer_sampler_seeds: same``."""
+    if cfg.outer_sampler_seeds == "same":
+        return int(cfg.sampler_seed)
+    seq = np.random.SeedSequence([int(cfg.sampler_seed), int(outer_fold)])
+    return int(seq.generate_state(1)[0] % (2**31 - 1))  # within every sampler's seed range
 
 
 def _strata(cohort: Cohort, task: str) -> pd.Series:
@@ -203,7 +218,8 @@ def _search(cfg: StudyConfig, ctx: Any, outer_fold: int, storage: str,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         callbacks=[TrialStatusCallback(ctx.tracking_uri, ctx.experiment_id, cfg.metric)],
         verbose=1)
-    tuner = make_tuner(trainable, cfg, make_search(cfg), run_config, resume=args.resume,
+    search = make_search(replace(cfg, sampler_seed=outer_sampler_seed(cfg, outer_fold)))
+    tuner = make_tuner(trainable, cfg, search, run_config, resume=args.resume,
                        retry_failed=args.retry_failed)
     return tuner.fit()
 
@@ -272,7 +288,8 @@ def refit_outer(ctx: Any, outer_fold: int, config: dict[str, Any], epochs: int,
     seeds = [params["seed"]] if "seed" in params else list(ctx.seeds)
     logged = {**trial_params(params, ctx.cohort), Params.SEEDS: ",".join(map(str, seeds)),
               Params.OUTER_FOLD: outer_fold, Params.INNER_FOLDS: info["inner_folds"],
-              Params.REFIT_EPOCHS: epochs, Params.REFIT_RULE: info["rule"]}
+              Params.REFIT_EPOCHS: epochs, Params.REFIT_RULE: info["rule"],
+              Params.SAMPLER_SEED: info["sampler_seed"]}
     tags = {Tags.ROLE: Roles.OUTER, Tags.METHOD: method_name(params), Tags.TASK: ctx.task,
             Tags.METRIC: ctx.metric, Tags.NODE_ID: ray.get_runtime_context().get_node_id(),
             Tags.FOLDS: str(outer_fold), Tags.SEED: seeds[0] if len(seeds) == 1 else "mean",
@@ -345,7 +362,8 @@ def _refits(cfg: StudyConfig, ctx: Any, client: Any, choices: dict[int, Choice],
         print(f"outer fold {k}: refit trial {choice.trial_id} on the outer training part, "
               f"{epochs} epochs ({rule})", flush=True)
         info = {"trial_id": choice.trial_id, "inner_value": choice.inner_value,
-                "inner_folds": len(folds), "rule": rule}
+                "inner_folds": len(folds), "rule": rule,
+                "sampler_seed": outer_sampler_seed(cfg, k)}
         futures[k] = remote.remote(ctx_ref, k, choice.config, epochs, info)
     for k, fut in futures.items():
         try:
@@ -380,11 +398,14 @@ def run_nested(cfg: StudyConfig, out: Path, ctx: Any, args: argparse.Namespace, 
     for k in ctx.folds:
         splits_k = inner_for(inner, k)
         folds_k = sorted(int(f) for f in splits_k["fold"].unique())
+        seed_k = outer_sampler_seed(cfg, k)
         print(f"\nouter fold {k}: searching on its training part ({len(splits_k)} cases, "
-              f"{len(folds_k)} inner folds); its {int((ctx.splits['fold'] == k).sum())} cases "
-              f"stay unseen until the refit is scored", flush=True)
+              f"{len(folds_k)} inner folds, sampler seed {seed_k}); its "
+              f"{int((ctx.splits['fold'] == k).sum())} cases stay unseen until the refit is "
+              f"scored", flush=True)
         ctx_k = replace(ctx, splits=splits_k, folds=folds_k,
-                        tags={**ctx.tags, Tags.OUTER_FOLD: str(k)})
+                        tags={**ctx.tags, Tags.OUTER_FOLD: str(k),
+                              Tags.SAMPLER_SEED: str(seed_k)})
         grid = _search(cfg, ctx_k, k, storage, args)
         summaries.append(summarise(grid, cfg).assign(outer_fold=k))
         choice = choose(grid, cfg, k)
@@ -410,7 +431,8 @@ def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[i
     rows = []
     for k in folds:
         c, r = choices.get(k), results.get(k, {})
-        row: dict[str, Any] = {"outer_fold": k, "chosen_trial": c.trial_id if c else None,
+        row: dict[str, Any] = {"outer_fold": k, "sampler_seed": outer_sampler_seed(cfg, k),
+                               "chosen_trial": c.trial_id if c else None,
                                "inner_trials_completed": c.trials if c else 0,
                                inner_metric(m): c.inner_value if c else np.nan,
                                m: r.get(final_metric(m), np.nan),
@@ -468,5 +490,6 @@ def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[i
 
 
 __all__ = ["make_inner_splits", "inner_for", "check_inner_splits", "prepare_inner_splits",
-           "inner_seed", "Choice", "choose", "refit_plan", "refit_outer", "run_nested",
+           "inner_seed", "outer_sampler_seed", "Choice", "choose", "refit_plan", "refit_outer",
+           "run_nested",
            "INNER_COLUMNS"]

@@ -311,7 +311,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     from study.finish import finish_guarded
     from study.parent import record_study
     from study.progress import StudyProgress
-    from study.search import make_search, make_tuner
+    from study.search import announce_search, make_search, make_tuner
     from study.store import ensure_store
     from study.tracking import (
         TrialStatusCallback,
@@ -334,6 +334,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
         client, experiment_id, cfg.name, parent_tags(cfg, out),
         [out / Artifacts.CONFIG, out / Artifacts.SPLITS])
     record_study(client, parent, cfg, data)
+    announce_search(client, parent, cfg)  # a search below its sampler's start-up trials is random
     storage = args.storage or saved.get("storage") or str(out / "ray")
     write_state(out, name=cfg.name, experiment_id=experiment_id, parent_run_id=parent,
                 tracking_uri=tracking_uri, storage=storage, cohort=str(data.cohort.root),

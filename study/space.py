@@ -42,6 +42,7 @@ PBT_KEYS = ("perturbation_interval", "quantile_fraction", "resample_probability"
 ASHA_KEYS = ("grace_period", "reduction_factor")
 PARAM_TYPES = ("float", "loguniform", "int", "categorical")
 DEFAULT_INNER_FOLDS = 3
+OUTER_SAMPLER_SEEDS = ("per_fold", "same")  # nested: each outer fold's sampler seed (README)
 DATA_KEYS = frozenset({"feature_dim", "n_tumour_genes", "n_tme_genes", "n_outputs", "task"})
 TRIAL_KEYS = parameter_keys() - DATA_KEYS
 """Parameters a study may fix or search (data-derived sizes and the task are set elsewhere)."""
@@ -119,6 +120,7 @@ class StudyConfig:
     synthetic: SyntheticConfig = SyntheticConfig()
     evaluation: str = "cv"  # cv | nested (README, "Evaluation modes")
     inner_folds: int = DEFAULT_INNER_FOLDS  # nested: folds of each outer training part
+    outer_sampler_seeds: str = "per_fold"  # nested: seed each outer fold's sampler apart | same
     baselines: tuple[str, ...] = ()  # reference models run on the study's folds
     checkpoint_every: int = 1  # epochs between mid-trial checkpoints; 0: none
     fold_parallel: str = "lockstep"  # lockstep | tasks (one Ray actor per fold)
@@ -163,8 +165,9 @@ class StudyConfig:
         else:
             out["synthetic"] = to_dict(self.synthetic)
         out["baselines"], out["covariates"] = list(self.baselines), list(self.covariates)
-        if self.evaluation != "nested":  # the key is refused without nested evaluation
+        if self.evaluation != "nested":  # the keys are refused without nested evaluation
             out.pop("inner_folds")
+            out.pop("outer_sampler_seeds")
         mine = ASHA_KEYS if self.scheduler.type == "pbt" else PBT_KEYS  # refused there
         out["scheduler"] = {k: v for k, v in out["scheduler"].items() if k not in mine}
         return out
@@ -496,6 +499,14 @@ def _parse_evaluation(raw: dict[str, Any], where: str, task: str) -> dict[str, A
         kw["inner_folds"] = _typed(where, "inner_folds", raw["inner_folds"], int)
         if kw["inner_folds"] < 2:
             raise _err(where, "inner_folds", "needs at least 2 inner folds")
+    if "outer_sampler_seeds" in raw:
+        if evaluation != "nested":
+            raise _err(where, "outer_sampler_seeds", "is only used with evaluation: nested")
+        if raw["outer_sampler_seeds"] not in OUTER_SAMPLER_SEEDS:
+            raise _err(where, "outer_sampler_seeds", f"must be one of "
+                                                     f"{', '.join(OUTER_SAMPLER_SEEDS)}, got "
+                                                     f"{raw['outer_sampler_seeds']!r}")
+        kw["outer_sampler_seeds"] = raw["outer_sampler_seeds"]
     covariates = raw.get("covariates", []) or []
     if not isinstance(covariates, list) or not all(isinstance(c, str) and c.strip()
                                                    for c in covariates):
