@@ -209,8 +209,8 @@ def load_data(cfg: StudyConfig, out: Path, resume: bool) -> RunData:
     root = resolve_cohort(cfg.cohort, cfg.synthetic)
     split_file = out / Artifacts.SPLITS
     grid = tuple(cfg.fixed.get("grid", ModelConfig.grid))
-    print(f"cohort {root}: validating, then reading the bags onto a {grid[0]}x{grid[1]} grid "
-          "...", flush=True)
+    print(f"cohort {root}\n  validating, then reading the bags onto a {grid[0]}x{grid[1]} "
+          "grid ...", flush=True)  # the folder on a line of its own: lines stay < 120 columns
     data = load_run_data(root, cfg.task, modalities=_modalities(cfg), grid=grid,
                          folds=cfg.folds, split_seed=cfg.split_seed,
                          splits_file=split_file if resume and split_file.is_file() else None)

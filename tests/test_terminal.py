@@ -123,7 +123,8 @@ def test_trial_table_fits_the_terminal_best_first() -> None:
     text = trial_table(rows, "val_auc")
     lines = text.splitlines()
     assert max(map(len, lines)) <= WIDTH
-    assert lines[1].strip().startswith("t29") and "error" not in lines[0] and "param." not in lines[0]
+    assert lines[1].strip().startswith("t29")
+    assert "error" not in lines[0] and "param." not in lines[0]
     assert lines[-1] == "… and 10 more trials in summary.csv"
 
 
