@@ -12,8 +12,11 @@ study:
 * "Checkpoint successfully created at ... [repeated 5x across cluster]": an INFO log inside every
   trial at every mid-trial checkpoint (study/checkpoint.py), forwarded by Ray to the driver; and
   "Exception ignored ... SystemExit: 1", printed by a trial process that ASHA stops while a
-  weak-reference callback runs. A worker set-up hook (`worker_setup`, run by Ray in every worker
-  of the study) sets those loggers to WARNING and drops that one message;
+  weak-reference callback runs. Each trial calls `quiet_worker` first: it sets those loggers to
+  WARNING and drops that one message when the driver asked for it (``KS_STUDY_QUIET=1``, which a
+  local Ray's workers inherit; a cluster joined with ``--address`` keeps its workers' lines).
+  Not Ray's ``worker_process_setup_hook``: a runtime environment of the job's own keeps Ray from
+  using its pre-started workers (measured: the first tasks took 7-8 s instead of 2 s);
 * "Experiment state snapshotting has been triggered multiple times": the study asks Tune to save
   its state every second (so an interrupted study loses at most a second), which is what this
   warning is about (``TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S=0`` is the
@@ -35,15 +38,15 @@ from typing import Any
 QUIET_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "mlflow")
 """Loggers whose INFO lines say nothing about the study (WARNING and above still print)."""
 
+QUIET_ENV = "KS_STUDY_QUIET"
+"""Set to 1 by the driver: the trials quiet Ray's INFO lines too (`quiet_worker`)."""
+
 ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-       "MLFLOW_LOGGING_LEVEL": "WARNING"}
+       "MLFLOW_LOGGING_LEVEL": "WARNING", QUIET_ENV: "1"}
 """Environment switches set for the driver and (inherited) the study's local Ray workers."""
 
 AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 """Ray's logger of the token-authentication notice (Ray 2.60)."""
-
-WORKER_SETUP = "study.quiet.worker_setup"
-"""Ray's ``worker_process_setup_hook`` for the study's workers (imported there by name)."""
 
 
 def quiet_driver(level: str) -> None:
@@ -58,12 +61,9 @@ def quiet_driver(level: str) -> None:
 
 
 def ray_init_kwargs(level: str) -> dict[str, Any]:
-    """Keyword arguments of the study's ``ray.init``: Ray's own log level and the workers'
-    set-up hook (none with ``verbose``)."""
-    if level == "verbose":
-        return {}
-    return {"logging_level": logging.WARNING,
-            "runtime_env": {"worker_process_setup_hook": WORKER_SETUP}}
+    """Keyword arguments of the study's ``ray.init``: Ray's own log level (not changed with
+    ``verbose``)."""
+    return {} if level == "verbose" else {"logging_level": logging.WARNING}
 
 
 def _drop_exit_during_shutdown(unraisable: Any) -> None:
@@ -75,12 +75,15 @@ def _drop_exit_during_shutdown(unraisable: Any) -> None:
     sys.__unraisablehook__(unraisable)
 
 
-def worker_setup() -> None:
-    """Run by Ray in each of the study's worker processes before any trial code."""
+def quiet_worker() -> None:
+    """In a trial's process, before it reports: Ray's INFO lines off and a stopped trial's
+    exit unreported, if the driver asked for it (`QUIET_ENV`)."""
+    if os.environ.get(QUIET_ENV) != "1":
+        return
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     sys.unraisablehook = _drop_exit_during_shutdown
 
 
-__all__ = ["quiet_driver", "ray_init_kwargs", "worker_setup", "QUIET_LOGGERS", "ENV",
-           "AUTH_LOGGER", "WORKER_SETUP"]
+__all__ = ["quiet_driver", "ray_init_kwargs", "quiet_worker", "QUIET_LOGGERS", "ENV",
+           "AUTH_LOGGER", "QUIET_ENV"]

@@ -34,7 +34,7 @@ from study.nested import (
 from study.record import Roles, Tags, fold_metric, inner_metric, val_metric
 from study.space import SpaceError, load_study, parse_study
 from tests.analysis_fixtures import log_study
-from tests.study_helpers import ROOT, T, run_study
+from tests.study_helpers import ROOT, T, run_study, unexpected_stderr
 
 NESTED_SMOKE = ROOT / "search_spaces" / "nested_smoke.yaml"
 TASK = "diagnosis"
@@ -229,7 +229,7 @@ def check_nested_terminal(stdout: str, stderr: str, out: Path) -> None:
     for ray_text in ("╭", "│", "Trial status", "Configuration for experiment", "TERMINATED",
                      "Current best trial", "View detailed results", "A new study created"):
         assert ray_text not in stdout + stderr, ray_text
-    assert stderr.strip() == "", stderr[-2000:]
+    assert unexpected_stderr(stderr) == [], stderr[-2000:]
     progress = [line for line in lines if re.match(r"^\[\d\d:\d\d\] outer \d ", line)]
     for k in range(3):
         mine = [line for line in progress if f"] outer {k} trial " in line]

@@ -15,7 +15,15 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.study_helpers import SMOKE, T, hold_lock, run_study, runs, write_space
+from tests.study_helpers import (
+    SMOKE,
+    T,
+    hold_lock,
+    run_study,
+    runs,
+    unexpected_stderr,
+    write_space,
+)
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +262,8 @@ def test_smoke_summary_ends_with_the_best_trial_then_the_hints(smoke: Path) -> N
 def test_smoke_terminal_has_none_of_ray_or_mlflow_chatter(smoke: Path) -> None:
     """Ray's token-authentication notice, its INFO lines, the trials' "Checkpoint successfully
     created" lines, the exit of a stopped trial and MLflow's store set-up stay off the
-    terminal (--verbose keeps them); nothing at all goes to stderr in a clean run."""
+    terminal (--verbose keeps them); nothing goes to stderr in a clean run (but a diagnostic
+    Ray's C++ runtime may write, `RAY_RAW`)."""
     stderr = (smoke.parent / "stderr.txt").read_text()
     stdout = (smoke.parent / "stdout.txt").read_text()
     for noise in ("Token authentication", "Checkpoint successfully created",
@@ -262,7 +271,7 @@ def test_smoke_terminal_has_none_of_ray_or_mlflow_chatter(smoke: Path) -> None:
                   "Creating initial MLflow database", "Exception ignored", "not writable",
                   "snapshotting"):
         assert noise not in stderr + stdout, noise
-    assert stderr.strip() == "", stderr[-2000:]
+    assert unexpected_stderr(stderr) == [], stderr[-2000:]
 
 
 def test_smoke_trials_carry_previewable_artifacts(smoke: Path, tmp_path: Path) -> None:
