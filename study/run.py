@@ -91,17 +91,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "(locally, or on a\nRay cluster with --address), Optuna proposes the "
                     "configurations, ASHA stops bad ones\nearly, MLflow records every trial, "
                     "fold and epoch. Progress: one line per trial start and\nend, one status "
-                    "line per epoch (README, 'Running a study').",
+                    "line per epoch (README, 'While it runs').",
         epilog="Examples:\n"
-               "  python -m study.run --space search_spaces/smoke.yaml   # ~30 s, a first look\n"
+               "  python -m study.run --space search_spaces/smoke.yaml   # a first look, 1-2 min\n"
                "  python -m study.run --space search_spaces/alpha.yaml\n"
+               "  python -m study.run --space search_spaces/alpha.yaml --once   # its defaults, "
+               "one trial\n"
                "  python -m study.run --space search_spaces/alpha.yaml --set num_samples=12 "
                "--set lam=0.2\n"
                "  python -m study.run --space search_spaces/ablation.yaml --address auto \\\n"
                "      --storage /shared/ray --tracking-uri http://mlflow-host:5000\n"
-               "Afterwards the study prints the MLflow UI command, the URL of its runs table "
-               "and the report\ncommand: python -m analysis.compare --experiment <name> "
-               "--tracking-uri sqlite:///studies/<name>/mlflow.db",
+               "At the end the study prints the MLflow UI command, the URL of its trials side "
+               "by side (status,\nmetric, searched parameters; README, 'What you see in "
+               "MLflow') and the report command:\n"
+               "  python -m analysis.compare --experiment <name> --tracking-uri "
+               "sqlite:///studies/<name>/mlflow.db",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-h", "--help", action=_HelpWithKeys,
                    help="show this help, with every key --set accepts, and exit")
@@ -125,6 +129,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, help="override num_samples")
     p.add_argument("--epochs", type=int, help="override epochs")
     p.add_argument("--cohort", help="override cohort: a folder, or 'synthetic'")
+    p.add_argument("--once", action="store_true",
+                   help="run the study's default configuration once: one trial of its fixed "
+                        "parameters with the searched ones at their defaults, every fold, no "
+                        "early stopping, as study <name>-once (README, 'The two commands')")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any study key (num_samples=4, scheduler.grace_period=1) or "
                         "fix a model/training parameter (lam=0.2); repeatable; the keys are "
@@ -143,17 +151,39 @@ def _error(exc: BaseException) -> None:
     print("error: " + " ".join(str(exc).split()), file=sys.stderr)
 
 
+_OPTIONS = {"num_samples": "--num-samples", "epochs": "--epochs", "cohort": "--cohort",
+            "name": "--name"}
+"""Study keys that have an option of their own (overrides, like --set)."""
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--set and the options above as study-file overrides, every key checked (a mistyped
+    one is an `ArgumentMistake` naming the closest keys); no training-stack import."""
     from ksmodel.config import parse_overrides
-    from ksmodel.data import SYNTHETIC
+    from study.arguments import check_set_keys
 
     out = parse_overrides(args.overrides)
-    for key in ("num_samples", "epochs", "cohort", "name"):
+    check_set_keys(out)
+    for key in _OPTIONS:
         value = getattr(args, key)
         if value is not None:
-            out[key] = str(Path(value).resolve()) if key == "cohort" and value != SYNTHETIC \
+            # a cohort folder given here is relative to where the command runs
+            out[key] = str(Path(value).resolve()) if key == "cohort" and value != "synthetic" \
                 else value
     return out
+
+
+def _typed(args: argparse.Namespace) -> dict[str, str]:
+    """Each override key as the user typed it (``--set lr=-1``, ``--epochs 0``), so an error
+    about it names the command line rather than the study file."""
+    typed = {}
+    for item in args.overrides:
+        key, _, _ = item.partition("=")
+        typed[key.strip()] = f"--set {item}"
+    for key, option in _OPTIONS.items():
+        if getattr(args, key) is not None:
+            typed[key] = f"{option} {getattr(args, key)}"
+    return typed
 
 
 def _modalities(cfg: StudyConfig) -> set[str]:
@@ -179,8 +209,8 @@ def load_data(cfg: StudyConfig, out: Path, resume: bool) -> RunData:
     root = resolve_cohort(cfg.cohort, cfg.synthetic)
     split_file = out / Artifacts.SPLITS
     grid = tuple(cfg.fixed.get("grid", ModelConfig.grid))
-    print(f"cohort {root}: validating, then reading the bags onto a {grid[0]}x{grid[1]} grid "
-          "...", flush=True)
+    print(f"cohort {root}\n  validating, then reading the bags onto a {grid[0]}x{grid[1]} "
+          "grid ...", flush=True)  # the folder on a line of its own: lines stay < 120 columns
     data = load_run_data(root, cfg.task, modalities=_modalities(cfg), grid=grid,
                          folds=cfg.folds, split_seed=cfg.split_seed,
                          splits_file=split_file if resume and split_file.is_file() else None)
@@ -198,6 +228,9 @@ def parent_tags(cfg: StudyConfig, out: Path) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from study.quiet import quiet_driver
+
+    quiet_driver(args.progress)  # before MLflow or Ray is imported
     if args.resume:
         from study.resume import finished_noop
 
@@ -209,12 +242,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is not None:
             return code
     from ksmodel.config import ConfigError
+    from study.arguments import ArgumentMistake, attribute, check_space, once
     from study.space import SpaceError, load_study
 
-    try:
-        cfg = load_study(args.space, _overrides(args))
-    except (SpaceError, ConfigError) as exc:
+    try:  # argument mistakes first, before anything heavy is imported
+        check_space(args.space)
+        overrides = _overrides(args)
+        cfg = load_study(args.space, overrides)
+        if args.once:
+            cfg, what = once(cfg, args.name)
+            print(what, flush=True)
+    except ArgumentMistake as exc:
         _error(exc)
+        return 2
+    except (SpaceError, ConfigError) as exc:
+        _error(attribute(str(exc), str(args.space), _typed(args)))
         return 2
     out = (args.out or Path("studies") / cfg.name).resolve()
     try:
@@ -308,9 +350,10 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     from ray import tune
 
     from study.baseline_runs import run_baselines
-    from study.finish import finish_guarded
+    from study.finish import finish_guarded, mlflow_hint
     from study.parent import record_study
     from study.progress import StudyProgress
+    from study.quiet import ray_init_kwargs
     from study.search import announce_search, make_search, make_tuner
     from study.store import ensure_store
     from study.tracking import (
@@ -340,12 +383,14 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
                 tracking_uri=tracking_uri, storage=storage, cohort=str(data.cohort.root),
                 trials_done=False, finished=False)
 
+    print(mlflow_hint(tracking_uri, experiment_id, ", as the trials run"), flush=True)
     run_baselines(client, experiment_id, parent, cfg, data)
+    quiet = ray_init_kwargs(args.progress)  # Ray's chatter off (study/quiet.py)
     if args.address:
-        ray.init(address=args.address, log_to_driver=True)
+        ray.init(address=args.address, log_to_driver=True, **quiet)
     else:  # "local": a Ray of its own, never another Ray instance found on this machine
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-                 log_to_driver=True)
+                 log_to_driver=True, **quiet)
     bags = data.bags.numpy() if data.bags is not None else None
     ctx = TrialContext(task=cfg.task, metric=cfg.metric, epochs=cfg.epochs, folds=data.folds,
                        seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
@@ -356,29 +401,29 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
                        # nested searches keep no mid-trial checkpoints (their Tuners keep all)
                        checkpoint_every=cfg.checkpoint_every if cfg.evaluation == "cv" else 0,
                        fold_parallel=cfg.fold_parallel)
-    if cfg.evaluation == "nested":
-        from study.nested import run_nested
-
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")  # nested runs keep Ray's own table
-        return run_nested(cfg, out, ctx, args, client, parent, storage)
     # Ray's new output engine prints its trial table and an experiment header even at
     # verbose=0; the old one is silent at verbose=0, and StudyProgress prints the progress
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if cfg.sampler != "grid" and args.progress != "verbose":
+        import optuna  # its "A new study created in memory" line says nothing to a user
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if cfg.evaluation == "nested":
+        from study.nested import run_nested
+
+        return run_nested(cfg, out, ctx, args, client, parent, storage)
     from study.fanout import trial_resources
 
     n_folds = len(data.folds) * (len(cfg.seeds) or 1)  # fanned out: one bundle per fold
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(
         cfg.fold_parallel, cfg.resources["cpu"], cfg.resources["gpu"], n_folds))
-    if cfg.sampler != "grid" and args.progress != "verbose":
-        import optuna  # its "A new study created in memory" line says nothing to a user
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
     search_alg, param_space, num_samples = make_search(cfg)
     status = TrialStatusCallback(tracking_uri, experiment_id, cfg.metric)
     shown = ([VARIANT_KEY, "seed"] if cfg.variants else []) + cfg.searched
     progress = StudyProgress(cfg.metric, num_samples if search_alg is not None
                              else cfg.grid_size(), cfg.epochs, shown, mode=cfg.mode,
-                             concurrency=cfg.max_concurrent, level=args.progress)
+                             concurrency=cfg.max_concurrent, level=args.progress,
+                             scheduler=cfg.scheduler.type)
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),

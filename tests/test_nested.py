@@ -5,6 +5,7 @@ report, and (slow) a whole nested study through `python -m study.run`."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import mlflow
@@ -34,7 +35,7 @@ from study.nested import (
 from study.record import Roles, Tags, fold_metric, inner_metric, val_metric
 from study.space import SpaceError, load_study, parse_study
 from tests.analysis_fixtures import log_study
-from tests.study_helpers import ROOT, T, run_study, write_space
+from tests.study_helpers import ROOT, T, run_study, unexpected_stderr, write_space
 
 NESTED_SMOKE = ROOT / "search_spaces" / "nested_smoke.yaml"
 TASK = "diagnosis"
@@ -252,6 +253,44 @@ def test_report_shows_the_nested_estimate_beside_best_of_search(tmp_path) -> Non
     assert methods.loc["cgcoord", "mean"] == pytest.approx(0.65)
 
 
+def check_nested_terminal(stdout: str, stderr: str, out: Path) -> None:
+    """What a nested study prints (issue 23): the cv study's progress lines for every outer
+    fold's search (labelled "outer k"), no table of Ray's, no line wider than 120 columns, and
+    at the end the MLflow command, the URL of the trials side by side and the report
+    command."""
+    lines = stdout.splitlines()
+    assert max(map(len, lines)) <= 120, max(lines, key=len)
+    for ray_text in ("╭", "│", "Trial status", "Configuration for experiment", "TERMINATED",
+                     "Current best trial", "View detailed results", "A new study created"):
+        assert ray_text not in stdout + stderr, ray_text
+    assert unexpected_stderr(stderr) == [], stderr[-2000:]
+    progress = [line for line in lines if re.match(r"^\[\d\d:\d\d\] outer \d ", line)]
+    for k in range(3):
+        mine = [line for line in progress if f"] outer {k} trial " in line]
+        assert sum(" started " in line for line in mine) == 3, mine
+        assert sum("completed 3 epochs" in line for line in mine) == 3, mine
+        assert any(f"] outer {k} search ended in " in line for line in progress)
+    # the study's own lines and the progress lines only: nothing else between them
+    own = ("cohort ", "synthetic cohort", "MLflow", "  ", "then open", "baselines on",
+           "baseline ", "outer fold ", "nested_smoke: nested evaluation", " outer_fold ",
+           "nested estimate", "best-of-search", "Report", "the best trial")
+    other = [line for line in lines if line.strip() and not PROGRESS.match(line)
+             and not line.startswith(own) and not re.match(r"^\s+\d ", line)]
+    assert not other, other
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    tail = re.sub(r" \\\n\s+", " ", stdout).splitlines()[-6:]
+    assert tail[0] == "MLflow: start the UI with" and uri in tail[1]
+    assert tail[2].startswith("then open the trials side by side")
+    assert tail[3].strip().startswith("http://127.0.0.1:5000/#/experiments/")
+    assert "?workflowType=machine_learning&viewStateShareKey=trials" in tail[3]
+    assert tail[4].startswith("Report")
+    assert tail[5].strip().endswith(f"-m analysis.compare --experiment nested_smoke "
+                                    f"--tracking-uri {uri}")
+
+
+PROGRESS = re.compile(r"^\[\d\d:\d\d\] ")
+
+
 @pytest.mark.slow
 def test_nested_study_end_to_end(tmp_path: Path) -> None:
     """A whole nested study: saved inner splits disjoint from their outer folds, inner trials
@@ -262,6 +301,7 @@ def test_nested_study_end_to_end(tmp_path: Path) -> None:
     proc = run_study(out, space=NESTED_SMOKE, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nested estimate auc" in proc.stdout
+    check_nested_terminal(proc.stdout, proc.stderr, out)
     outer = pd.read_parquet(out / "splits.parquet")
     inner = pd.read_parquet(out / "inner_splits.parquet")
     for k in sorted(outer["fold"].unique()):
