@@ -30,12 +30,10 @@ from analysis.load import Study, load_study, param_column
 from analysis.stats import Design
 from analysis.task_figures import task_figures
 from analysis.trials_summary import best_trial
-from study.record import Roles, Tags
+from study.record import FIT_SECONDS, Roles, Tags
 
-#: Baseline-run tags and metric the baselines section lists when a run carries them (the
-#: baseline runner writes them; kept here until study/record.py names them).
-BASELINE_INPUTS, BASELINE_TUNING, FIT_SECONDS = (
-    "ks.baseline_inputs", "ks.baseline_tuning", "fit_seconds")
+#: Baseline-run tags and metric the baselines section lists when a run carries them.
+BASELINE_INPUTS, BASELINE_TUNING = Tags.BASELINE_INPUTS, Tags.BASELINE_TUNING
 
 
 def _stderr(msg: str) -> None:

@@ -21,7 +21,7 @@ from study.record import COHORT_PARAM, STUDY_PARAM, Tags
 
 NOT_RECORDED = "not recorded"
 #: Parent tag a study may set about its search (e.g. that it is random), shown with the baselines.
-SEARCH_NOTE = "ks.search_note"
+SEARCH_NOTE = Tags.SEARCH_NOTE
 SEARCH_PARAM = f"{STUDY_PARAM}search."
 ROPE_PARAM = f"{STUDY_PARAM}rope"
 FOLDS_PARAM = f"{STUDY_PARAM}folds"
