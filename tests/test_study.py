@@ -243,7 +243,10 @@ def test_smoke_summary_ends_with_the_best_trial_then_the_hints(smoke: Path) -> N
     at = next(i for i, line in enumerate(lines) if line.startswith("best: trial"))
     assert lines[at].startswith(f"best: trial {best['trial_id']}, val_auc {best['val_auc']:.4f}"
                                 f" after 4 epochs, lr=")
-    hints = lines[at + 2:]  # after the best configuration's file
+    verdict = lines[at + 2:]  # after the best configuration's file: the verdict, then hints
+    assert verdict[0].startswith("Verdict (diagnosis, auc; Bayesian correlated t-test"), verdict
+    hints = lines[lines.index("MLflow: start the UI with"):]
+    assert all(line.startswith(("Verdict", "  ")) for line in lines[at + 2:lines.index(hints[0])])
     assert hints == [
         "MLflow: start the UI with",
         f"  {venv / 'mlflow'} ui --backend-store-uri sqlite:///{smoke / 'mlflow.db'} "
