@@ -138,7 +138,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _error(exc: BaseException) -> None:
+def _error(exc: BaseException | str) -> None:
     """One ``error:`` line (a YAML parser's multi-line message included), no traceback."""
     print("error: " + " ".join(str(exc).split()), file=sys.stderr)
 
@@ -198,6 +198,10 @@ def parent_tags(cfg: StudyConfig, out: Path) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.retry_failed and not args.resume:  # it would silently start a new study
+        _error("--retry-failed runs the failed trials of an interrupted or finished study "
+               "again, so it needs --resume (and that study's --out); drop it to start a study")
+        return 2
     if args.resume:
         from study.resume import finished_noop
 
