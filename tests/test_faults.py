@@ -10,19 +10,25 @@ local study.
 
 from __future__ import annotations
 
+import json
 import re
+import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from ksmodel.cohort import load_bags, load_cohort
 from ksmodel.errors import CohortError
 from study.run import main
 from study.space import SpaceError, load_study
-from tests.study_helpers import SMOKE, error_lines
+from tests.study_helpers import SMOKE, T, error_lines, run_study, runs, start_study, write_space
 
 # ---------------------------------------------------------------------------- study files
 
@@ -130,3 +136,261 @@ def test_label_messages_print_plain_numbers(cohort_copy: Path) -> None:
     with pytest.raises(CohortError) as err:
         load_cohort(cohort_copy, tasks=["diagnosis"])
     assert "SYN-0004 (7)" in str(err.value) and "np." not in str(err.value)
+
+
+# ---------------------------------------------------------------------------- slow: real studies
+
+TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+ANSI = "\x1b["
+
+
+class Running:
+    """A study started in the background whose output lines are read as they come."""
+
+    def __init__(self, out: Path, *args: str, space: Path = SMOKE) -> None:
+        self.proc = start_study(out, *args, space=space)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> None:
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.time() + timeout
+        while not regex.search("".join(self.lines)):
+            assert self.proc.poll() is None, "".join(self.lines)[-3000:] + \
+                self.proc.stderr.read()[-3000:]
+            assert time.time() < deadline, f"no line matching {pattern!r} in {timeout} s"
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 600) -> tuple[int, str, str]:
+        _, err = self.proc.communicate(timeout=timeout)
+        self._reader.join(timeout=10)
+        return self.proc.returncode, "".join(self.lines), err
+
+
+def _run_states(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    parents, children = runs(out, "smoke")
+    assert set(parents["status"]) | set(children["status"]) <= TERMINAL, "a run left RUNNING"
+    return parents, children
+
+
+def _assert_stopped_by_fault(code: int, err: str, out: Path, *words: str) -> pd.DataFrame:
+    """Exit 1, one error line naming the path and the cause, every run closed with it."""
+    assert code == 1, err[-3000:]
+    errors = error_lines(err)
+    assert len(errors) == 1, err[-3000:]
+    for word in (str(out), *words, "--resume"):
+        assert word in errors[0], (word, errors[0])
+    parents, children = _run_states(out)
+    assert set(parents["status"]) == {"FAILED"}
+    assert all(w in parents[T.ERROR].iloc[0] for w in words), parents[T.ERROR].iloc[0]
+    stopped = children[children[T.STATUS] == "INTERRUPTED"]
+    assert len(stopped) and stopped[T.ERROR].map(lambda e: all(w in e for w in words)).all(), \
+        stopped[T.ERROR].tolist()
+    assert not json.loads((out / "study.json").read_text())["finished"]
+    return children
+
+
+def _assert_complete(out: Path, trials: int) -> None:
+    """Every trial of config.yaml in the summary, none failed, no run open, no epoch of any
+    run logged twice, the summary free of colour codes and Ray's wrappers."""
+    summary = pd.read_csv(out / "summary.csv", keep_default_na=False)
+    assert len(summary) == trials, summary
+    assert set(summary["status"]) <= {"COMPLETED", "STOPPED_EARLY"}, summary
+    assert not summary["error"].astype(str).str.contains(ANSI, regex=False).any()
+    assert not summary["error"].astype(str).str.contains("ray::", regex=False).any()
+    _, children = _run_states(out)
+    final = children.sort_values("start_time").groupby(T.TRIAL_ID).last()
+    assert len(final) == trials and set(final[T.STATUS]) <= {"COMPLETED", "STOPPED_EARLY"}
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    for run_id in children["run_id"]:
+        steps = [m.step for m in client.get_metric_history(run_id, "val_auc")]
+        assert len(steps) == len(set(steps)), (run_id, sorted(steps))
+
+
+def _tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the disk-full test "
+                    "needs root (CI's runner has it)")
+
+
+@pytest.mark.slow
+def test_full_disk_stops_the_study_cleanly_and_resume_completes_it(tmp_path: Path) -> None:
+    """--out on a 4 MB tmpfs: the disk fills while the trials run (checkpoints and the MLflow
+    store), then it is grown and --resume completes the study."""
+    disk = tmp_path / "disk"
+    _tmpfs(disk, "4m")
+    try:
+        space = write_space(tmp_path / "space.yaml", scheduler={"type": "none"}, num_samples=2,
+                            epochs=2)
+        out = disk / "study"
+        code, _, err = Running(out, space=space).finish()
+        _assert_stopped_by_fault(code, err, out, "no space left on device")
+        subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
+        resumed = run_study(out, "--resume", space=space, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        _assert_complete(out, 2)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _chattr(flag: str, path: Path) -> None:
+    done = subprocess.run(["chattr", "-R", flag, str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"chattr {flag} is not available here ({done.stderr.strip()}): the "
+                    "read-only store test needs root on a file system with attributes")
+
+
+@pytest.mark.slow
+def test_read_only_artifact_store_stops_with_the_true_cause_and_resume_completes(
+        tmp_path: Path) -> None:
+    """The artifact store made immutable (chattr +i: even root cannot write) once the trials
+    run: the trials' records end with the real error, not 'process died'; --resume, once it
+    is writable again, completes the study (the stopped trials from their checkpoints)."""
+    space = write_space(tmp_path / "space.yaml", scheduler={"type": "none"}, num_samples=2,
+                        epochs=2)
+    out = tmp_path / "study"
+    study = Running(out, space=space)
+    try:
+        study.wait_for(r"trial \d+/\d+ started")
+        _chattr("+i", out / "mlartifacts")
+        code, _, err = study.finish()
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(out / "mlartifacts")], check=False)
+    children = _assert_stopped_by_fault(code, err, out, "Operation not permitted",
+                                        str(out / "mlartifacts"))
+    assert not children[T.ERROR].dropna().str.contains("process died").any()
+    resumed = run_study(out, "--resume", space=space, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continuing from the checkpoint" in resumed.stdout + resumed.stderr
+    _assert_complete(out, 2)
+
+
+@pytest.mark.slow
+def test_torn_ray_state_is_put_back_or_refused_never_a_smaller_study(tmp_path: Path) -> None:
+    """Ray's experiment state cut short (as a full disk leaves it): without the study's intact
+    copy --resume refuses with one line saying how to recover; with it, the copy is put back
+    and the study completes every trial config.yaml asks for."""
+    space = write_space(tmp_path / "space.yaml", scheduler={"type": "none"}, num_samples=4,
+                        epochs=2)
+    out = tmp_path / "study"
+    study = Running(out, space=space)
+    study.wait_for(r"trial \d+/\d+ completed")
+    study.proc.send_signal(signal.SIGTERM)
+    code, _, err = study.finish()
+    assert code == 130, err[-3000:]
+    folder = out / "ray" / "smoke"
+    (state,) = folder.glob("experiment_state-*.json")
+    state.write_bytes(state.read_bytes()[:8192])  # what the full disk left in the issue
+    backup = folder / ".ks-state-backup.tar"
+    assert backup.is_file()
+    backup.rename(tmp_path / "backup.tar")
+    _, before = _run_states(out)
+
+    refused = run_study(out, "--resume", space=space, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    errors = error_lines(refused.stderr)
+    assert len(errors) == 1 and str(state) in errors[0] and "--overwrite" in errors[0], errors
+    _, after = _run_states(out)
+    assert sorted(after["run_id"]) == sorted(before["run_id"])  # nothing ran
+
+    (tmp_path / "backup.tar").rename(backup)
+    resumed = run_study(out, "--resume", space=space, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Ray's saved state {state.name} was unreadable" in resumed.stdout
+    _assert_complete(out, 4)
+
+
+@pytest.mark.slow
+def test_sigterm_while_ray_starts_closes_every_run(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", scheduler={"type": "none"}, num_samples=1,
+                        epochs=1)
+    out = tmp_path / "study"
+    study = Running(out, space=space)
+    study.wait_for(r"^baseline \S+: ")  # the line just before Ray starts (seconds long)
+    time.sleep(0.5)
+    study.proc.send_signal(signal.SIGTERM)
+    code, _, err = study.finish(timeout=300)
+    assert code == 130, err[-3000:]
+    assert "interrupted" in err and "--resume" in err, err[-3000:]
+    parents, _ = _run_states(out)
+    assert set(parents["status"]) == {"KILLED"}
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        found.add(p)
+        todo += children.get(p, [])
+    return found
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, pid) of every TCP socket in LISTEN state that one of ``pids`` holds."""
+    inodes = {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = fd.readlink().name
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[target[8:-1]] = pid
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.append((_address(fields[1]), inodes[fields[9]]))
+    return found
+
+
+def _address(hex_address: str) -> str:
+    import ipaddress
+
+    host = bytes.fromhex(hex_address.split(":")[0])
+    if len(host) == 4:
+        return str(ipaddress.IPv4Address(host[::-1]))
+    words = b"".join(host[i:i + 4][::-1] for i in range(0, 16, 4))  # per-word little-endian
+    v6 = ipaddress.IPv6Address(words)
+    return str(v6.ipv4_mapped or v6)
+
+
+@pytest.mark.slow
+def test_a_local_study_listens_on_the_loopback_address_only(tmp_path: Path) -> None:
+    import ipaddress
+
+    space = write_space(tmp_path / "space.yaml", scheduler={"type": "none"}, num_samples=2,
+                        epochs=2)
+    out = tmp_path / "study"
+    study = Running(out, space=space)
+    try:
+        study.wait_for(r"trial \d+/\d+ epoch 1/2")  # Ray, its workers and the trials are up
+        sockets = _listening(_descendants(study.proc.pid))
+    finally:
+        study.proc.send_signal(signal.SIGTERM)
+        study.finish()
+    # the GCS, the raylet (2), the driver and a worker per trial at least
+    assert len(sockets) >= 6, sockets
+    outside = [(a, p) for a, p in sockets if not ipaddress.ip_address(a).is_loopback]
+    assert not outside, outside
