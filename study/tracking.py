@@ -325,10 +325,15 @@ def _study_roots(tracking_uri: str, artifact_uri: str | None) -> list[Path]:
 
 def _trial_dir_roots() -> list[Path]:
     """The study's Ray results folder, seen from inside a trial (none outside one)."""
+    import warnings
+
     try:
-        return [Path(tune.get_context().get_trial_dir()).parent]
+        with warnings.catch_warnings():  # outside a trial Ray warns and returns None
+            warnings.simplefilter("ignore")
+            trial_dir = tune.get_context().get_trial_dir()
     except Exception:  # noqa: BLE001 - not in a Ray trial, or a remote storage URI
         return []
+    return [Path(trial_dir).parent] if trial_dir else []
 
 
 def trial_error(trial: Any) -> BaseException | str | None:

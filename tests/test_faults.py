@@ -138,6 +138,228 @@ def test_label_messages_print_plain_numbers(cohort_copy: Path) -> None:
     assert "SYN-0004 (7)" in str(err.value) and "np." not in str(err.value)
 
 
+# ---------------------------------------------------------------------------- fault pieces
+
+
+def test_error_text_is_the_trials_own_error_without_colour_or_ray_wrapper() -> None:
+    from ray.exceptions import RayTaskError
+
+    from study.faults import error_text
+
+    cause = ValueError("training loss is nan (lower lr, or check the inputs)")
+    wrapped = RayTaskError("ImplicitFunc.train()", "\x1b[36mray::ImplicitFunc.train()\x1b[0m "
+                           "(pid=7, ip=127.0.0.1)\nTraceback ...", cause, "proc", 7, "127.0.0.1")
+    assert error_text(wrapped) == f"ValueError: {cause}"
+    text = ("\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=9, ip=10.0.0.1)\n  File \"x.py\"\n"
+            "OSError: [Errno 28] No space left on device\n")
+    assert error_text(text) == "OSError: [Errno 28] No space left on device"
+
+
+def test_faults_are_told_from_failing_trials(tmp_path: Path) -> None:
+    import errno
+
+    from study.faults import StudyFault, find_fault, text_fault
+
+    study = tmp_path / "study"
+    full = find_fault(OSError(errno.ENOSPC, "No space left on device", "/elsewhere/x"))
+    assert full.cause == "no space left on device" and full.path == "/elsewhere/x"
+    inside = PermissionError(errno.EPERM, "Operation not permitted", str(study / "mlartifacts"))
+    assert find_fault(inside, [study]).path == str(study / "mlartifacts")
+    outside = PermissionError(errno.EACCES, "Permission denied", "/data/cohort/x.h5")
+    assert find_fault(outside, [study]) is None  # the trial's own input: a failure
+    assert find_fault(ValueError("training loss is nan")) is None
+    try:  # MLflow reports SQLite's errors as text, with the SQL
+        raise RuntimeError("(sqlite3.OperationalError) database or disk is full [SQL: ...]")
+    except RuntimeError as exc:
+        store = find_fault(exc, [study], str(study / "mlflow.db"))
+    assert store.path == str(study / "mlflow.db") and "no space" in store.cause
+    wrapped = RuntimeError("Tune failed")
+    wrapped.__cause__ = StudyFault(full)
+    assert find_fault(wrapped) == full
+    assert text_fault("OSError: [Errno 30] Read-only file system: '/s/ray/x'").path == "/s/ray/x"
+
+
+def test_store_calls_are_not_retried_on_a_fault() -> None:
+    import errno
+
+    from study.tracking import retry
+
+    calls = []
+
+    def full() -> None:
+        calls.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        retry(full)
+    assert len(calls) == 1
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its schema, made once (its migrations take seconds)."""
+    from study.store import ensure_store
+
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    ensure_store(f"sqlite:///{db}", "template", db.parent / "art")
+    return db
+
+
+def _store(tmp_path: Path, template: Path, artifacts: Path) -> tuple[str, str]:
+    """A copy of the template store with an experiment whose artifacts go to ``artifacts``."""
+    import shutil
+
+    from study.tracking import ensure_experiment, mlflow_client
+
+    shutil.copy(template, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return uri, ensure_experiment(mlflow_client(uri), "e", artifacts)
+
+
+def test_a_trial_failure_is_recorded_even_when_its_traceback_cannot_be(
+        tmp_path: Path, empty_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    from study.record import Artifacts, Status, Tags
+    from study.tracking import TrialLogger, mlflow_client
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the artifact folder should be")  # artifacts cannot go in
+    uri, exp = _store(tmp_path, empty_store, blocked / "art")
+    client = mlflow_client(uri)
+    failing = TrialLogger(uri, exp, "parent", "t1", {"lr": 0.1}, {})
+    failing.fail(ValueError("training loss is nan"))  # returns: the caller re-raises this
+    run = client.get_run(failing.run_id)
+    assert run.info.status == "FAILED" and run.data.tags[Tags.STATUS] == Status.FAILED
+    assert run.data.tags[Tags.ERROR] == "ValueError: training loss is nan"
+    assert f"could not write {Artifacts.ERROR}" in capsys.readouterr().err
+    faulted = TrialLogger(uri, exp, "parent", "t2", {"lr": 0.1}, {})
+    faulted.fail(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ray" / "c")))
+    run = client.get_run(faulted.run_id)
+    assert run.info.status == "KILLED" and run.data.tags[Tags.STATUS] == Status.INTERRUPTED
+    assert "no space left on device" in run.data.tags[Tags.ERROR]
+
+
+def test_the_driver_stops_at_a_trials_fault_and_records_a_failure_as_it_was(
+        tmp_path: Path, empty_store: Path) -> None:
+    import errno
+    from types import SimpleNamespace
+
+    from ray import cloudpickle
+
+    from study.faults import StudyFault
+    from study.record import Status, Tags
+    from study.tracking import TrialLogger, TrialStatusCallback, mlflow_client
+
+    uri, exp = _store(tmp_path, empty_store, tmp_path / "art")
+    client = mlflow_client(uri)
+    callback = TrialStatusCallback(uri, exp, "auc", roots=(tmp_path,))
+
+    def trial(trial_id: str, error: BaseException) -> tuple[SimpleNamespace, str]:
+        run_id = TrialLogger(uri, exp, "parent", trial_id, {}, {}).run_id  # left RUNNING
+        path = tmp_path / f"{trial_id}.pkl"
+        path.write_bytes(cloudpickle.dumps(error))
+        return SimpleNamespace(trial_id=trial_id, pickled_error_file=str(path),
+                               error_file=None, last_result={}), run_id
+
+    failed, failed_run = trial("t1", ValueError("training loss is nan"))
+    callback.on_trial_error(0, [], failed)
+    run = client.get_run(failed_run)
+    assert run.info.status == "FAILED" and run.data.tags[Tags.ERROR] == \
+        "ValueError: training loss is nan"
+    assert callback.fault is None
+    full, full_run = trial("t2", OSError(errno.ENOSPC, "No space left on device",
+                                         str(tmp_path / "ray" / "checkpoint_000001")))
+    with pytest.raises(StudyFault):
+        callback.on_trial_error(0, [], full)
+    assert callback.fault.path == str(tmp_path / "ray" / "checkpoint_000001")
+    run = client.get_run(full_run)
+    assert run.info.status == "KILLED" and run.data.tags[Tags.STATUS] == Status.INTERRUPTED
+    assert "no space left on device" in run.data.tags[Tags.ERROR]
+
+
+def _ray_folder(tmp_path: Path) -> Path:
+    import pickle
+
+    folder = tmp_path / "ray" / "smoke"
+    folder.mkdir(parents=True)
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": [["t1", {}], ["t2", {}]], "runner_data": {}}))
+    (folder / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(pickle.dumps({"n": 2}))
+    (folder / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    return folder
+
+
+def _backup(folder: Path) -> None:
+    import io
+    import tarfile
+
+    from study.ray_state import BACKUP, state_files
+
+    with tarfile.open(folder / BACKUP, "w") as tar:
+        for path in state_files(folder):
+            info = tarfile.TarInfo(path.name)
+            info.size = path.stat().st_size
+            tar.addfile(info, io.BytesIO(path.read_bytes()))
+
+
+def test_a_torn_ray_state_is_put_back_from_its_intact_copy(tmp_path: Path) -> None:
+    from study.ray_state import check_state, restored_trials
+
+    folder = _ray_folder(tmp_path)
+    assert check_state(folder, tmp_path) is None  # intact: nothing to do
+    _backup(folder)
+    state = folder / "experiment_state-2026-01-01_00-00-00.json"
+    intact = state.read_bytes()
+    state.write_bytes(intact[:20])
+    searcher = folder / "searcher-state-2026-01-01_00-00-00.pkl"
+    searcher.write_bytes(searcher.read_bytes()[:-3])
+    note = check_state(folder, tmp_path)
+    assert note.startswith(f"note: Ray's saved state {state.name} was unreadable")
+    assert state.read_bytes() == intact and restored_trials(folder) == 2
+    (aside,) = tmp_path.joinpath("ray").glob("smoke.torn-*")
+    assert (aside / state.name).read_bytes() == intact[:20]
+    assert check_state(folder, tmp_path) is None
+
+
+def test_resume_of_a_torn_ray_state_without_a_copy_is_refused_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from study.space import dump_study
+
+    out = tmp_path / "study"
+    out.mkdir()
+    folder = _ray_folder(out)
+    state = folder / "experiment_state-2026-01-01_00-00-00.json"
+    state.write_bytes(state.read_bytes()[:20])
+    dump_study(load_study(SMOKE), out / "config.yaml")
+    (out / "study.json").write_text(json.dumps({"name": "smoke", "storage": str(out / "ray"),
+                                                "tracking_uri": "sqlite:///nowhere.db"}))
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["--space", str(SMOKE), "--out", str(out), "--resume"]) == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {state}: Ray's saved state")
+    assert "--overwrite" in errors[0]
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_resume_that_ray_restores_smaller_stops_before_any_trial() -> None:
+    from study.folder import StudyError
+    from study.ray_state import StateBackup
+
+    with pytest.raises(StudyError, match="restored 0 of the 3 trials"):
+        StateBackup(expect_restored=3).on_step_begin(0, [])
+    StateBackup(expect_restored=3).on_step_begin(0, [object()] * 3)
+
+
+def test_the_reserve_is_made_and_given_back(tmp_path: Path) -> None:
+    from study.faults import Reserve
+
+    reserve = Reserve(tmp_path)
+    reserve.ensure()
+    assert reserve.path.stat().st_blocks * 512 >= Reserve.SIZE  # really allocated
+    assert reserve.release() and not reserve.path.exists() and not reserve.release()
+
+
 # ---------------------------------------------------------------------------- slow: real studies
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
