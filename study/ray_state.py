@@ -151,7 +151,19 @@ class StateBackup(tune.Callback):
                 "state of this study (see Ray's message above) and would run a smaller study")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if not trials or time.monotonic() - self._last < self.min_interval_s:
+        if time.monotonic() - self._last >= self.min_interval_s:
+            self._backup(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """After Ray's last save (a stop with Ctrl-C or SIGTERM included): copy exactly it.
+        A copy that cannot be written now is said, not raised (Ray is ending anyway)."""
+        try:
+            self._backup(trials)
+        except StudyFault as exc:
+            print(f"warning: no intact copy of Ray's last state: {exc}", flush=True)
+
+    def _backup(self, trials: list) -> None:
+        if not trials:
             return
         try:
             storage = trials[0].storage

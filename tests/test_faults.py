@@ -428,7 +428,11 @@ def _assert_complete(out: Path, trials: int) -> None:
     assert not summary["error"].astype(str).str.contains("ray::", regex=False).any()
     _, children = _run_states(out)
     final = children.sort_values("start_time").groupby(T.TRIAL_ID).last()
-    assert len(final) == trials and set(final[T.STATUS]) <= {"COMPLETED", "STOPPED_EARLY"}
+    ids = summary["trial_id"].astype(str)
+    assert set(final.loc[ids, T.STATUS]) <= {"COMPLETED", "STOPPED_EARLY"}, final
+    # a trial started in the last second before a fault may be missing from Ray's saved
+    # state: its attempt stays closed as INTERRUPTED and another configuration ran instead
+    assert set(final.drop(index=ids)[T.STATUS]) <= {"INTERRUPTED"}, final
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     for run_id in children["run_id"]:
         steps = [m.step for m in client.get_metric_history(run_id, "val_auc")]
