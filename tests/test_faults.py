@@ -421,14 +421,14 @@ def _assert_stopped_by_fault(code: int, err: str, out: Path, *words: str) -> pd.
 def _assert_complete(out: Path, trials: int) -> None:
     """Every trial of config.yaml in the summary, none failed, no run open, no epoch of any
     run logged twice, the summary free of colour codes and Ray's wrappers."""
-    summary = pd.read_csv(out / "summary.csv", keep_default_na=False)
+    summary = pd.read_csv(out / "summary.csv", keep_default_na=False, dtype={"trial_id": str})
     assert len(summary) == trials, summary
     assert set(summary["status"]) <= {"COMPLETED", "STOPPED_EARLY"}, summary
     assert not summary["error"].astype(str).str.contains(ANSI, regex=False).any()
     assert not summary["error"].astype(str).str.contains("ray::", regex=False).any()
     _, children = _run_states(out)
     final = children.sort_values("start_time").groupby(T.TRIAL_ID).last()
-    ids = summary["trial_id"].astype(str)
+    ids = summary["trial_id"]
     assert set(final.loc[ids, T.STATUS]) <= {"COMPLETED", "STOPPED_EARLY"}, final
     # a trial started in the last second before a fault may be missing from Ray's saved
     # state: its attempt stays closed as INTERRUPTED and another configuration ran instead
