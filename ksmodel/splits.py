@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from ksmodel.cohort import Cohort
-from ksmodel.errors import CohortError
+from ksmodel.errors import CohortError, shown
 from ksmodel.errors import few as _few
 from ksmodel.tasks import get_task
 
@@ -34,7 +34,7 @@ def _strata(cohort: Cohort, task: str) -> np.ndarray:
 def make_splits(cohort: Cohort, task: str, k: int = 5, seed: int = 0) -> pd.DataFrame:
     """Stratified k-fold assignment: DataFrame[case_id, fold] in cohort order (sorted case_id)."""
     if not isinstance(k, int) or k < 2:
-        raise CohortError(f"k must be an integer >= 2 folds, got {k!r}")
+        raise CohortError(f"k must be an integer >= 2 folds, got {shown(k)}")
     strata = _strata(cohort, task)
     what = get_task(task).strata_name
     values, counts = np.unique(strata, return_counts=True)
@@ -83,7 +83,7 @@ def _align(splits: pd.DataFrame, cohort: Cohort, source: str) -> pd.DataFrame:
     fold = pd.to_numeric(splits["fold"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(fold) | (fold != np.round(fold)) | (fold < 0)
     if bad.any():
-        culprits = [f"{c} ({v!r})" for c, v in zip(ids[bad], splits["fold"].to_numpy()[bad],
+        culprits = [f"{c} ({shown(v)})" for c, v in zip(ids[bad], splits["fold"].to_numpy()[bad],
                                                    strict=True)]
         raise CohortError(f"{source}: fold must be an integer >= 0; bad for case(s) "
                           f"{_few(culprits)}")
@@ -91,7 +91,7 @@ def _align(splits: pd.DataFrame, cohort: Cohort, source: str) -> pd.DataFrame:
     empty = sorted(set(range(k)) - set(fold.astype(int)))
     if k < 2 or empty:
         raise CohortError(f"{source}: folds must be numbered 0..k-1 (k >= 2) with no empty fold; "
-                          f"found folds {sorted(set(fold.astype(int)))}")
+                          f"found folds {sorted(set(fold.astype(int).tolist()))}")
     known = pd.Index(cohort.case_ids)
     unknown = pd.Index(ids).difference(known)
     if len(unknown):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ksmodel.errors import CohortError, ConfigError, few
+from ksmodel.errors import CohortError, ConfigError, few, shown
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where used: `study.run --help` reads the task registry
@@ -100,7 +100,7 @@ class Task(ABC):
 
 
 def _fail(cases: pd.DataFrame, column: str, bad: np.ndarray, rule: str, source: str) -> None:
-    culprits = [f"{cid} ({raw!r})" for cid, raw in
+    culprits = [f"{cid} ({shown(raw)})" for cid, raw in
                 zip(cases.index[bad], cases[column].to_numpy()[bad], strict=True)]
     raise CohortError(f"{source}: {column} must be {rule}; bad value for case(s) {few(culprits)}; "
                       f"fix or remove these rows")

@@ -31,6 +31,7 @@ NOT_RUN = "NOT_RUN"
 
 def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
     """One row per trial: id, status, searched params, final metric."""
+    from study.faults import error_text
     from study.trial import COMPLETED, NODE, RUN_ID
 
     key = val_metric(cfg.metric)
@@ -50,7 +51,7 @@ def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
                      key: metrics.get(key), "epochs": iters,
                      "mlflow_run_id": metrics.get(RUN_ID),
                      "node_id": metrics.get(NODE),
-                     "error": str(result.error).splitlines()[0][:200] if result.error else ""})
+                     "error": error_text(result.error, 200)})
     return pd.DataFrame(rows)
 
 
@@ -84,7 +85,10 @@ def finish_guarded(grid: Any, cfg: StudyConfig, out: Path, client: Any, experime
     try:
         return finish_study(grid, cfg, out, client, parent, seconds)
     except Exception as exc:  # noqa: BLE001 - any failure of the last step is reported alike
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        from study.faults import Reserve, error_text
+
+        Reserve(out).release()  # a full disk: room to close the runs
+        reason = error_text(exc)
         try:
             close_open_runs(client, experiment_id, parent, "FAILED",
                             error=f"the study's final step failed: {reason}")

@@ -144,8 +144,8 @@ def check_inner_splits(cohort: Cohort, task: str, outer: pd.DataFrame, inner: pd
     strata = _strata(cohort, task)
     outer_ids = sorted(int(x) for x in outer["fold"].unique())
     if sorted(int(x) for x in inner["outer_fold"].unique()) != outer_ids:
-        raise StudyError(f"{source}: outer folds {sorted(inner['outer_fold'].unique())} do not "
-                         f"match the study's folds {outer_ids}; remake it (start afresh)")
+        raise StudyError(f"{source}: outer folds {sorted(inner['outer_fold'].unique().tolist())} "
+                         f"do not match the study's folds {outer_ids}; remake it (start afresh)")
     for f in outer_ids:
         train_ids, val_ids = fold_case_ids(outer, f)
         sel = inner_for(inner, f)

@@ -146,7 +146,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _error(exc: BaseException) -> None:
+def _error(exc: BaseException | str) -> None:
     """One ``error:`` line (a YAML parser's multi-line message included), no traceback."""
     print("error: " + " ".join(str(exc).split()), file=sys.stderr)
 
@@ -231,6 +231,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from study.quiet import quiet_driver
 
     quiet_driver(args.progress)  # before MLflow or Ray is imported
+    if args.retry_failed and not args.resume:  # it would silently start a new study
+        _error("--retry-failed runs the failed trials of an interrupted or finished study "
+               "again, so it needs --resume (and that study's --out); drop it to start a study")
+        return 2
+    if not args.address:  # before anything imports ray: a local Ray on 127.0.0.1 only
+        from study.local_ray import prefer_loopback
+
+        prefer_loopback()
     if args.resume:
         from study.resume import finished_noop
 
@@ -278,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ray = sys.modules.get("ray")
             if ray is not None and ray.is_initialized():
                 ray.shutdown()
+            from study.faults import Reserve
+
+            Reserve(out).release()  # kept only while a study command runs
 
 
 def _locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace) -> int:
@@ -294,6 +305,9 @@ def _locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace) -> int:
             if _overrides(args):
                 print(f"--resume continues with the saved {out / 'config.yaml'}; the command-line "
                       "overrides are not applied", file=sys.stderr)
+            note = _check_ray_state(cfg, out, saved)  # a torn state: put back, or refused
+            if note:
+                print(note, flush=True)
             if saved.get("trials_done") and not args.retry_failed:
                 return _finish_only(cfg, out, saved)
         else:
@@ -330,6 +344,16 @@ def _remove_new(out: Path, before: set[Path], existed: bool) -> None:
             out.rmdir()
 
 
+def _check_ray_state(cfg: StudyConfig, out: Path, saved: dict[str, Any]) -> str | None:
+    """Before a resume: Ray's saved state of the study reads whole (study/ray_state.py)."""
+    storage = saved.get("storage")
+    if not storage or "://" in storage:
+        return None
+    from study.ray_state import check_state
+
+    return check_state(Path(storage) / cfg.name, out)
+
+
 def _finish_only(cfg: StudyConfig, out: Path, saved: dict[str, Any]) -> int:
     """Every trial ended in an earlier run but its final step did not complete: finish from
     the saved Ray results and the MLflow store, without starting Ray."""
@@ -350,10 +374,12 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     from ray import tune
 
     from study.baseline_runs import run_baselines
+    from study.faults import FaultWatch
     from study.finish import finish_guarded, mlflow_hint
     from study.parent import record_study
     from study.progress import StudyProgress
     from study.quiet import ray_init_kwargs
+    from study.ray_state import StateBackup, restored_trials
     from study.search import announce_search, make_search, make_tuner
     from study.store import ensure_store
     from study.tracking import (
@@ -369,28 +395,32 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         saved.get("tracking_uri") or default_tracking_uri(out)
     artifact_root = out / "mlartifacts" if tracking_uri.startswith("sqlite") else None
+    storage = args.storage or saved.get("storage") or str(out / "ray")
+    faults = FaultWatch(out, storage, tracking_uri, artifact_root)
+    refused = faults.reserve()  # room to close the study's records if the disk fills
+    if refused is not None:
+        return refused
     ensure_store(tracking_uri, cfg.name, artifact_root)  # built aside, renamed into place
     client = mlflow_client(tracking_uri)
     experiment_id = saved.get("experiment_id") or ensure_experiment(client, cfg.name,
                                                                     artifact_root)
+    state = dict(name=cfg.name, experiment_id=experiment_id, tracking_uri=tracking_uri,
+                 storage=storage, cohort=str(data.cohort.root), trials_done=False,
+                 finished=False)
     parent = saved.get("parent_run_id") or start_parent_run(
         client, experiment_id, cfg.name, parent_tags(cfg, out),
-        [out / Artifacts.CONFIG, out / Artifacts.SPLITS])
+        [out / Artifacts.CONFIG, out / Artifacts.SPLITS],  # recorded the moment it exists:
+        on_created=lambda run_id: write_state(out, parent_run_id=run_id, **state))  # a stop
+    write_state(out, parent_run_id=parent, **state)  # closes it (_interrupted_early)
     record_study(client, parent, cfg, data)
     announce_search(client, parent, cfg)  # a search below its sampler's start-up trials is random
-    storage = args.storage or saved.get("storage") or str(out / "ray")
-    write_state(out, name=cfg.name, experiment_id=experiment_id, parent_run_id=parent,
-                tracking_uri=tracking_uri, storage=storage, cohort=str(data.cohort.root),
-                trials_done=False, finished=False)
 
     print(mlflow_hint(tracking_uri, experiment_id, ", as the trials run"), flush=True)
     run_baselines(client, experiment_id, parent, cfg, data)
-    quiet = ray_init_kwargs(args.progress)  # Ray's chatter off (study/quiet.py)
-    if args.address:
-        ray.init(address=args.address, log_to_driver=True, **quiet)
-    else:  # "local": a Ray of its own, never another Ray instance found on this machine
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-                 log_to_driver=True, **quiet)
+    from study.local_ray import start_ray
+
+    start_ray(args.address, args.num_cpus, _stop_like_ctrl_c,
+              **ray_init_kwargs(args.progress))  # Ray's chatter off (study/quiet.py)
     bags = data.bags.numpy() if data.bags is not None else None
     ctx = TrialContext(task=cfg.task, metric=cfg.metric, epochs=cfg.epochs, folds=data.folds,
                        seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
@@ -418,10 +448,13 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(
         cfg.fold_parallel, cfg.resources["cpu"], cfg.resources["gpu"], n_folds))
     search_alg, param_space, num_samples = make_search(cfg)
-    status = TrialStatusCallback(tracking_uri, experiment_id, cfg.metric)
+    status = TrialStatusCallback(tracking_uri, experiment_id, cfg.metric, roots=faults.roots,
+                                 store=faults.store)
+    backup = StateBackup(expect_restored=restored_trials(faults.experiment(cfg.name))
+                         if args.resume else 0)
     shown = ([VARIANT_KEY, "seed"] if cfg.variants else []) + cfg.searched
-    progress = StudyProgress(cfg.metric, num_samples if search_alg is not None
-                             else cfg.grid_size(), cfg.epochs, shown, mode=cfg.mode,
+    expected = num_samples if search_alg is not None else cfg.grid_size()  # config.yaml's
+    progress = StudyProgress(cfg.metric, expected, cfg.epochs, shown, mode=cfg.mode,
                              concurrency=cfg.max_concurrent, level=args.progress,
                              scheduler=cfg.scheduler.type)
     run_config = tune.RunConfig(
@@ -432,7 +465,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=8 if cfg.scheduler.type == "pbt" else 2),
         # Ray's own table is replaced by StudyProgress (lines < 120 columns, early stops named)
-        callbacks=[status, progress], verbose=0,
+        callbacks=[status, progress, backup], verbose=0,
         # a trial ends with the report that completes it: PBT, which acts on reports at its
         # perturbation epochs, must not send a finished trial back to an earlier checkpoint
         stop={COMPLETED: True} if cfg.scheduler.type == "pbt" else None)
@@ -444,8 +477,20 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     except (KeyboardInterrupt, SystemExit):  # a second signal: stop at once
         ray.shutdown()  # no trial of ours writes any more
         return _interrupted(client, experiment_id, parent, None)
+    except Exception as exc:  # a fault on the study's files, or a resume Ray could not restore
+        stop = faults.stopped_by(exc, status.fault)
+        if stop is None:
+            raise
+        return faults.stop(stop, client, experiment_id, parent, status.unfinished)
+    if status.fault is not None:  # seen as Tune was ending anyway
+        return faults.stop(status.fault, client, experiment_id, parent, status.unfinished)
     if status.interrupted:  # Ctrl-C or SIGTERM: Tune stopped and saved its state
         return _interrupted(client, experiment_id, parent, status.unfinished)
+    if len(grid) < expected:  # never a smaller study than config.yaml asks for
+        return faults.stop(StudyError(
+            f"{out / 'config.yaml'}: the study asks for {expected} trials but Ray "
+            f"{'restored and ' if args.resume else ''}ran {len(grid)}"), client, experiment_id,
+            parent, expected - len(grid))
     write_state(out, trials_done=True)
     return finish_guarded(grid, cfg, out, client, experiment_id, parent,
                           time.time() - start)

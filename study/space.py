@@ -680,8 +680,15 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"{path}: no such study file (see search_spaces/ for examples)")
+    from study.strict_yaml import StrictYamlError, check_finite, load_yaml
+
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(), str(path))  # a key twice, or .inf/.nan: refused
+        check_finite(raw, str(path))
+        for key, value in (overrides or {}).items():
+            check_finite(value, "--set", key)
+    except StrictYamlError as exc:
+        raise SpaceError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise SpaceError(f"{path}: not valid YAML: {exc}") from None
     raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides or {}) if \
