@@ -131,8 +131,9 @@ def attribute(message: str, source: str, given: Mapping[str, str]) -> str:
     _, params, _ = _registries()
     named = set(re.findall(r"key '([^']+)'", message))
     for key, typed in given.items():
-        if named & _effective_keys(key, params):
-            rest = message.removeprefix(f"{source}: ")
+        names = _effective_keys(key, params)
+        if any(n in names or n.startswith(tuple(f"{k}." for k in names)) for n in named):
+            rest = message.removeprefix(f"{source}: ").removeprefix("--set: ")
             return f"{typed}: {rest} (a command-line value; {source} itself is not changed)"
     return f"{message} (reading {source} with {', '.join(given.values())})"
 

@@ -71,7 +71,7 @@ def test_non_finite_set_values_are_refused_before_anything_is_written(
         assert main(["--space", str(SMOKE), "--out", str(out), "--set", item]) == 2
         errors = error_lines(capsys.readouterr().err)
         assert len(errors) == 1 and "is not a finite number" in errors[0], errors
-        assert errors[0].startswith("error: --set: key '")
+        assert errors[0].startswith(f"error: --set {item}: key '"), errors
     assert not out.exists()
 
 
