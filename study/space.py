@@ -342,6 +342,8 @@ def _parse_nested(raw: dict[str, Any], where: str) -> dict[str, Any]:
             if sub not in allowed:
                 raise _err(where, f"{key}.{sub}", f"unknown key; allowed: {', '.join(allowed)}")
             want = type(getattr(spec_cls(), sub))
+            if (key, sub, v) == ("synthetic", "scenario", None):  # YAML reads `null` as None
+                v = "null"
             # tuples (synthetic.patches: N or [min, max]) are checked by the config itself
             typed[sub] = v if want is tuple else _typed(where, f"{key}.{sub}", v, want)
         try:

@@ -173,6 +173,7 @@ def test_study_keys_repeats_and_rope(tmp_path) -> None:
         with pytest.raises(SpaceError, match=message):
             cfg(**raw)
     assert cfg(synthetic={"scenario": "null"}).synthetic.scenario == "null"
+    assert cfg(synthetic={"scenario": None}).synthetic.scenario == "null"  # YAML's bare null
 
 
 @pytest.mark.slow
