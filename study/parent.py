@@ -57,7 +57,8 @@ def expression_columns(root: Path) -> int | None:
 def study_params(cfg: StudyConfig, data: RunData) -> dict[str, str]:
     """``study.*`` and ``cohort.*`` params of the parent run (strings, as MLflow keeps them)."""
     raw = cfg.to_yaml_dict()
-    raw["folds"] = len(data.folds)  # a cohort's published splits win over the file's folds
+    raw["folds"] = data.k  # a cohort's published splits win over the file's folds
+    raw["repeats"] = data.repeats  # global fold ids: repeat * folds + fold
     raw["folds_source"] = data.splits_source
     if cfg.seeds:
         raw["seeds"] = list(cfg.seeds)

@@ -212,7 +212,7 @@ def load_data(cfg: StudyConfig, out: Path, resume: bool) -> RunData:
     print(f"cohort {root}\n  validating, then reading the bags onto a {grid[0]}x{grid[1]} "
           "grid ...", flush=True)  # the folder on a line of its own: lines stay < 120 columns
     data = load_run_data(root, cfg.task, modalities=_modalities(cfg), grid=grid,
-                         folds=cfg.folds, split_seed=cfg.split_seed,
+                         folds=cfg.folds, split_seed=cfg.split_seed, repeats=cfg.repeats,
                          splits_file=split_file if resume and split_file.is_file() else None)
     if not split_file.is_file():
         save_splits(data.splits, split_file)

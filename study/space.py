@@ -103,6 +103,8 @@ class StudyConfig:
     metric: str = ""
     mode: str = "max"
     folds: int = 5
+    repeats: int = 1  # repeated cross-validation: r partitions (split seeds from split_seed)
+    rope: float | None = None  # region of practical equivalence of the verdicts (None: default)
     split_seed: int = 0
     seeds: tuple[int, ...] = (0,)
     epochs: int = 10
@@ -168,6 +170,8 @@ class StudyConfig:
         if self.evaluation != "nested":  # the keys are refused without nested evaluation
             out.pop("inner_folds")
             out.pop("outer_sampler_seeds")
+        if self.rope is None:  # the analysis' default applies
+            out.pop("rope")
         mine = ASHA_KEYS if self.scheduler.type == "pbt" else PBT_KEYS  # refused there
         out["scheduler"] = {k: v for k, v in out["scheduler"].items() if k not in mine}
         return out
@@ -176,8 +180,8 @@ class StudyConfig:
 _TOP_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"source"}
 _NESTED = {"scheduler": SchedulerSpec, "synthetic": SyntheticConfig}
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_INT_KEYS = ("folds", "split_seed", "epochs", "num_samples", "max_concurrent", "max_failures",
-             "sampler_seed", "checkpoint_every")
+_INT_KEYS = ("folds", "repeats", "split_seed", "epochs", "num_samples", "max_concurrent",
+             "max_failures", "sampler_seed", "checkpoint_every")
 
 
 def _err(where: str, key: str, msg: str) -> SpaceError:
@@ -275,6 +279,8 @@ def _parse_counts(raw: dict[str, Any], where: str) -> dict[str, int]:
     kw = {key: _typed(where, key, raw[key], int) for key in _INT_KEYS if key in raw}
     if kw.get("folds", 5) < 2:
         raise _err(where, "folds", "needs at least 2 folds")
+    if kw.get("repeats", 1) < 1:
+        raise _err(where, "repeats", "must be >= 1 (1: plain k-fold cross-validation)")
     for key in ("epochs", "num_samples", "max_concurrent"):
         if kw.get(key, 1) < 1:
             raise _err(where, key, "must be >= 1")
@@ -294,6 +300,18 @@ def _parse_seeds(raw: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
             isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise _err(where, "seeds", f"expected a non-empty list of integers, got {seeds!r}")
     return {"seeds": tuple(seeds)}
+
+
+def _parse_rope(raw: dict[str, Any], where: str) -> dict[str, float]:
+    """rope: half-width of the region of practical equivalence, in metric units (absent: the
+    analysis' default for the metric)."""
+    if raw.get("rope") is None:
+        return {}
+    rope = _typed(where, "rope", raw["rope"], float)
+    if not 0 < rope < 1:
+        raise _err(where, "rope", f"must be in (0, 1) (a difference in AUC / C-index that "
+                                  f"counts as no difference, e.g. 0.01), got {rope}")
+    return {"rope": rope}
 
 
 def _parse_cohort(raw: dict[str, Any], where: str, base_dir: Path) -> str:
@@ -327,6 +345,8 @@ def _parse_nested(raw: dict[str, Any], where: str) -> dict[str, Any]:
             if sub not in allowed:
                 raise _err(where, f"{key}.{sub}", f"unknown key; allowed: {', '.join(allowed)}")
             want = type(getattr(spec_cls(), sub))
+            if (key, sub, v) == ("synthetic", "scenario", None):  # YAML reads `null` as None
+                v = "null"
             # tuples (synthetic.patches: N or [min, max]) are checked by the config itself
             typed[sub] = v if want is tuple else _typed(where, f"{key}.{sub}", v, want)
         try:
@@ -647,6 +667,7 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
     kw: dict[str, Any] = _parse_identity(raw, where)
     kw.update(_parse_counts(raw, where))
     kw.update(_parse_seeds(raw, where))
+    kw.update(_parse_rope(raw, where))
     kw["cohort"] = _parse_cohort(raw, where, base_dir)
     kw["sampler"] = _parse_sampler(raw, where)
     kw.update(_parse_nested(raw, where))
@@ -668,6 +689,10 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
                                         "nested evaluation is for searches - drop it")
     if kw.get("scheduler", SchedulerSpec()).type == "pbt":
         _check_pbt(where, kw)
+    if kw.get("repeats", 1) > 1 and kw["evaluation"] == "nested":
+        raise _err(where, "repeats", "nested evaluation runs one search per outer fold of one "
+                                     "partition; repeated outer partitions are not supported: "
+                                     "use repeats: 1 (and seeds for repeated training)")
     if kw["fold_parallel"] == "tasks" and kw["evaluation"] == "nested":
         raise _err(where, "fold_parallel", "nested evaluation trains its folds in lock-step; "
                                            "fold_parallel: tasks is for cv evaluation")
