@@ -1,6 +1,6 @@
 """Time one full KS-Fusion training step per coordination rule.
 
-One step = ``ksmodel.train.train_step``, the trainer's own step: forward, diagnosis
+One step = ``ksmodel.step.train_step``, the trainer's own step: forward, diagnosis
 cross-entropy + lam * consistency, backward, subspace confidences and coordination of the
 gradient, AdamW step (profiled: each phase synchronised and timed). Configurations: the
 original study (``ModelConfig.paper()``: 2,500 tokens on 50x50, D = 1024, 59/361 genes, d = 128,
@@ -94,7 +94,7 @@ def worker(spec: dict) -> dict:
     from ksmodel.config import ModelConfig
     from ksmodel.coordination.coordinator import make_coordinator
     from ksmodel.model import KSFusion
-    from ksmodel.train import train_step
+    from ksmodel.step import compute_gradients, train_step
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -105,8 +105,7 @@ def worker(spec: dict) -> dict:
     b = spec["batch"]
     model = KSFusion(cfg).to(device)
     if spec["oracle"]:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from reference_attention import ReferenceDeformableAttention
+        from tests.reference_attention import ReferenceDeformableAttention
 
         for stream in model.streams.values():
             ref = ReferenceDeformableAttention(
@@ -135,9 +134,7 @@ def worker(spec: dict) -> dict:
     def coordination_alone(coord, repeats: int) -> float:
         """The coordination phase by itself, ``repeats`` times on one step's gradients (put back
         before each): the fastest time, the least disturbed by other processes."""
-        out = model(batch.bags, batch.genes_t, batch.genes_m)
-        opt.zero_grad(set_to_none=True)
-        objective(out, batch).backward()
+        out = compute_gradients(model, batch, objective, opt).out
         saved = [(p, p.grad.clone()) for p in model.parameters() if p.grad is not None]
         times = []
         for _ in range(repeats):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,8 @@ from ksmodel.model import (
 )
 from ksmodel.model import _rpb_kernel as kernel
 from ksmodel.model.deform_attention import reference_size
-
-sys.path.insert(0, str(Path(__file__).parent))
-from reference_attention import ReferenceDeformableAttention  # noqa: E402
+from tests import step_reference
+from tests.reference_attention import ReferenceDeformableAttention
 
 SMALL = dict(feature_dim=384, n_tumour_genes=5, n_tme_genes=7, n_outputs=4, dim=32, gene_hidden=16,
              grid=(10, 13), heads=2, head_dim=8, offset_groups=2, rpb_hidden=8)
@@ -308,3 +306,24 @@ def test_paper_config_forward_backward_batch_one():
     assert [v.shape for v in out.vgrids] == [(1, 8, 12, 12, 2)] * 2
     out.logits.sum().backward()
     assert model.streams["tumour"].attention.rpb[2].weight.grad.abs().sum() > 0
+
+
+# --- the step against saved outputs of bd3adde ---------------------------------------------
+
+STEP_REFERENCE = Path(__file__).parent / "data" / "step_bd3adde.pt"
+
+
+@pytest.mark.parametrize("name", list(step_reference.SCENARIOS))
+def test_training_step_reproduces_bd3adde(name):
+    """Two seeded training steps (dropout, coordination, AdamW) give exactly what bd3adde gave:
+    logits, losses, telemetry and every coordinated gradient (tests/step_reference.py)."""
+    want = torch.load(STEP_REFERENCE, weights_only=True)[name]
+    got = step_reference.run(name)
+    torch.testing.assert_close(got["logits"], want["logits"], rtol=0, atol=0)
+    for g, w in zip(got["steps"], want["steps"], strict=True):
+        assert g["loss"] == w["loss"]
+        assert g["telemetry"] == w["telemetry"]
+        assert g["grads"].keys() == w["grads"].keys()
+        for key, grad in g["grads"].items():
+            torch.testing.assert_close(grad, w["grads"][key], rtol=0, atol=0,
+                                       msg=lambda m, k=key: f"{k}: {m}")
