@@ -27,8 +27,8 @@ from torch import Tensor
 
 from ksmodel.cohort import Cohort
 from ksmodel.config import ModelConfig, TrainConfig, check_target
-from ksmodel.errors import ConfigError
 from ksmodel.coordination.coordinator import TELEMETRY_KEYS, Coordinator
+from ksmodel.errors import ConfigError
 from ksmodel.fold_state import (
     STATE_VERSION,
     EpochResult,
