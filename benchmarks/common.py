@@ -1,13 +1,13 @@
 """What the benchmarks share: a random batch at a model config's shapes and the training
-objective of the study's default task, so every benchmark times ``ksmodel.train.train_step``."""
+objective of the study's default task, so every benchmark times ``ksmodel.step.train_step``."""
 
 from __future__ import annotations
 
 import torch
 
 from ksmodel.config import ModelConfig
+from ksmodel.step import Batch, Objective
 from ksmodel.tasks import FoldTargets, get_task
-from ksmodel.train import Batch, Objective
 
 
 def random_batch(cfg: ModelConfig, b: int, device: torch.device, seed: int = 0) -> Batch:

@@ -3,7 +3,7 @@
 On a CUDA machine, in well under 5 minutes:
 1. the same model and batch on CPU (fp32) and on CUDA (bf16 autocast, as trials run it):
    relative error of the logits and of the gradients, against bf16 tolerance;
-2. one full training step (``ksmodel.train.train_step``, the trainer's own) at B = 8 of the
+2. one full training step (``ksmodel.step.train_step``, the trainer's own) at B = 8 of the
    original configuration (2,500 tokens, D = 1024): median time and peak CUDA memory;
 3. 1, 2 and 4 concurrent trials on one GPU, as Ray schedules them with fractional GPUs
    (`num_gpus = 1/k` per task): total training steps per second, i.e. the sharing speed-up.
@@ -30,7 +30,7 @@ from benchmarks.common import diagnosis_objective, random_batch  # noqa: E402
 from ksmodel.config import ModelConfig  # noqa: E402
 from ksmodel.coordination.coordinator import make_coordinator  # noqa: E402
 from ksmodel.model import KSFusion  # noqa: E402
-from ksmodel.train import train_step  # noqa: E402
+from ksmodel.step import compute_gradients, train_step  # noqa: E402
 
 BF16_RTOL = 5e-2
 
@@ -39,10 +39,7 @@ def loss_and_grads(model: KSFusion, cfg: ModelConfig, device: torch.device, amp:
                    ) -> tuple[torch.Tensor, list]:
     """Logits and gradients of the training objective (no optimiser step), fp32 or bf16."""
     batch = random_batch(cfg, 4, device)
-    model.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        out = model(batch.bags, batch.genes_t, batch.genes_m)
-    diagnosis_objective(cfg, batch)(out, batch).backward()
+    out = compute_gradients(model, batch, diagnosis_objective(cfg, batch), amp=amp).out
     return out.logits.float().detach().cpu(), [p.grad.float().cpu() for p in model.parameters()
                                                if p.grad is not None]
 

@@ -26,7 +26,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from ksmodel.cohort import Cohort
-from ksmodel.errors import CohortError
+from ksmodel.errors import CohortError, shown
 from ksmodel.errors import few as _few
 from ksmodel.tasks import get_task
 
@@ -55,9 +55,9 @@ def make_splits(cohort: Cohort, task: str, k: int = 5, seed: int = 0,
     with ``repeats`` r > 1, r partitions one after the other, DataFrame[case_id, fold, repeat]
     with global fold ids ``repeat * k + fold`` (module docstring)."""
     if not isinstance(k, int) or k < 2:
-        raise CohortError(f"k must be an integer >= 2 folds, got {k!r}")
+        raise CohortError(f"k must be an integer >= 2 folds, got {shown(k)}")
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-        raise CohortError(f"repeats must be an integer >= 1, got {repeats!r}")
+        raise CohortError(f"repeats must be an integer >= 1, got {shown(repeats)}")
     if repeats > 1:
         parts = [make_splits(cohort, task, k, repeat_seed(seed, r)).assign(
                      fold=lambda f, r=r: f["fold"] + r * k, repeat=r) for r in range(repeats)]
@@ -115,7 +115,7 @@ def _align(splits: pd.DataFrame, cohort: Cohort, source: str) -> pd.DataFrame:
     fold = pd.to_numeric(splits["fold"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(fold) | (fold != np.round(fold)) | (fold < 0)
     if bad.any():
-        culprits = [f"{c} ({v!r})" for c, v in zip(ids[bad], splits["fold"].to_numpy()[bad],
+        culprits = [f"{c} ({shown(v)})" for c, v in zip(ids[bad], splits["fold"].to_numpy()[bad],
                                                    strict=True)]
         raise CohortError(f"{source}: fold must be an integer >= 0; bad for case(s) "
                           f"{_few(culprits)}")
@@ -123,7 +123,7 @@ def _align(splits: pd.DataFrame, cohort: Cohort, source: str) -> pd.DataFrame:
     empty = sorted(set(range(k)) - set(fold.astype(int)))
     if k < 2 or empty:
         raise CohortError(f"{source}: folds must be numbered 0..k-1 (k >= 2) with no empty fold; "
-                          f"found folds {sorted(set(fold.astype(int)))}")
+                          f"found folds {sorted(set(fold.astype(int).tolist()))}")
     known = pd.Index(cohort.case_ids)
     unknown = pd.Index(ids).difference(known)
     if len(unknown):

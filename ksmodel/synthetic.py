@@ -511,7 +511,13 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     counts = np.bincount(t["diag"], minlength=4)
     say(f"synthetic cohort ({params.scenario}) -> {out}")
-    say("  diagnosis: " + ", ".join(f"{c} x {DIAGNOSES[d]}" for d, c in enumerate(counts)))
+    lines = ["  diagnosis:"]  # at most 119 columns, a class never split over two lines
+    for d, c in enumerate(counts):
+        part = f" {c} x {DIAGNOSES[d]};"
+        if len(lines[-1]) + len(part) > 119:
+            lines.append("   ")
+        lines[-1] += part
+    say("\n".join(lines).rstrip(";"))
     say(f"  grade 2/3/4: {', '.join(str(int((t['grade'] == g).sum())) for g in (2, 3, 4))}; "
         f"censored {1 - t['event'].mean():.1%}; TME-shift patients {int(t['conflict'].sum())}; "
         f"histology conflict {params.conflict:g}")

@@ -42,6 +42,7 @@ PBT_KEYS = ("perturbation_interval", "quantile_fraction", "resample_probability"
 ASHA_KEYS = ("grace_period", "reduction_factor")
 PARAM_TYPES = ("float", "loguniform", "int", "categorical")
 DEFAULT_INNER_FOLDS = 3
+OUTER_SAMPLER_SEEDS = ("per_fold", "same")  # nested: each outer fold's sampler seed (README)
 DATA_KEYS = frozenset({"feature_dim", "n_tumour_genes", "n_tme_genes", "n_outputs", "task"})
 TRIAL_KEYS = parameter_keys() - DATA_KEYS
 """Parameters a study may fix or search (data-derived sizes and the task are set elsewhere)."""
@@ -121,6 +122,7 @@ class StudyConfig:
     synthetic: SyntheticConfig = SyntheticConfig()
     evaluation: str = "cv"  # cv | nested (README, "Evaluation modes")
     inner_folds: int = DEFAULT_INNER_FOLDS  # nested: folds of each outer training part
+    outer_sampler_seeds: str = "per_fold"  # nested: seed each outer fold's sampler apart | same
     baselines: tuple[str, ...] = ()  # reference models run on the study's folds
     checkpoint_every: int = 1  # epochs between mid-trial checkpoints; 0: none
     fold_parallel: str = "lockstep"  # lockstep | tasks (one Ray actor per fold)
@@ -165,8 +167,9 @@ class StudyConfig:
         else:
             out["synthetic"] = to_dict(self.synthetic)
         out["baselines"], out["covariates"] = list(self.baselines), list(self.covariates)
-        if self.evaluation != "nested":  # the key is refused without nested evaluation
+        if self.evaluation != "nested":  # the keys are refused without nested evaluation
             out.pop("inner_folds")
+            out.pop("outer_sampler_seeds")
         if self.rope is None:  # the analysis' default applies
             out.pop("rope")
         mine = ASHA_KEYS if self.scheduler.type == "pbt" else PBT_KEYS  # refused there
@@ -516,6 +519,14 @@ def _parse_evaluation(raw: dict[str, Any], where: str, task: str) -> dict[str, A
         kw["inner_folds"] = _typed(where, "inner_folds", raw["inner_folds"], int)
         if kw["inner_folds"] < 2:
             raise _err(where, "inner_folds", "needs at least 2 inner folds")
+    if "outer_sampler_seeds" in raw:
+        if evaluation != "nested":
+            raise _err(where, "outer_sampler_seeds", "is only used with evaluation: nested")
+        if raw["outer_sampler_seeds"] not in OUTER_SAMPLER_SEEDS:
+            raise _err(where, "outer_sampler_seeds", f"must be one of "
+                                                     f"{', '.join(OUTER_SAMPLER_SEEDS)}, got "
+                                                     f"{raw['outer_sampler_seeds']!r}")
+        kw["outer_sampler_seeds"] = raw["outer_sampler_seeds"]
     covariates = raw.get("covariates", []) or []
     if not isinstance(covariates, list) or not all(isinstance(c, str) and c.strip()
                                                    for c in covariates):
@@ -694,8 +705,15 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"{path}: no such study file (see search_spaces/ for examples)")
+    from study.strict_yaml import StrictYamlError, check_finite, load_yaml
+
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(), str(path))  # a key twice, or .inf/.nan: refused
+        check_finite(raw, str(path))
+        for key, value in (overrides or {}).items():
+            check_finite(value, "--set", key)
+    except StrictYamlError as exc:
+        raise SpaceError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise SpaceError(f"{path}: not valid YAML: {exc}") from None
     raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides or {}) if \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,3 +19,19 @@ def test_gpu_check_skips_without_cuda() -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert "skipped" in proc.stdout
+
+
+def test_only_the_step_module_runs_backward() -> None:
+    """Benchmarks, trainer and study time or run ``ksmodel.step``, never a copy of its forward /
+    backward; and no benchmark reaches into tests/ through sys.path."""
+    calls = []
+    for folder in ("benchmarks", "ksmodel", "study"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text()
+            calls += [f"{path.relative_to(ROOT)}: {line.strip()}"
+                      for line in text.splitlines()
+                      if re.search(r"[\w)\]]\.backward\(\)", line.split("#")[0])
+                      and "``" not in line]
+            if folder == "benchmarks":
+                assert not re.search(r"sys\.path\.\w+\([^)]*tests", text), path
+    assert calls == ["ksmodel/step.py: loss.backward()"]

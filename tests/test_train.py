@@ -11,16 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from ksmodel import trainer as trainer_module
 from ksmodel.cohort import load_bags, load_cohort
 from ksmodel.config import TrainConfig
 from ksmodel.splits import make_splits
-from ksmodel.train import (
-    FoldTrainer,
-    NonFiniteLossError,
-    build_model_config,
-    prepare_fold,
-    train_fold,
-)
+from ksmodel.step import NonFiniteLossError
+from ksmodel.train import main as train_cli
+from ksmodel.trainer import FoldTrainer, build_model_config, prepare_fold, train_fold
 
 SMALL = dict(grid=(6, 6), dim=32, gene_hidden=64, heads=2, head_dim=16, offset_groups=2,
              downsample=2, offset_kernel=3)
@@ -99,6 +96,28 @@ def test_ablation_switches_train(small_cohort: Path, switch: dict) -> None:
     assert 0.0 <= result.metrics["auc"] <= 1.0
     # two subspace streams (and so coordination telemetry) unless decomposition is off
     assert bool(trainer.history[0].telemetry) == switch.get("decompose", True)
+
+
+def test_trainer_and_cli_run_the_one_training_step(small_cohort: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch of the fold trainer (and so of the CLI) goes through ``ksmodel.step``."""
+    seen = []
+
+    def counted(*args, **kwargs):
+        seen.append(args[1].genes_t.shape[0])
+        return real(*args, **kwargs)
+
+    real = trainer_module.train_step
+    monkeypatch.setattr(trainer_module, "train_step", counted)
+    trainer = _trainer(small_cohort, batch_size=16)
+    trainer.fit_epoch()
+    assert sum(seen) == len(trainer.data.train_idx) and len(seen) >= 2
+    seen.clear()
+    out = tmp_path / "m.json"
+    overrides = [a for k, v in SMALL.items() for a in ("--set", f"{k}={_yaml(v)}")]
+    assert train_cli(["--cohort", str(small_cohort), "--folds", "3", "--epochs", "1",
+                      "--metrics-json", str(out), *overrides]) == 0
+    assert seen and json.loads(out.read_text())["epochs_run"] == 1
 
 
 def test_cli_reports_bad_cohort_without_traceback(small_cohort: Path, tmp_path: Path) -> None:

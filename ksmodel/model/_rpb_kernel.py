@@ -1,16 +1,24 @@
 """Chunked relative-position bias: a custom autograd kernel for the deformable attention's RPB MLP.
 
 Why: the naive bias materialises ``[B*G, T, n, R]`` hidden activations (3 GB per tensor at B=8 of
-the paper config). The first MLP layer is separable (the log-CPB transform acts per axis, so its
-pre-activation is ``A_y[i, key] + A_x[j, key]``), so ``_RPBBias`` evaluates the rest of the MLP in
-cache-sized chunks over (batch*group, query rows) and keeps only the ``[B*G, hpg, T, n]`` bias; the
-backward recomputes each chunk (flash-attention style) and accumulates weight gradients, so peak
-memory no longer scales with ``R``. Chunk intermediates live in reused buffers (no allocator churn)
-and, on CPU, the chunks are spread over ``torch.get_num_threads()`` worker threads that each run
-torch single-threaded: thousands of small ops per step would otherwise each be an OpenMP barrier,
-which collapses when other processes compete for the cores (measured 24-50 s vs 4-5 s per B=2
-step on a loaded 2-core machine). ``THREADED_CHUNKS = False`` switches that off. The result does
-not depend on the chunking or threading (fixed partition, fixed summation order).
+the paper config). The first MLP layer acts on the log-CPB displacement ``(fx, fy)`` of a query
+column/row to a key, so its pre-activation is ``fy[i, key] w1_y + fx[j, key] w1_x + b1``: the
+kernel takes the per-axis displacements ``fx`` [S, W, n] and ``fy`` [S, H, n] and evaluates the
+MLP in cache-sized chunks over (batch*group, query rows), keeping only the ``[B*G, hpg, T, n]``
+bias; the backward recomputes each chunk (flash-attention style), accumulates the weight
+gradients and reduces the first layer's gradient to ``dfx``/``dfy`` chunk by chunk, so nothing of
+size ``R`` per (slice, row or column, key) is ever a full tensor either (at B=8 of the paper
+config those were nine 59 MB tensors per stream and step, each freshly page-faulted). Chunk
+intermediates live in reused buffers (no allocator churn) and, on CPU, the chunks are spread over
+``torch.get_num_threads()`` worker threads that each run torch single-threaded: thousands of
+small ops per step would otherwise each be an OpenMP barrier, which collapses when other
+processes compete for the cores (measured 24-50 s vs 4-5 s per B=2 step on a loaded 2-core
+machine). ``THREADED_CHUNKS = False`` switches that off. The bias does not depend on the
+chunking or threading; the weight gradients are sums of per-worker partial sums, so they are
+deterministic for a given thread count and differ across thread counts only by rounding.
+
+``_Kernel`` is also the bias half of ``ksmodel.model._biased_attention`` (bias, attention and
+their backward in one node, writing the bias straight into the attention logits).
 """
 
 from __future__ import annotations
@@ -47,84 +55,120 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 
 
 class _RPBBias(torch.autograd.Function):
-    """bias[s, :, i*W+j, key] = MLP_{2..L}(relu(ay[s, i, key] + ax[s, j, key])), chunked.
+    """bias[s, k, i*W+j, key] = w_out[k] . MLP_mid(relu(fy[s,i,key] w1[:,1] + fx[s,j,key] w1[:,0]
+    + b1)), chunked.
 
-    Inputs: ay [S, H, n, R], ax [S, W, n, R] (first-layer pre-activations, bias folded into ax),
-    w_out [hpg, R], chunk_elems, compute dtype, then (W_l, b_l) for each hidden R->R layer.
-    Output: [S, hpg, H*W, n] in ay's dtype. Nothing of size R is saved for backward; each chunk
-    is recomputed there.
+    Inputs: fx [S, W, n], fy [S, H, n], w1 [R, 2], b1 [R], w_out [hpg, R], chunk_elems, compute
+    dtype, then (W_l, b_l) for each hidden R->R layer. Output: [S, hpg, H*W, n] in fx's dtype.
+    Nothing of size R is saved for backward; each chunk is recomputed there.
     """
 
     @staticmethod
-    def forward(ctx, ay, ax, w_out, chunk_elems, dtype, *mids):  # type: ignore[override]
-        k = _Kernel(ay, ax, w_out, mids, dtype, chunk_elems)
-        s_, h_, n, _ = ay.shape
-        out = ay.new_empty((s_, w_out.shape[0], h_, ax.shape[1], n))
-        _run(k, lambda chunks: k.forward(chunks, out))
-        ctx.save_for_backward(ay, ax, w_out, *mids)
+    def forward(ctx, fx, fy, w1, b1, w_out, chunk_elems, dtype, *mids):  # type: ignore[override]
+        k = _Kernel(fx, fy, w1, b1, w_out, mids, dtype, chunk_elems)
+        out = k.forward_all(fx.new_empty(k.out_shape))
+        ctx.save_for_backward(fx, fy, w1, b1, w_out, *mids)
         ctx.chunk_elems, ctx.dtype = chunk_elems, dtype
-        return out.view(s_, -1, h_ * ax.shape[1], n)
+        return out.view(k.n_slices, -1, k.h_ * k.w_, k.n)
 
     @staticmethod
     def backward(ctx, gout):  # type: ignore[override]
-        ay, ax, w_out, *mids = ctx.saved_tensors
-        k = _Kernel(ay, ax, w_out, tuple(mids), ctx.dtype, ctx.chunk_elems)
-        s_, h_, n, _ = ay.shape
-        gout = gout.reshape(s_, w_out.shape[0], h_, ax.shape[1], n)
-        need_a = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        day = torch.zeros(ay.shape, dtype=k.acc, device=ay.device) if need_a else None
-        dax = torch.zeros(ax.shape, dtype=k.acc, device=ax.device) if need_a else None
-        parts = _run(k, lambda chunks: k.backward(chunks, gout, day, dax))
-        dweights = [torch.stack(ws).sum(0) for ws in zip(*parts, strict=True)]
-        grads = [day, dax, *dweights]
-        like = (ay, ax, w_out, *mids)
-        day, dax, dw_out, *dmids = [None if g is None else g.to(p.dtype)
-                                    for g, p in zip(grads, like, strict=True)]
-        return (day, dax, dw_out, None, None, *dmids)
+        fx, fy, w1, b1, w_out, *mids = ctx.saved_tensors
+        k = _Kernel(fx, fy, w1, b1, w_out, tuple(mids), ctx.dtype, ctx.chunk_elems)
+        dfx, dfy, dw1, db1, dw_out, *dmids = k.backward_all(
+            gout, need_inputs=ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        return (dfx, dfy, dw1, db1, dw_out, None, None, *dmids)
 
 
 class _Kernel:
-    """Chunk plan and per-chunk math of ``_RPBBias``.
+    """Chunk plan and per-chunk math of the bias MLP (see the module docstring).
 
     Chunk intermediates live in a few buffers reused across chunks: a fresh multi-MB allocation
     per chunk costs more in page faults than the arithmetic (issue 7's "allocator churn").
     """
 
-    def __init__(self, ay: Tensor, ax: Tensor, w_out: Tensor, mids: tuple[Tensor, ...],
-                 dtype: torch.dtype, chunk_elems: int) -> None:
-        s_, h_, n, r = ay.shape
-        self.w_, self.n, self.r = ax.shape[1], n, r
+    def __init__(self, fx: Tensor, fy: Tensor, w1: Tensor, b1: Tensor, w_out: Tensor,
+                 mids: tuple[Tensor, ...] | list[Tensor], dtype: torch.dtype,
+                 chunk_elems: int) -> None:
+        s_, w_, n = fx.shape
+        self.h_, self.w_, self.n, self.r = fy.shape[1], w_, n, w1.shape[0]
         self.dtype = dtype
-        self.acc = torch.float32 if ay.dtype in (torch.float16, torch.bfloat16) else ay.dtype
-        self.ay, self.ax, self.w_out = ay.to(dtype), ax.to(dtype), w_out.to(dtype)
+        self.acc = torch.float32 if fx.dtype in (torch.float16, torch.bfloat16) else fx.dtype
+        self.fx, self.fy = fx.to(dtype), fy.to(dtype)
+        self.w1x, self.w1y, self.b1 = w1[:, 0].to(dtype), w1[:, 1].to(dtype), b1.to(dtype)
+        self.w_out = w_out.to(dtype)
         self.mids = [m.to(dtype) for m in mids]
-        self.plan = _plan(s_, h_, self.w_ * n * r, chunk_elems)
-        self.rows = max((s1 - s0) * (y1 - y0) for s0, s1, y0, y1 in self.plan) * self.w_ * n
+        self.plan = _plan(s_, self.h_, w_ * n * self.r, chunk_elems)
+        self.rows = max((s1 - s0) * (y1 - y0) for s0, s1, y0, y1 in self.plan) * w_ * n
+        self.slices_per_chunk = max(s1 - s0 for s0, s1, _, _ in self.plan)
+        self.rows_per_chunk = max(y1 - y0 for _, _, y0, y1 in self.plan)
         self.n_slices = s_
+        self.out_shape = (s_, w_out.shape[0], self.h_, w_, n)
+        self.grad_dtypes = (fx.dtype, fy.dtype, w1.dtype, b1.dtype, w_out.dtype,
+                            *(m.dtype for m in mids))
+
+    @property
+    def device(self) -> torch.device:
+        return self.fx.device
 
     def _buffers(self, k: int) -> list[Tensor]:
-        return [self.ay.new_empty((self.rows, self.r)) for _ in range(k)]
+        return [self.fx.new_empty((self.rows, self.r)) for _ in range(k)]
 
-    def _hidden(self, bufs: list[Tensor], s0: int, s1: int, y0: int, y1: int) -> list[Tensor]:
-        """Post-ReLU activations of every hidden layer for one chunk, each [rows, R]."""
-        a = self.ay[s0:s1, y0:y1, None]
-        b = self.ax[s0:s1, None]
+    def _column_buffer(self, dtype: torch.dtype | None = None) -> Tensor:
+        """[slices, W, n, R]: the first layer's column part, or its gradient, for one chunk."""
+        return self.fx.new_empty((self.slices_per_chunk, self.w_, self.n, self.r),
+                                 dtype=dtype or self.dtype)
+
+    def _columns(self, col: Tensor, s0: int, s1: int) -> Tensor:
+        """fx w1_x + b1 for slices s0:s1 into ``col`` (one pass; reused by the chunks of a
+        slice, which run in order on one worker)."""
+        dst = col[:s1 - s0]
+        torch.addcmul(self.b1, self.fx[s0:s1, :, :, None], self.w1x, out=dst)
+        return dst
+
+    def _row_buffer(self) -> Tensor:
+        """[slices, rows, n, R]: the first layer's row part, or its gradient, for one chunk."""
+        return self.fx.new_empty((self.slices_per_chunk, self.rows_per_chunk, self.n, self.r),
+                                 dtype=self.dtype)
+
+    def _hidden(self, bufs: list[Tensor], row_buf: Tensor, cols: Tensor, s0: int, s1: int,
+                y0: int, y1: int, last_relu: bool = True) -> list[Tensor]:
+        """Post-ReLU activations of every hidden layer for one chunk, each [rows, R]; the last
+        one before its ReLU with ``last_relu=False`` (same sign pattern, one pass less)."""
         m = (s1 - s0) * (y1 - y0) * self.w_ * self.n
         h = bufs[0][:m]
-        torch.add(a, b, out=h.view(s1 - s0, y1 - y0, self.w_, self.n, self.r)).relu_()
+        # fy w1_y for the chunk's rows (small), then + cols over all (row, column) pairs: one
+        # broadcast add with a contiguous R axis (a three-input addcmul broadcasting fy over R
+        # measured 3x slower)
+        rows = torch.mul(self.fy[s0:s1, y0:y1, :, None], self.w1y,
+                         out=row_buf[:s1 - s0, :y1 - y0])
+        torch.add(rows[:, :, None], cols[:, None],
+                  out=h.view(s1 - s0, y1 - y0, self.w_, self.n, self.r)).relu_()
         hs = [h]
-        for li in range(len(self.mids) // 2):
+        n_mid = len(self.mids) // 2
+        for li in range(n_mid):
             nxt = bufs[li + 1][:m]
-            torch.addmm(self.mids[2 * li + 1], h, self.mids[2 * li].t(), out=nxt).relu_()
+            torch.addmm(self.mids[2 * li + 1], h, self.mids[2 * li].t(), out=nxt)
+            if last_relu or li < n_mid - 1:
+                nxt.relu_()
             hs.append(nxt)
             h = nxt
         return hs
 
+    # -- forward ----------------------------------------------------------------------------
+    def forward_all(self, out: Tensor) -> Tensor:
+        """The bias into ``out`` [S, hpg, H, W, n] (any tensor of that shape and layout)."""
+        _run(self, lambda chunks: self.forward(chunks, out))
+        return out
+
     def forward(self, chunks: list[tuple[int, int, int, int]], out: Tensor) -> None:
         bufs = self._buffers(len(self.mids) // 2 + 1)
+        col_buf, row_buf, cached = self._column_buffer(), self._row_buffer(), None
         hpg = self.w_out.shape[0]
         for s0, s1, y0, y1 in chunks:
-            hid = self._hidden(bufs, s0, s1, y0, y1)[-1]
+            if cached != (s0, s1):
+                cols, cached = self._columns(col_buf, s0, s1), (s0, s1)
+            hid = self._hidden(bufs, row_buf, cols, s0, s1, y0, y1)[-1]
             dst = out[s0:s1, :, y0:y1]
             if hpg == 1 and dst.is_contiguous() and out.dtype == self.dtype:
                 torch.mv(hid, self.w_out[0], out=dst.view(-1))
@@ -133,36 +177,120 @@ class _Kernel:
                 dst.copy_(rearrange(o, "(s y x n) h -> s h y x n", s=s1 - s0, y=y1 - y0,
                                     x=self.w_))
 
+    # -- backward ---------------------------------------------------------------------------
+    def backward_all(self, gout: Tensor, need_inputs: bool = True) -> list[Tensor | None]:
+        """Gradients (dfx, dfy, dw1, db1, dw_out, *dmids) in the inputs' dtypes from ``gout``
+        [S, hpg, H*W, n] (or any view of that shape); dfx/dfy None without ``need_inputs``."""
+        gout = gout.reshape(self.out_shape)
+        dfx = dfy = None
+        if need_inputs:
+            dfx = torch.empty(self.fx.shape, dtype=self.acc, device=self.device)
+            dfy = torch.empty(self.fy.shape, dtype=self.acc, device=self.device)
+        parts = _run(self, lambda chunks: self.backward(chunks, gout, dfx, dfy))
+        dweights = [torch.stack(ws).sum(0) for ws in zip(*parts, strict=True)]
+        dw1x, dw1y, db1, dw_out, *dmids = dweights
+        grads = [dfx, dfy, torch.stack([dw1x, dw1y], dim=1), db1, dw_out, *dmids]
+        return [None if g is None else g.to(dt) for g, dt in zip(grads, self.grad_dtypes,
+                                                                    strict=True)]
+
     def backward(self, chunks: list[tuple[int, int, int, int]], gout: Tensor,
-                 day: Tensor | None, dax: Tensor | None) -> list[Tensor]:
-        """Accumulates into the (disjoint) day/dax regions of ``chunks``; returns weight grads."""
-        bufs = self._buffers(len(self.mids) // 2 + 3)
-        dh_buf, dpre_buf = bufs[-2:]
+                 dfx: Tensor | None, dfy: Tensor | None) -> list[Tensor]:
+        """Writes the (disjoint) dfx/dfy regions of ``chunks``; returns this part's weight
+        gradients (dw1_x, dw1_y, db1, dw_out, *dmids).
+
+        With one head per group (``hpg == 1``, the paper's configuration) the output weight
+        ``u = w_out[0]`` is a per-unit scale, so the last hidden layer's gradient is
+        ``P * u`` with ``P = g`` where that layer is active, and ``u`` folds into the small
+        weight matrices instead of a pass over the chunk: with ``C = sum P^T h`` and
+        ``c = sum P`` over the chunks, ``dW = u * C``, ``db = u * c``, ``dh = P @ (u * W)``,
+        and ``dw_out = sum_e g_e relu(pre_e) = rowsum(C * W) + c * b`` (``relu(pre) = pre``
+        where P is non-zero). The first layer's gradient is summed over query columns
+        (-> ``dfy``, ``dw1_y``) per chunk and over query rows (-> ``dfx``, ``dw1_x``,
+        ``db1``) per slice."""
+        acc, dev, r = self.acc, self.device, self.r
+        n_mid = len(self.mids) // 2
         hpg = self.w_out.shape[0]
-        dw_out = torch.zeros(self.w_out.shape, dtype=self.acc, device=self.ay.device)
-        dmids = [torch.zeros(m.shape, dtype=self.acc, device=m.device) for m in self.mids]
+        fold = hpg == 1 and n_mid > 0
+        bufs = self._buffers(n_mid + 3)  # hidden layers, dh, p
+        dh_buf, p_buf = bufs[-2:]
+        col_buf, col_part = self._column_buffer(), self._column_buffer()
+        col_grad = self._column_buffer(acc)
+        row_buf, row_grad = self._row_buffer(), self._row_buffer()
+        dw1x, dw1y, db1 = (torch.zeros(r, dtype=acc, device=dev) for _ in range(3))
+        dw_out = torch.zeros(self.w_out.shape, dtype=acc, device=dev)
+        dmids = [torch.zeros(m.shape, dtype=acc, device=dev) for m in self.mids]
+        if fold:
+            u = self.w_out[0]
+            w_last = self.mids[-2]
+            w_last_u = w_last * u[:, None]  # rows of the last hidden layer scaled by u
+            c_sum = torch.zeros((r, r), dtype=acc, device=dev)  # sum of P^T h
+            cb_sum = torch.zeros(r, dtype=acc, device=dev)  # sum of P
+        cached = None
+
+        def flush_columns() -> None:
+            """The finished slices' column gradient -> dfx, dw1_x, db1."""
+            if cached is None:
+                return
+            s0, s1 = cached
+            dcol = col_grad[:s1 - s0]
+            if dfx is not None:
+                dfx[s0:s1] = dcol @ self.w1x.to(acc)
+            flat = dcol.view(-1, r)
+            dw1x.addmv_(flat.t(), self.fx[s0:s1].reshape(-1).to(acc))
+            db1.add_(flat.sum(0))
+
         for s0, s1, y0, y1 in chunks:
-            hs = self._hidden(bufs, s0, s1, y0, y1)
+            if cached != (s0, s1):
+                flush_columns()
+                cols, cached = self._columns(col_buf, s0, s1), (s0, s1)
+                col_grad[:s1 - s0].zero_()
+            hs = self._hidden(bufs, row_buf, cols, s0, s1, y0, y1, last_relu=not fold)
             m = hs[0].shape[0]
-            dh, dpre = dh_buf[:m], dpre_buf[:m]
-            g = rearrange(gout[s0:s1, :, y0:y1], "s h y x n -> (s y x n) h").to(self.dtype)
-            if hpg == 1:
-                dw_out[0].add_(torch.mv(hs[-1].t(), g[:, 0]))
-                torch.mul(g, self.w_out, out=dh)
+            dh, p = dh_buf[:m], p_buf[:m]
+            g = gout[s0:s1, :, y0:y1]
+            g = (g.reshape(m, 1) if hpg == 1
+                 else rearrange(g, "s h y x n -> (s y x n) h")).to(self.dtype)
+            if fold:
+                # P = g where the last hidden layer is active (one pass, g broadcast over units;
+                # hs[-1] is its pre-activation)
+                torch.ops.aten.threshold_backward.grad_input(g.expand(m, r), hs[-1], 0,
+                                                             grad_input=p)
+                if acc == self.dtype:
+                    c_sum.addmm_(p.t(), hs[-2])
+                else:  # bf16 chunks, float32 sums
+                    c_sum.add_(p.t() @ hs[-2])
+                cb_sum.add_(p.sum(0))
+                torch.mm(p, w_last_u, out=dh)
+                layers = range(n_mid - 2, -1, -1)
             else:
-                dw_out.add_(g.t() @ hs[-1])
-                torch.mm(g, self.w_out, out=dh)
-            for li in range(len(self.mids) // 2 - 1, -1, -1):
-                torch.ops.aten.threshold_backward.grad_input(dh, hs[li + 1], 0, grad_input=dpre)
-                dmids[2 * li].add_(dpre.t() @ hs[li])
-                dmids[2 * li + 1].add_(dpre.sum(0))
-                torch.mm(dpre, self.mids[2 * li], out=dh)
-            if day is not None and dax is not None:
-                torch.ops.aten.threshold_backward.grad_input(dh, hs[0], 0, grad_input=dpre)
-                d5 = dpre.view(s1 - s0, y1 - y0, self.w_, self.n, self.r)
-                day[s0:s1, y0:y1].add_(d5.sum(2))
-                dax[s0:s1].add_(d5.sum(1))
-        return [dw_out, *dmids]
+                if hpg == 1:
+                    dw_out[0].add_(torch.mv(hs[-1].t(), g[:, 0]))
+                    torch.mul(g, self.w_out, out=dh)
+                else:
+                    dw_out.add_(g.t() @ hs[-1])
+                    torch.mm(g, self.w_out, out=dh)
+                layers = range(n_mid - 1, -1, -1)
+            for li in layers:
+                torch.ops.aten.threshold_backward.grad_input(dh, hs[li + 1], 0, grad_input=p)
+                dmids[2 * li].add_(p.t() @ hs[li])
+                dmids[2 * li + 1].add_(p.sum(0))
+                torch.mm(p, self.mids[2 * li], out=dh)
+            # first layer: through its ReLU, then summed over columns (rows of fy) and rows;
+            # the sums go to preallocated buffers (a fresh ~1 MB block per chunk can cost more
+            # in page faults than the sum, depending on the allocator's state)
+            torch.ops.aten.threshold_backward.grad_input(dh, hs[0], 0, grad_input=dh)
+            d5 = dh.view(s1 - s0, y1 - y0, self.w_, self.n, r)
+            drow = torch.sum(d5, 2, out=row_grad[:s1 - s0, :y1 - y0])  # [s, y, n, R]
+            if dfy is not None:
+                dfy[s0:s1, y0:y1] = drow @ self.w1y
+            dw1y.addmv_(drow.view(-1, r).t().to(acc), self.fy[s0:s1, y0:y1].reshape(-1).to(acc))
+            col_grad[:s1 - s0].add_(torch.sum(d5, 1, out=col_part[:s1 - s0]))
+        flush_columns()
+        if fold:
+            dmids[-2].add_(c_sum * u[:, None])
+            dmids[-1].add_(cb_sum * u)
+            dw_out[0].add_((c_sum * w_last).sum(1) + cb_sum * self.mids[-1])
+        return [dw1x, dw1y, db1, dw_out, *dmids]
 
 
 THREADED_CHUNKS = True  # CPU: spread chunks over torch.get_num_threads() single-threaded workers
@@ -184,10 +312,11 @@ def _run(k: _Kernel, fn):
     """Run ``fn(chunks)`` over the plan, split by slice across CPU threads when worthwhile."""
     workers = min(torch.get_num_threads(), k.n_slices)
     # Dispatch modes (FlopCounterMode, ...) are thread-local: stay on this thread under one.
-    if (not THREADED_CHUNKS or k.ay.device.type != "cpu" or workers < 2
+    if (not THREADED_CHUNKS or k.device.type != "cpu" or workers < 2
             or len(k.plan) < 4 * workers or torch._C._len_torch_dispatch_stack() > 0):
         return [fn(k.plan)]
-    # Partition by first slice: every day/dax region is then written by one worker only.
+    # Partition by first slice: every dfx/dfy region, and every slice's column gradient, is
+    # then written by one worker only.
     bounds = [round(i * k.n_slices / workers) for i in range(workers + 1)]
     parts = [[c for c in k.plan if lo <= c[0] < hi] for lo, hi in zip(bounds, bounds[1:],
                                                                        strict=False)]
@@ -200,8 +329,8 @@ def _run(k: _Kernel, fn):
 
 
 @torch.compiler.disable
-def rpb_bias(ay: Tensor, ax: Tensor, w_out: Tensor, mids: list[Tensor],
+def rpb_bias(fx: Tensor, fy: Tensor, w1: Tensor, b1: Tensor, w_out: Tensor, mids: list[Tensor],
              chunk_elems: int | None = None) -> Tensor:
     """Chunked relative-position bias ``[S, hpg, H*W, n]`` (see ``_RPBBias``)."""
-    chunk = chunk_elems or _default_chunk_elems(ay.device)
-    return _RPBBias.apply(ay, ax, w_out, chunk, _compute_dtype(ay), *mids)
+    chunk = chunk_elems or _default_chunk_elems(fx.device)
+    return _RPBBias.apply(fx, fy, w1, b1, w_out, chunk, _compute_dtype(fx), *mids)

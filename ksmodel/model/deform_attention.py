@@ -21,8 +21,10 @@ stored as (x, y)):
   the biases of its ``G/heads`` groups.
 
 The bias MLP runs in the chunked, recomputing kernel of ``_rpb_kernel`` (the naive version holds
-a ``[B*G, T, n, R]`` activation, gigabytes at the paper size). tests/reference_attention.py is
-the straightforward oracle; same outputs and gradients.
+a ``[B*G, T, n, R]`` activation, gigabytes at the paper size), and with groups <= heads in full
+precision the bias, scores, softmax and weighted sum are one node (``_biased_attention``: one
+logits-sized buffer instead of five). tests/reference_attention.py is the straightforward
+oracle; same outputs and gradients.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
+from ksmodel.model._biased_attention import biased_attention, fused_attention_applies
 from ksmodel.model._rpb_kernel import rpb_bias
 
 __all__ = ["DeformableCrossAttention", "cell_centres", "log_cpb", "reference_padding",
@@ -125,23 +128,26 @@ class DeformableCrossAttention(nn.Module):
                                 padding_mode="zeros", align_corners=False)
         return rearrange(sampled, "(b g) c h w -> b (h w) (g c)", g=self.groups)
 
-    def position_bias(self, pos: Tensor) -> Tensor:
-        """Relative-position bias per head [B, heads, T, n] via the chunked kernel.
-
-        The first MLP layer is separable over the axes, so only its per-axis pre-activations
-        (``ay`` for query rows, ``ax`` for query columns, each against every key) are built here.
-        """
+    def displacements(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-CPB displacement of every query column / row to every sampled key:
+        ``fx`` [B*G, W, n] and ``fy`` [B*G, H, n], the bias MLP's two inputs (per axis, which
+        is what makes its first layer separable)."""
         h, w = self.grid
         key = rearrange(pos, "bg h w xy -> bg (h w) xy")
-        lin1 = self.rpb[0]
         qx = cell_centres(w, device=pos.device, dtype=pos.dtype)
         qy = cell_centres(h, device=pos.device, dtype=pos.dtype)
-        fx = log_cpb(qx[None, :, None] - key[:, None, :, 0])  # [BG, W, n]
-        fy = log_cpb(qy[None, :, None] - key[:, None, :, 1])  # [BG, H, n]
-        ax = fx[..., None] * lin1.weight[:, 0] + lin1.bias  # [BG, W, n, R], bias folded in
-        ay = fy[..., None] * lin1.weight[:, 1]  # [BG, H, n, R]
+        return (log_cpb(qx[None, :, None] - key[:, None, :, 0]),
+                log_cpb(qy[None, :, None] - key[:, None, :, 1]))
+
+    def _bias_mlp(self) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        """The bias MLP's weights as the kernels take them: w1, b1, w_out, [W_l, b_l, ...]."""
         mids = [p for m in self.rpb[2:-1:2] for p in (m.weight, m.bias)]
-        bias = rpb_bias(ay, ax, self.rpb[-1].weight, mids, self.chunk_elems)
+        return self.rpb[0].weight, self.rpb[0].bias, self.rpb[-1].weight, mids
+
+    def position_bias(self, pos: Tensor) -> Tensor:
+        """Relative-position bias per head [B, heads, T, n] via the chunked kernel."""
+        w1, b1, w_out, mids = self._bias_mlp()
+        bias = rpb_bias(*self.displacements(pos), w1, b1, w_out, mids, self.chunk_elems)
         return self._bias_per_head(bias)
 
     def _bias_per_head(self, bias: Tensor) -> Tensor:
@@ -151,23 +157,31 @@ class DeformableCrossAttention(nn.Module):
         return reduce(bias, "(b h k) 1 t n -> b h t n", "mean", h=self.heads,
                       k=self.groups // self.heads)
 
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, pos: Tensor) -> Tensor:
+        """softmax(q k^T / sqrt(d) + bias) v per head: [B, T, heads*d] from q [B, T, heads*d],
+        k, v [B, n, heads*d]. One fused node (``_biased_attention``) where it applies, else
+        the bias, a batched product, softmax and a product as separate nodes."""
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if fused_attention_applies(q, self.groups, self.heads):
+            w1, b1, w_out, mids = self._bias_mlp()
+            return biased_attention(q, k, v, *self.displacements(pos), w1, b1, w_out, mids,
+                                    heads=self.heads, scale=scale, chunk_elems=self.chunk_elems)
+        heads = self.heads
+        bias = rearrange(self.position_bias(pos), "b h t n -> (b h) t n")
+        q, k, v = (rearrange(x, "b l (h d) -> (b h) l d", h=heads) for x in (q, k, v))
+        logits = torch.baddbmm(bias, q, k.mT, alpha=scale)  # bias + scaled scores in one product
+        out = torch.bmm(logits.softmax(dim=-1), v)
+        return rearrange(out, "(b h) t d -> b t (h d)", h=heads)
+
     # -- forward --------------------------------------------------------------------------
     def forward(self, queries: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         t = queries.shape[1]
         if t != self.grid[0] * self.grid[1] or tokens.shape != queries.shape:
             raise ValueError(f"expected queries and tokens [B, {self.grid[0] * self.grid[1]}, "
                              f"{self.dim}], got {tuple(queries.shape)} / {tuple(tokens.shape)}")
-        heads = self.heads
         pos = self.sample_positions(queries)
         kv = self.sample_tokens(tokens, pos)
-        q = rearrange(self.proj_q(queries), "b t (h d) -> (b h) t d", h=heads)
-        k = rearrange(self.proj_k(kv), "b n (h d) -> (b h) n d", h=heads)
-        v = rearrange(self.proj_v(kv), "b n (h d) -> (b h) n d", h=heads)
-        bias = rearrange(self.position_bias(pos), "b h t n -> (b h) t n")
-        # bias + q k^T / sqrt(d) in one fused batched product
-        logits = torch.baddbmm(bias, q, k.mT, alpha=1.0 / math.sqrt(self.head_dim))
-        out = torch.bmm(logits.softmax(dim=-1), v)
-        out = rearrange(out, "(b h) t d -> b t (h d)", h=heads)
+        out = self.attend(self.proj_q(queries), self.proj_k(kv), self.proj_v(kv), pos)
         y = self.norm(queries + self.proj_out(out))
         feature = torch.tanh(self.pool(y.mean(dim=1)))
         return feature, rearrange(pos, "(b g) h w xy -> b g h w xy", g=self.groups)

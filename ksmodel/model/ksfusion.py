@@ -24,6 +24,7 @@ from ksmodel.config import ModelConfig
 from ksmodel.model.deform_attention import DeformableCrossAttention
 from ksmodel.model.encoders import GeneEncoder, PatchProjection, Teacher
 from ksmodel.model.shared import SharedTokens
+from ksmodel.model.side_by_side import run_streams
 from ksmodel.model.stream import SubspaceStream
 
 M = TypeVar("M", bound=nn.Module)
@@ -124,7 +125,9 @@ class KSFusion(nn.Module):
                 inputs = {name: shared.view_for(name) for name in self.streams}
             else:
                 inputs = dict.fromkeys(self.streams, tokens)
-        outs = [stream(inputs[name], genes[name]) for name, stream in self.streams.items()]
+        names = list(self.streams)
+        outs = run_streams([self.streams[n] for n in names], [inputs[n] for n in names],
+                           [genes[n] for n in names])
         feats = tuple(o.feature for o in outs)
         logits = self.classifier(torch.cat(feats, dim=1))
         logits_t = logits_m = None

@@ -58,10 +58,24 @@ class SubspaceStream(nn.Module):
 
     def forward(self, bags: Tensor | None, genes: Tensor | None) -> StreamOutput:
         """``bags`` [B, T, D], or the shared projection's tokens [B, T, d] without ``proj``."""
-        emb = self.gene_encoder(genes) if self.gene_encoder is not None else None
+        emb = self.encode_genes(genes)
         if self.attention is None:
             return StreamOutput(torch.tanh(self.gene_head(emb)), emb, None)
+        feature, vgrid = self.histology(bags, emb)
+        return StreamOutput(feature, emb, vgrid)
+
+    @property
+    def reads_histology(self) -> bool:
+        return self.attention is not None
+
+    def encode_genes(self, genes: Tensor | None) -> Tensor | None:
+        """The gene embedding e_s [B, d] (None without a gene encoder). The stream's only
+        random draws (dropout) happen here."""
+        return self.gene_encoder(genes) if self.gene_encoder is not None else None
+
+    def histology(self, bags: Tensor, emb: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Feature h_s [B, d] and sampling grid of a histology stream, given its gene embedding
+        (deterministic: no random draws, so streams may run it side by side)."""
         tokens = self.proj(bags) if self.proj is not None else bags
         queries = self.teacher(tokens, emb) if self.teacher is not None else tokens
-        feature, vgrid = self.attention(queries, tokens)
-        return StreamOutput(feature, emb, vgrid)
+        return self.attention(queries, tokens)
