@@ -203,7 +203,8 @@ def epoch_curves(hist: pd.DataFrame, keys: list[tuple[str, str]], task: str, tit
             x = a["step"].to_numpy(dtype=float) + dx[arm]
             s = st[arm]
             line, = ax.plot(x, a["mean"], color=s.colour, marker=s.marker,
-                            linestyle=s.linestyle, ms=4, label=f"{arm} ({n_runs} runs)")
+                            linestyle=s.linestyle, ms=4,
+                            label=f"{arm} ({n_runs} run{'' if n_runs == 1 else 's'})")
             handles.setdefault(arm, line)
             if n_runs >= 2 and len(x) >= 2 and (a["sd"] > 0).any():
                 drawn.append(ax.fill_between(x, a["mean"] - a["sd"], a["mean"] + a["sd"],
