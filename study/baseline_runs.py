@@ -28,6 +28,7 @@ so the baselines are scored on those.
 from __future__ import annotations
 
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -197,9 +198,10 @@ def run_baselines(client: MlflowClient, experiment_id: str, parent: str, cfg: St
     left_out = [b for b in baselines_for(kind) if b not in cfg.baselines
                 and BASELINES[b].needs_covariates and not cfg.covariates]
     if cfg.baselines:
-        print(f"baselines on the study's folds: {', '.join(cfg.baselines)}"
-              + (f" ({', '.join(left_out)} needs `covariates:` in the study file)"
-                 if left_out else ""), flush=True)
+        line = (f"baselines on the study's folds: {', '.join(cfg.baselines)}"
+                + (f" ({', '.join(left_out)} needs `covariates:` in the study file)"
+                   if left_out else ""))
+        print("\n".join(textwrap.wrap(line, 119, subsequent_indent="  ")), flush=True)
     table: pd.DataFrame | None = None
     for name in cfg.baselines:
         if completed_run(client, experiment_id, baseline_trial_id(name)) is not None:

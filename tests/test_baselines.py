@@ -208,8 +208,8 @@ def test_no_validation_row_enters_a_fit(cohort: Cohort, table: pd.DataFrame, nam
 @pytest.mark.parametrize("name", ["coxnet_genes", "logregcv_genes"])
 def test_the_poison_would_move_a_tuning_that_saw_it(cohort: Cohort, name: str) -> None:
     """Control for the test above: a tuning run on the training part plus the poisoned
-    validation rows (all of them) chooses another penalty, so an unchanged penalty there means the tuning
-    did not see them."""
+    validation rows (all of them) chooses another penalty, so an unchanged penalty there means
+    the tuning did not see them."""
     b = BASELINES[name]
     task = TASK_OF[b.kind]
     splits = _splits(cohort, task)
