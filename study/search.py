@@ -31,9 +31,10 @@ def search_note(cfg: StudyConfig) -> str | None:
     if startup is None or cfg.scheduler.type == "pbt" or cfg.num_samples > startup:
         return None
     where = " in each outer fold" if cfg.evaluation == "nested" else ""
-    # one terminal line of at most 120 columns, nested or not
-    return (f"the search is random: num_samples {cfg.num_samples}{where} <= sampler "
-            f"{cfg.sampler}'s {startup} start-up trials; raise it above {startup}")
+    return (f"the search is random: num_samples {cfg.num_samples}{where} is at or below "
+            f"sampler {cfg.sampler}'s {startup} start-up trials, which Optuna draws at random "
+            f"before it models any result; raise num_samples above {startup} for a "
+            f"{cfg.sampler} search")
 
 
 def announce_search(client: Any, parent: str, cfg: StudyConfig) -> str | None:
