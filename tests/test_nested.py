@@ -251,6 +251,25 @@ def test_report_shows_the_nested_estimate_beside_best_of_search(tmp_path) -> Non
     methods = r.methods.set_index("arm")
     assert methods.loc["cgcoord", "n_values"] == 3
     assert methods.loc["cgcoord", "mean"] == pytest.approx(0.65)
+    # the per-fold figure draws the outer folds' values (not an inner trial's), and the best
+    # inner trial says which outer fold's search chose it
+    per_fold = r.figures["grade_per_fold"].data
+    np.testing.assert_allclose(per_fold.sort_values("fold")["cgcoord"], [0.60, 0.65, 0.70])
+    assert "from the inner search of outer fold 2" in md
+    # inner 0.81 above nested 0.65: optimistic, by the difference
+    assert "The inner scores are optimistic here, by +0.1600" in md
+
+
+def test_inner_metric_is_called_optimistic_only_above_the_nested_estimate() -> None:
+    """study/record.py's words for inner_<m> (the README's table and the MLflow view) follow the
+    numbers: optimism is named only for an inner score above nested_<m>."""
+    from study.record import EXPLAINED
+
+    words = EXPLAINED["inner_<m>"]
+    for sentence in re.split(r"[;.] ", words):
+        if "optimis" in sentence:
+            assert "Above nested_<m>" in sentence or "below it" in sentence, sentence
+    assert "below it: no optimism showed" in words
 
 
 def check_nested_terminal(stdout: str, stderr: str, out: Path) -> None:
