@@ -5,6 +5,7 @@ report, and (slow) a whole nested study through `python -m study.run`."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from pathlib import Path
 
@@ -389,8 +390,13 @@ def test_nested_search_below_the_start_up_trials_says_so_and_differs_per_outer_f
     out = tmp_path / "nested"
     proc = run_study(out, space=space, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    notes = [line for line in proc.stdout.splitlines() if "the search is random" in line]
-    assert len(notes) == 1 and "num_samples 2 in each outer fold" in notes[0]
+    printed = proc.stdout.splitlines()
+    at = [i for i, line in enumerate(printed) if line.startswith("note: the search is random")]
+    assert len(at) == 1, proc.stdout
+    note = [printed[at[0]]]  # wrapped at 119 columns: its continuation lines are indented
+    note += itertools.takewhile(lambda line: line.startswith("  "), printed[at[0] + 1:])
+    notes = [" ".join(line.strip() for line in note)]
+    assert "num_samples 2 in each outer fold" in notes[0]
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["nested_tiny"], max_results=100)
     parent = runs[runs[T.ROLE] == Roles.STUDY].iloc[0]
