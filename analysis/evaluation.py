@@ -24,7 +24,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from analysis.load import Study
+from analysis.load import Study, param_column
 from analysis.stats import duplicated_arms, full_budget
 from study.record import Params, Roles, Status, Tags, inner_metric
 
@@ -126,12 +126,13 @@ def nested_table(study: Study, task: str, metric: str) -> pd.DataFrame | None:
         chosen, inner = _outer_info(study, r["run_id"], metric)
         row = {"outer_fold": int(k), "chosen trial": chosen, "method": r["arm"],
                "best-of-search": inner, "value": float(value.iloc[0]) if len(value) else np.nan}
-        epochs = outer.loc[outer["run_id"] == r["run_id"], f"params.{Params.REFIT_EPOCHS}"] \
-            if f"params.{Params.REFIT_EPOCHS}" in outer else pd.Series(dtype=float)
+        refit = param_column(Params.REFIT_EPOCHS)
+        epochs = outer.loc[outer["run_id"] == r["run_id"], refit] \
+            if refit in outer else pd.Series(dtype=float)
         row["refit epochs"] = int(epochs.iloc[0]) if len(epochs) and pd.notna(
             epochs.iloc[0]) else np.nan
         for p in study.searched:
-            col = f"params.{p}"
+            col = param_column(p)
             if col in outer:
                 row[p] = outer.loc[outer["run_id"] == r["run_id"], col].iloc[0]
         rows.append(row)

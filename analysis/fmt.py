@@ -52,11 +52,21 @@ def effect(mean: object, low: object, high: object, *, level: str = "95% CI") ->
         return "–"
     width = float(high) - float(low) if _finite(low) and _finite(high) else None  # type: ignore
     d = decimals_for(width=width, value=float(mean))  # type: ignore[arg-type]
+    if float(mean) != 0:  # never a false "-0.000": at least one significant digit of the mean
+        d = max(d, decimals_for(value=float(mean), significant=1))  # type: ignore[arg-type]
     if width is None:
         return signed(mean, d)
     if width == 0 and float(mean) == 0:  # type: ignore[arg-type]
         return "0 (every paired difference is exactly zero)"
     return f"{signed(mean, d)} ({level} {signed(low, d)} to {signed(high, d)})"
+
+
+def interval(low: object, high: object) -> str:
+    """``+0.0048 to +0.037`` with digits from the width; ``–`` when either end is missing."""
+    if not (_finite(low) and _finite(high)):
+        return "–"
+    d = decimals_for(width=float(high) - float(low), value=float(high))  # type: ignore[arg-type]
+    return f"{signed(low, d)} to {signed(high, d)}"
 
 
 def value(v: object, *, decimals: int = 3) -> str:

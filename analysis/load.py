@@ -16,12 +16,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
-import numpy as np
-import pandas as pd
-from mlflow import MlflowClient
+# tqdm's "Downloading artifacts" bars are noise in a report run; MLflow reads this when it loads
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from study.record import (
+import mlflow  # noqa: E402 - after the environment it reads
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+
+from analysis.uri import (  # noqa: E402,F401 - AnalysisError is raised from here too
+    AnalysisError,
+    missing_experiment,
+    resolve_tracking_uri,
+)
+from study.record import (  # noqa: E402
     EPOCHS_RUN,
     SEEDLESS,
     Artifacts,
@@ -33,9 +41,22 @@ from study.record import (
     val_metric,
 )
 
+#: ``mlflow.search_runs`` names a run's params ``params.<name>`` (and tags ``tags.<name>``).
+PARAM_PREFIX = "params."
 
-class AnalysisError(RuntimeError):
-    """The study cannot be read or analysed; the message says what was looked for and where."""
+
+def param_column(name: str) -> str:
+    """``params.alpha`` for ``alpha``: the column of a param in the tables read here."""
+    return f"{PARAM_PREFIX}{name}"
+
+
+def param_name(column: str) -> str:
+    """``alpha`` for ``params.alpha`` (a column that is not a param is returned as it is)."""
+    return column.removeprefix(PARAM_PREFIX)
+
+
+def is_param_column(column: str) -> bool:
+    return column.startswith(PARAM_PREFIX)
 
 
 #: Ablation switches (docs/study-files.md, model parameters) and their default values; a
@@ -46,16 +67,6 @@ ABLATION_DEFAULTS: dict[str, object] = {"teacher": True, "modality": "both", "co
 _INT = re.compile(r"^[+-]?\d+$")
 _MLFLOW_TO_KS = {"FINISHED": "COMPLETED", "FAILED": "FAILED", "KILLED": "FAILED",
                  "RUNNING": "RUNNING", "SCHEDULED": "RUNNING"}
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """``uri`` if given, else ``MLFLOW_TRACKING_URI``; never MLflow's silent cwd default."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise AnalysisError(
-            "no MLflow tracking URI: pass --tracking-uri (for a local study "
-            "'sqlite:///studies/<name>/mlflow.db') or set MLFLOW_TRACKING_URI")
-    return uri
 
 
 @contextmanager
@@ -100,6 +111,8 @@ class Study:
     folds: pd.DataFrame
     metric_keys: dict[str, set[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the parent run's params (``study.*``, ``cohort.*``: study/parent.py), strings as logged
+    parent_params: dict[str, str] = field(default_factory=dict)
 
     @property
     def fold_metric_names(self) -> list[str]:
@@ -126,7 +139,7 @@ class Study:
 
     @property
     def param_columns(self) -> list[str]:
-        return [c for c in self.trials.columns if c.startswith("params.")]
+        return [c for c in self.trials.columns if is_param_column(c)]
 
 
 def _final_fold_name(metric_key: str) -> str | None:
@@ -177,8 +190,8 @@ def _variant_columns(trials: pd.DataFrame, variant: pd.Series, params: pd.DataFr
     variant, with its setting when there is one. Other studies get neither column."""
     if not variant.notna().any():
         return
-    cols = [f"params.{p}" for p in searched if f"params.{p}" in params]
-    setting = [" ".join(f"{c[len('params.'):]}={row[c]}" for c in cols)
+    cols = [param_column(p) for p in searched if param_column(p) in params]
+    setting = [" ".join(f"{param_name(c)}={row[c]}" for c in cols)
                for _, row in params[cols].iterrows()] if cols else [""] * len(trials)
     trials["variant"] = variant
     trials["setting"] = setting
@@ -192,14 +205,14 @@ def _tidy_trials(runs: pd.DataFrame, searched: list[str] | None = None) -> pd.Da
         return runs[col] if col in runs else pd.Series([None] * len(runs), index=runs.index)
 
     params = pd.DataFrame({c: parse_param_column(runs[c]) for c in runs.columns
-                           if c.startswith("params.")}, index=runs.index)
+                           if is_param_column(c)}, index=runs.index)
     trials = pd.DataFrame({"run_id": runs["run_id"]}, index=runs.index)
     trials["trial_id"] = tag(Tags.TRIAL_ID).fillna(runs["run_id"].str[:8])
     trials["task"] = tag(Tags.TASK).fillna("unknown")
     trials["metric"] = tag(Tags.METRIC)
     method = tag(Tags.METHOD)
-    if "params.coordination" in params:
-        method = method.fillna(params["params.coordination"].astype("string"))
+    if param_column("coordination") in params:
+        method = method.fillna(params[param_column("coordination")].astype("string"))
     trials["method"] = method.fillna("unknown").astype(str)
     mlflow_status = runs["status"].astype(str)
     trials["status"] = tag(Tags.STATUS).fillna(mlflow_status.map(_MLFLOW_TO_KS)).fillna(
@@ -212,7 +225,7 @@ def _tidy_trials(runs: pd.DataFrame, searched: list[str] | None = None) -> pd.Da
     # seed: the searched/fixed param, else tag ks.seed; -1 when a trial averaged several seeds
     # and for a seedless run (paired with every seed in ``folds``)
     seedless = tag(Tags.SEED) == SEEDLESS
-    seed = params.get("params.seed", pd.Series([pd.NA] * len(runs), index=runs.index))
+    seed = params.get(param_column("seed"), pd.Series([pd.NA] * len(runs), index=runs.index))
     seed = pd.to_numeric(seed, errors="coerce").fillna(pd.to_numeric(tag(Tags.SEED),
                                                                        errors="coerce"))
     trials["seed"] = seed.where(~seedless).fillna(-1).astype(int)
@@ -233,8 +246,10 @@ def _tidy_trials(runs: pd.DataFrame, searched: list[str] | None = None) -> pd.Da
             source[last & final.notna()] = f"last {val_metric(m)}"
     trials["final"] = final
     trials["final_source"] = source
-    trials["epochs_run"] = runs.get(f"metrics.{EPOCHS_RUN}",
-                                    pd.Series(np.nan, index=runs.index))
+    # a trial the scheduler stopped logs no epochs_run; its tag says at which epoch it stopped
+    epochs = runs.get(f"metrics.{EPOCHS_RUN}", pd.Series(np.nan, index=runs.index))
+    trials["epochs_run"] = epochs.astype(float).fillna(
+        pd.to_numeric(tag(Tags.STOPPED_AT), errors="coerce"))
     trials["start_time"] = runs["start_time"]
     # Retries of one trial share ks.trial_id; only the latest attempt speaks for the trial.
     attempt = pd.to_numeric(tag(Tags.ATTEMPT), errors="coerce")
@@ -247,10 +262,10 @@ def _tidy_trials(runs: pd.DataFrame, searched: list[str] | None = None) -> pd.Da
     # Ablation switches: consistency off == lam exactly 0.
     switches = pd.DataFrame(index=runs.index)
     for key in ("teacher", "modality"):
-        if f"params.{key}" in params:
-            switches[key] = params[f"params.{key}"]
-    if "params.lam" in params:
-        lam = pd.to_numeric(params["params.lam"], errors="coerce")
+        if param_column(key) in params:
+            switches[key] = params[param_column(key)]
+    if param_column("lam") in params:
+        lam = pd.to_numeric(params[param_column("lam")], errors="coerce")
         switches["consistency"] = lam.map(lambda v: None if pd.isna(v) else bool(v != 0))
     trials["arm"] = [_arm_label(m, switches.loc[i]) for i, m in trials["method"].items()]
     _variant_columns(trials, tag(Tags.VARIANT), params, searched or [])
@@ -279,7 +294,7 @@ def _tidy_folds(runs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         names=["run_id", "fold"])
     index = wide.index.union(expected) if len(expected) else wide.index
     folds = wide.reindex(index).reset_index()
-    keep = base_cols + [c for c in trials.columns if c.startswith("params.")]
+    keep = base_cols + [c for c in trials.columns if is_param_column(c)]
     folds = folds.merge(trials[keep], on="run_id", how="left")
     front = base_cols + ["fold"]
     rest = [c for c in folds.columns if c not in front]
@@ -314,10 +329,7 @@ def load_study(experiment: str, tracking_uri: str | None = None, *,
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        listing = ", ".join(names) if names else "none"
-        raise AnalysisError(f"no MLflow experiment named '{experiment}' at tracking URI '{uri}' "
-                            f"(experiments there: {listing}). Check --experiment (the study name) "
-                            f"and --tracking-uri.")
+        raise AnalysisError(missing_experiment(experiment, uri, names))
     with _tracking(uri):
         runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], max_results=100000)
     if runs.empty:
@@ -340,10 +352,13 @@ def load_study(experiment: str, tracking_uri: str | None = None, *,
                          f"{parent['run_id']} (others: {others}; pass --parent-run-id to choose)")
     else:
         parent = None
+    parent_params: dict[str, str] = {}
     if parent is not None:
         children = runs[parent_col == parent["run_id"]]
         parent_tags = {c[len("tags."):]: v for c, v in parent.items()
                        if c.startswith("tags.") and isinstance(v, str)}
+        parent_params = {param_name(c): str(v) for c, v in parent.items()
+                         if is_param_column(c) and isinstance(v, str)}
         parent_id: str | None = str(parent["run_id"])
     else:
         children = runs[role == Roles.TRIAL]
@@ -367,7 +382,7 @@ def load_study(experiment: str, tracking_uri: str | None = None, *,
                                                            strict=True)}
     return Study(name=experiment, tracking_uri=uri, experiment_id=exp.experiment_id,
                  parent_run_id=parent_id, parent_tags=parent_tags, trials=trials, folds=folds,
-                 metric_keys=metric_keys, notes=notes)
+                 metric_keys=metric_keys, notes=notes, parent_params=parent_params)
 
 
 def metric_histories(study: Study, keys: Iterable[str],

@@ -5,6 +5,12 @@ Every trial of a study sees the same patient-level folds, so methods are compare
 candidate did better). Keys present for one method and not the other are reported, never silently
 dropped.
 
+The verdict of each pair is the Bayesian correlated t-test (analysis/verdict.py: P(better),
+P(equivalent within ±rope), P(worse)), with the corrected resampled t-test as its frequentist
+line; the Wilcoxon signed-rank test is kept only where it can reach p < 0.05 (at least 6 non-zero
+pairs) and a bootstrap interval only over at least 6 pairs: with the 5 folds most cohorts have,
+neither can say anything, and the report says so instead of printing them.
+
 Budgets are never mixed: every summary and test here uses only trials that ran their whole budget
 (status COMPLETED: all epochs, or until their own early-stopping patience). Trials the scheduler
 (ASHA) stopped early were judged after fewer epochs; they are counted, listed and drawn apart
@@ -19,6 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from analysis.load import is_param_column
+from analysis.verdict import Verdict, correlated_verdict, default_rope
 from study.record import Status
 
 KEY = ["seed", "fold"]
@@ -30,6 +38,19 @@ USABLE_STATUSES = Status.USABLE
 #: Below this many non-zero paired differences the Wilcoxon test cannot reach p < 0.05
 #: (two-sided exact test: smallest attainable p = 2 / 2**n).
 WILCOXON_MIN_SIGNIFICANT = 6
+#: No bootstrap (or t) interval over fewer pairs than this: it would be the pairs themselves.
+MIN_PAIRS_INTERVAL = 6
+
+
+#: folds-frame columns that are not metric values
+FOLD_ID_COLUMNS = {"run_id", "trial_id", "task", "metric", "method", "arm", "seed", "status",
+                   "fold", "variant", "setting", "role", "outer_fold", "seedless"}
+
+
+def metric_columns(folds: pd.DataFrame) -> list[str]:
+    """The per-fold metric columns of a folds frame (auc, f1, cindex, ...)."""
+    return [c for c in folds.columns if c not in FOLD_ID_COLUMNS and not is_param_column(c)
+            and pd.api.types.is_numeric_dtype(folds[c])]
 
 
 def usable(folds: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -102,14 +123,13 @@ def wilcoxon_test(diff: np.ndarray) -> tuple[float, float, str]:
         return np.nan, np.nan, "no complete pairs"
     if nonzero == 0:
         return np.nan, np.nan, "all paired differences are zero (the methods tie on every pair)"
-    if nonzero < 2:
-        return np.nan, np.nan, f"only {nonzero} non-zero paired difference: too few to test"
-    res = sps.wilcoxon(diff)
-    note = ""
     if nonzero < WILCOXON_MIN_SIGNIFICANT:
-        note = (f"only {nonzero} non-zero pairs: the smallest attainable p is "
-                f"{2 / 2 ** nonzero:.3g}")
-    return float(res.statistic), float(res.pvalue), note
+        return np.nan, np.nan, (
+            f"Wilcoxon not run: with {nonzero} non-zero pair{'' if nonzero == 1 else 's'} its "
+            f"smallest attainable p is 2/2^{nonzero} = {2 / 2 ** nonzero:.3g}, so it could never "
+            f"reach p < 0.05")
+    res = sps.wilcoxon(diff)
+    return float(res.statistic), float(res.pvalue), ""
 
 
 def bootstrap_mean_ci(diff: np.ndarray, *, n_boot: int = 10_000, level: float = 0.95,
@@ -122,7 +142,7 @@ def bootstrap_mean_ci(diff: np.ndarray, *, n_boot: int = 10_000, level: float = 
     """
     diff = np.asarray(diff, dtype=float)
     n = diff.size
-    if n == 0:
+    if n < MIN_PAIRS_INTERVAL:  # a resample of < 6 pairs is little more than the pairs
         return np.nan, np.nan
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
@@ -211,10 +231,53 @@ def missing_keys(folds: pd.DataFrame, trials: pd.DataFrame, metric: str,
     return pd.DataFrame(rows, columns=cols)
 
 
+VERDICT_COLUMNS = [
+    "verdict", "p_better", "p_equivalent", "p_worse", "rope", "folds", "runs", "design",
+    "cred_low", "cred_high", "t_corrected", "p_corrected", "decide"]
 COMPARISON_COLUMNS = [
     "task", "metric", "method", "baseline", "n_pairs", "mean_method", "mean_baseline",
-    "mean_diff", "median_diff", "sd_diff", "ci_low", "ci_high", "wilcoxon_stat", "wilcoxon_p",
-    "holm_p", "win_rate", "n_wins", "n_ties", "n_losses", "n_missing_pairs", "note"]
+    "mean_diff", *VERDICT_COLUMNS, "median_diff", "sd_diff", "ci_low", "ci_high",
+    "wilcoxon_stat", "wilcoxon_p", "holm_p", "win_rate", "n_wins", "n_ties", "n_losses",
+    "n_missing_pairs", "note"]
+
+
+@dataclass(frozen=True)
+class Design:
+    """What the correlated test needs beyond the pairs: k folds per run (ρ = 1/k), r repeats of
+    the cross-validation, the ROPE, and where each came from (analysis/recorded.py reads them
+    from the study)."""
+
+    folds: int
+    rope: float
+    repeats: int = 1
+    source: str = ""
+
+    def runs_text(self, seeds: int) -> str:
+        """Which dimension the test's runs are: seeds, repeats or both."""
+        s = f"{seeds} seed{'' if seeds == 1 else 's'}"
+        r = f"{self.repeats} repeats of the {self.folds} folds"
+        if self.repeats > 1 and seeds > 1:
+            return f"runs = {s} × {r}"
+        if self.repeats > 1:
+            return f"runs = {r}"
+        if seeds > 1:
+            return (f"runs = {s} (one split into {self.folds} folds: the seeds are the repeat "
+                    f"dimension)")
+        return f"one run of {self.folds} folds"
+
+
+def verdict_columns(p: Paired, design: Design) -> tuple[Verdict, dict[str, object]]:
+    """The correlated t-test of a pair and its columns (VERDICT_COLUMNS)."""
+    v = correlated_verdict(p.candidate, p.baseline, folds=design.folds, rope=design.rope)
+    seeds = int(p.keys["seed"].nunique()) if len(p.keys) else 0
+    return v, {"verdict": v.word, "p_better": v.p_better, "p_equivalent": v.p_equivalent,
+               "p_worse": v.p_worse, "rope": v.rope, "folds": v.folds, "runs": v.runs,
+               "design": design.runs_text(seeds), "cred_low": v.ci_low, "cred_high": v.ci_high,
+               "t_corrected": v.t_stat, "p_corrected": v.p_corrected, "decide": v.decide}
+
+
+def _default_design(f: pd.DataFrame, metric: str) -> Design:
+    return Design(max(2, int(f["fold"].nunique()) if len(f) else 2), default_rope(metric))
 
 
 @dataclass
@@ -226,10 +289,14 @@ class Comparison:
 
 def compare_arms(folds: pd.DataFrame, metric: str, task: str, *, candidate: str = "cgcoord",
                  baselines: list[str] | None = None, n_boot: int = 10_000,
-                 seed: int = 0) -> Comparison:
-    """Candidate vs each baseline on identical (seed, fold) keys; Holm over this (task, metric)
-    family. ``baselines`` are arm labels or method names (default: every other arm)."""
+                 seed: int = 0, design: Design | None = None) -> Comparison:
+    """Candidate vs each baseline on identical (seed, fold) keys: the correlated t-test's verdict
+    (``design``: folds per run and ROPE; default: the fold ids seen and the metric's ROPE), the
+    corrected resampled t-test, and Wilcoxon with Holm over this (task, metric) family where it
+    can reach significance. ``baselines`` are arm labels or method names (default: every
+    other arm)."""
     f = folds[folds["task"] == task]
+    design = design or _default_design(f, metric)
     arms = sorted(f["arm"].unique())
     notes: list[str] = []
     empty = Comparison(pd.DataFrame(columns=COMPARISON_COLUMNS), notes=notes)
@@ -266,11 +333,12 @@ def compare_arms(folds: pd.DataFrame, metric: str, task: str, *, candidate: str 
         stat, pval, note = wilcoxon_test(d)
         lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed)
         n = d.size
+        _, verdict = verdict_columns(p, design)
         rows.append({
             "task": task, "metric": metric, "method": candidate, "baseline": base, "n_pairs": n,
             "mean_method": p.candidate.mean() if n else np.nan,
             "mean_baseline": p.baseline.mean() if n else np.nan,
-            "mean_diff": d.mean() if n else np.nan,
+            "mean_diff": d.mean() if n else np.nan, **verdict,
             "median_diff": float(np.median(d)) if n else np.nan,
             "sd_diff": d.std(ddof=1) if n > 1 else np.nan,
             "ci_low": lo, "ci_high": hi, "wilcoxon_stat": stat, "wilcoxon_p": pval,
@@ -293,13 +361,14 @@ def failed_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) t-interval of the mean; low/high NaN for fewer than two values."""
+    """(mean, low, high) t-interval of the mean; low/high NaN for fewer than
+    ``MIN_PAIRS_INTERVAL`` values (an interval from 2 values spans most of the scale)."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return np.nan, np.nan, np.nan
     m = float(v.mean())
-    if v.size < 2:
+    if v.size < MIN_PAIRS_INTERVAL:
         return m, np.nan, np.nan
     half = float(sps.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
     return m, m - half, m + half

@@ -1,100 +1,19 @@
 """Short terminal summary of a study: per method, trials by status and the final metric.
 
     python -m analysis.summary --experiment NAME [--tracking-uri URI]
+
+The arguments and the store's location are checked with the standard library only (``--help``
+and mistakes answer at once); the tables are in analysis/trials_summary.py, whose names are
+reachable from here too.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from analysis.load import AnalysisError, Study, load_study
-from analysis.stats import USABLE_STATUSES, full_budget
-from study.record import Roles, Status
-
-
-def _missing(v: object) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
-
-
-def _fmt(v: object) -> str:
-    return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
-
-
-def summary_table(study: Study) -> pd.DataFrame:
-    """Per (task, method): trials, completed / stopped early / failed, mean ± sd and best of the
-    final metric (mean over folds of each trial) over COMPLETED trials only: a trial stopped early
-    by the scheduler was judged after fewer epochs, so it is counted but not averaged."""
-    t = study.trials[~study.trials["superseded"]]  # a retried trial counts once
-    ok = pd.Series(False, index=t.index)
-    ok[full_budget(t).index] = True
-    rows = []
-    for (task, arm), g in t.groupby(["task", "arm"]):
-        v = g.loc[ok[g.index], "final"].astype(float)
-        rows.append({"task": task, "method": arm, "metric": study.metric_for(task),
-                     "trials": len(g), "completed": int((g["status"] == Status.COMPLETED).sum()),
-                     "stopped": int((g["status"] == Status.STOPPED_EARLY).sum()),
-                     "failed": int((~g["status"].isin([*USABLE_STATUSES, "RUNNING"])).sum()),
-                     "running": int((g["status"] == "RUNNING").sum()),
-                     "mean": v.mean() if len(v) else np.nan,
-                     "sd": v.std(ddof=1) if len(v) > 1 else np.nan,
-                     "best": v.max() if len(v) else np.nan})
-    return pd.DataFrame(rows)
-
-
-def best_trial(study: Study, task: str | None = None) -> pd.Series | None:
-    """The completed trial with the highest final metric (stopped-early trials never win)."""
-    t = study.trials
-    if "role" in t:  # baselines and nested evaluation's outer runs are not the search's trials
-        t = t[t["role"] == Roles.TRIAL]
-    ok = full_budget(t, task)
-    return None if ok.empty else ok.loc[ok["final"].astype(float).idxmax()]
-
-
-def format_summary(study: Study) -> str:
-    table = summary_table(study)
-    lines = [f"Study '{study.name}'  ({study.tracking_uri}, parent run "
-             f"{study.parent_run_id or 'none'})", ""]
-    header = (f"{'task':<10} {'method':<24} {'trials':>6} {'done':>5} {'stop':>5} {'fail':>5}  "
-              f"{'final metric (mean ± sd)':<26} {'best':>7}")
-    lines += [header, "-" * len(header)]
-    for r in table.itertuples(index=False):
-        ms = "–" if not np.isfinite(r.mean) else (
-            f"{r.metric} {r.mean:.4f}" + (f" ± {r.sd:.4f}" if np.isfinite(r.sd) else ""))
-        best = "–" if not np.isfinite(r.best) else f"{r.best:.4f}"
-        lines.append(f"{r.task:<10} {r.method:<24} {r.trials:>6} {r.completed:>5} "
-                     f"{r.stopped:>5} {r.failed:>5}  {ms:<26} {best:>7}")
-    stopped = int(table["stopped"].sum()) if len(table) else 0
-    if stopped:
-        lines.append(f"({stopped} trial(s) stopped early by the scheduler are counted under "
-                     f"'stop' but left out of mean ± sd and best: they did not reach the full "
-                     f"budget)")
-    running = int(table["running"].sum()) if len(table) else 0
-    if running:
-        lines.append(f"({running} trial run(s) still RUNNING or never finished)")
-    b = best_trial(study)
-    lines.append("")
-    if b is None:
-        lines.append("No completed trial with a final metric.")
-    else:
-        lines.append(f"Best trial: {b['trial_id']} ({b['arm']}, run {b['run_id']}): "
-                     f"final {study.metric_for(b['task'])} = {b['final']:.4f}")
-        params = {c[len("params."):]: b[c] for c in study.param_columns if not _missing(b[c])}
-        searched = [k for k in study.searched if k in params]
-        groups = [("searched", searched), ("fixed", [k for k in sorted(params)
-                                                    if k not in searched])]
-        if not searched:
-            groups = [("params", sorted(params))]
-        for label, keys in groups:
-            items = [f"{k}={_fmt(params[k])}" for k in keys]
-            for i in range(0, len(items), 6):
-                lines.append(f"  {label + ':' if i == 0 else '':<10}" + "  ".join(items[i:i + 6]))
-    if study.notes:
-        lines += [""] + [f"note: {n}" for n in study.notes]
-    return "\n".join(lines)
+from analysis.uri import AnalysisError, check_experiment, resolve_tracking_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,12 +29,29 @@ def main(argv: list[str] | None = None) -> int:
                    help="study (parent) run to summarise when the experiment has several")
     args = p.parse_args(argv)
     try:
-        study = load_study(args.experiment, args.tracking_uri, parent_run_id=args.parent_run_id)
+        uri = resolve_tracking_uri(args.tracking_uri)
+        check_experiment(uri, args.experiment)
+        from analysis.load import load_study  # MLflow and pandas: after the checks
+        from analysis.trials_summary import format_summary
+
+        study = load_study(args.experiment, uri, parent_run_id=args.parent_run_id)
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(study))
     return 0
+
+
+def __getattr__(name: str) -> Any:
+    """``summary.summary_table`` and friends, imported when first asked for."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from analysis import trials_summary
+
+    try:
+        return getattr(trials_summary, name)
+    except AttributeError:
+        raise AttributeError(f"module 'analysis.summary' has no attribute '{name}'") from None
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 
 from ksmodel.config import check_grid
-from ksmodel.errors import CohortError, data_rows, few
+from ksmodel.errors import CohortError, data_rows, few, shown
 from ksmodel.tasks import LABEL_COLUMNS, get_task, get_tasks
 
 if TYPE_CHECKING:
@@ -290,7 +290,8 @@ def _read_expression(root: Path, cases: pd.DataFrame, genes: list[str], gene_pat
         bad = pd.to_numeric(sub[gene], errors="coerce").isna() & sub[gene].notna()
         case = bad.index[bad.to_numpy()][0] if bad.any() else "?"
         raise CohortError(f"{path}: gene column(s) {_few(not_numeric)} are not numeric (e.g. "
-                          f"gene {gene}, case {case}: {sub.at[case, gene]!r}); write numbers only")
+                          f"gene {gene}, case {case}: {shown(sub.at[case, gene])}); write numbers "
+                          "only")
     values = sub.to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
@@ -343,8 +344,8 @@ def _check_features(root: Path, cases: pd.DataFrame, required: bool) -> int | No
         missing = [str(p) for p, ok in zip(paths, exists, strict=True) if not ok]
         where = "" if folder.is_dir() else f" (the folder {folder} does not exist)"
         raise CohortError(f"{len(missing)} feature file(s) missing{where}: {_few(missing, 3)}; "
-                          f"write features/<slide_id>.h5 for every slide, or pass "
-                          f"require_features=False for a genomics-only run")
+                          f"write features/<slide_id>.h5 for every slide, or run without "
+                          f"histology (modality: genomics)")
     dims = {p: _feature_header(p) for p, ok in zip(paths, exists, strict=True) if ok}
     if not dims:
         return None
@@ -432,6 +433,10 @@ def _available_gb() -> float | None:
     return None
 
 
+class NonFiniteFeatures(ValueError):
+    """One feature file holds NaN/inf values (collected by `load_bags`, reported together)."""
+
+
 def _read_case(folder: Path, slide_ids: Sequence[str], dim: int) -> tuple[np.ndarray,
                                                                            np.ndarray | None]:
     feats, coords = [], []
@@ -447,6 +452,9 @@ def _read_case(folder: Path, slide_ids: Sequence[str], dim: int) -> tuple[np.nda
         if x.ndim != 2 or x.shape[1] != dim or x.shape[0] == 0:
             raise CohortError(f"{path}: 'features' has shape {x.shape}, expected [N>0, {dim}]; the "
                               f"file changed after load_cohort -- reload the cohort")
+        if not np.isfinite(x).all():  # NaN, inf, or a value beyond float32 (~3.4e38)
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            raise NonFiniteFeatures(f"{path} ({bad} of {x.size} values)")
         feats.append(x)
         coords.append(c)
     if len(feats) == 1:
@@ -481,22 +489,32 @@ def load_bags(cohort: Cohort, grid: tuple[int, int], *, seed: int = 0,
         raise CohortError(f"{cohort.root}: the bags need {need:.2f} GB but only {avail:.2f} GB of "
                           f"memory is available; use a smaller grid or a bigger machine")
     folder = cohort.root / "features"
+    missing = [f"{s}.h5" for ids in cohort.cases["slide_ids"] for s in ids
+               if not (folder / f"{s}.h5").is_file()]
+    if missing:
+        raise CohortError(f"{folder}: {len(missing)} feature file(s) missing: {_few(missing)}; "
+                          f"write features/<slide_id>.h5 for every slide, or run without "
+                          f"histology (modality: genomics)")
     tensor = torch.empty((n, tokens, dim), dtype=torch.float32)
     view = tensor.numpy()  # numpy copies into the shared buffer are ~10x faster than torch setitem
     files_read = 0
+    non_finite: list[str] = []
     for i, (case_id, slide_ids) in enumerate(cohort.cases["slide_ids"].items()):
-        missing = [s for s in slide_ids if not (folder / f"{s}.h5").is_file()]
-        if missing:
-            raise CohortError(f"{folder}: feature file(s) missing for case {case_id}: "
-                              f"{_few(f'{s}.h5' for s in missing)}; write them or load the cohort "
-                              f"with require_features=True to list every missing file")
-        feats, coords = _read_case(folder, slide_ids, dim)
+        try:
+            feats, coords = _read_case(folder, slide_ids, dim)
+        except NonFiniteFeatures as exc:  # every such file is named, then the load stops
+            non_finite.append(str(exc))
+            continue
         files_read += len(slide_ids)
         rng = np.random.default_rng([seed, zlib.crc32(str(case_id).encode())])
         idx = select_tokens(feats.shape[0], tokens, rng)
         if coords is not None:
             idx = idx[arrange_on_grid(coords[idx], (h, w))]
         view[i] = feats[idx]
+    if non_finite:
+        raise CohortError(f"{len(non_finite)} feature file(s) hold NaN or infinite values: "
+                          f"{_few(non_finite, 3)}; re-extract these slides' features (or drop "
+                          f"the slides from the clinical table)")
     return Bags(tensor=tensor, case_ids=cohort.case_ids, files_read=files_read)
 
 

@@ -214,12 +214,18 @@ def to_dict(cfg: ModelConfig | TrainConfig | SyntheticConfig) -> dict[str, Any]:
     return out
 
 
+SCENARIOS = ("histology_needed", "null", "imbalance")
+"""Named worlds of the synthetic generator (``ksmodel.synthetic.WORLDS``, README "Synthetic
+scenarios"); each writes its planted truth into cohort.json. The first is the default."""
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """The synthetic cohort's parameters. These defaults are *the* synthetic default: study files
     (``cohort: synthetic``), ``python -m ksmodel.train`` and ``python -m ksmodel.synthetic`` all
     start from them, so they train on the same data unless told otherwise."""
 
+    scenario: str = SCENARIOS[0]  # which world is planted (SCENARIOS)
     patients: int = 400
     patches: tuple[int, int] = (100, 400)  # (min, max) patches per patient; int N -> mean N
     dim: int = 384
@@ -230,6 +236,8 @@ class SyntheticConfig:
     n_tme: int = 361
 
     def __post_init__(self) -> None:
+        _check(self.scenario in SCENARIOS, "synthetic.scenario",
+               f"must be one of {', '.join(SCENARIOS)}, got {self.scenario!r}")
         for key in ("patients", "dim", "n_tumour", "n_tme"):
             value = getattr(self, key)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
@@ -275,7 +283,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["MODALITIES", "COORD_TARGETS", "ConfigError", "check_target", "ModelConfig",
+__all__ = ["MODALITIES", "COORD_TARGETS", "SCENARIOS", "ConfigError", "check_target", "ModelConfig",
            "TrainConfig", "SyntheticConfig", "MODEL_KEYS", "TRAIN_KEYS", "coordination_keys",
            "parameter_keys", "split_params", "to_dict", "check_grid", "parse_overrides",
            "replace"]

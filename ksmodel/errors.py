@@ -26,6 +26,13 @@ def few(items: Iterable[object], n: int = 5) -> str:
     return head + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
+def shown(value: object) -> str:
+    """A value as the user wrote it: numbers plain (7, not np.int64(7)), text quoted ('IV')."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
 def data_rows(mask: Iterable[bool]) -> str:
     """'data row(s) 4, 9 (1-based, header not counted)': the one row numbering of every table
     message (cohort tables and imported tables alike)."""
@@ -33,4 +40,4 @@ def data_rows(mask: Iterable[bool]) -> str:
     return f"data row(s) {few(rows.tolist())} (1-based, header not counted)"
 
 
-__all__ = ["ConfigError", "CohortError", "few", "data_rows"]
+__all__ = ["ConfigError", "CohortError", "few", "data_rows", "shown"]

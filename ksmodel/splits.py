@@ -5,6 +5,13 @@ same folds -- the precondition for paired comparisons. Folds are over cases (pat
 slides, so no patient is in both the training and the validation part. Folds are stratified on
 the task's strata (``Task.strata``: the class, or the event indicator for survival).
 
+Repeated cross-validation (``repeats`` r > 1): r independent k-fold partitions, repeat i made
+from ``repeat_seed(seed, i)`` (repeat 0 from ``seed`` itself, so r = 1 is the plain k-fold). A
+fold has one *global* id, ``repeat * k + fold``, everywhere (split file, ``fold_<g>/...``
+metrics, prediction tables). The split table then has a ``repeat`` column and every case once
+per repeat; the training part of global fold g is the cases of g's repeat that are not in g.
+A table without ``repeat`` is one repetition (the files written before repeats existed).
+
 ``ExpressionScaler`` is fit on the training rows only (optional log1p, then z-score); the
 validation rows are transformed with the training statistics.
 """
@@ -19,7 +26,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from ksmodel.cohort import Cohort
-from ksmodel.errors import CohortError
+from ksmodel.errors import CohortError, shown
 from ksmodel.errors import few as _few
 from ksmodel.tasks import get_task
 
@@ -31,10 +38,30 @@ def _strata(cohort: Cohort, task: str) -> np.ndarray:
     return get_task(task).strata(cohort.targets(task))
 
 
-def make_splits(cohort: Cohort, task: str, k: int = 5, seed: int = 0) -> pd.DataFrame:
-    """Stratified k-fold assignment: DataFrame[case_id, fold] in cohort order (sorted case_id)."""
+REPEAT = "repeat"
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The split seed of repetition ``repeat``: ``seed`` itself for repeat 0, else a seed derived
+    from (seed, repeat) by NumPy's SeedSequence (independent partitions, reproducible)."""
+    if repeat == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(repeat)]).generate_state(1)[0])
+
+
+def make_splits(cohort: Cohort, task: str, k: int = 5, seed: int = 0,
+                repeats: int = 1) -> pd.DataFrame:
+    """Stratified k-fold assignment in cohort order (sorted case_id): DataFrame[case_id, fold];
+    with ``repeats`` r > 1, r partitions one after the other, DataFrame[case_id, fold, repeat]
+    with global fold ids ``repeat * k + fold`` (module docstring)."""
     if not isinstance(k, int) or k < 2:
-        raise CohortError(f"k must be an integer >= 2 folds, got {k!r}")
+        raise CohortError(f"k must be an integer >= 2 folds, got {shown(k)}")
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise CohortError(f"repeats must be an integer >= 1, got {shown(repeats)}")
+    if repeats > 1:
+        parts = [make_splits(cohort, task, k, repeat_seed(seed, r)).assign(
+                     fold=lambda f, r=r: f["fold"] + r * k, repeat=r) for r in range(repeats)]
+        return pd.concat(parts, ignore_index=True)
     strata = _strata(cohort, task)
     what = get_task(task).strata_name
     values, counts = np.unique(strata, return_counts=True)
@@ -50,12 +77,14 @@ def make_splits(cohort: Cohort, task: str, k: int = 5, seed: int = 0) -> pd.Data
 
 
 def save_splits(splits: pd.DataFrame, path: str | Path) -> Path:
-    """Write case_id, fold as .parquet or .csv (by suffix); returns the path."""
+    """Write case_id, fold (and repeat, when there is one) as .parquet or .csv (by suffix);
+    returns the path."""
     path = Path(path)
     if list(splits.columns[:2]) != ["case_id", "fold"]:
         raise CohortError(f"splits must have columns case_id, fold; got {list(splits.columns)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = splits[["case_id", "fold"]].reset_index(drop=True)
+    columns = ["case_id", "fold"] + ([REPEAT] if REPEAT in splits.columns else [])
+    out = splits[columns].reset_index(drop=True)
     if path.suffix == ".parquet":
         out.to_parquet(path, index=False)
     elif path.suffix == ".csv":
@@ -66,11 +95,14 @@ def save_splits(splits: pd.DataFrame, path: str | Path) -> Path:
 
 
 def _align(splits: pd.DataFrame, cohort: Cohort, source: str) -> pd.DataFrame:
-    """Validate case ids both ways and fold numbers; return splits in cohort order."""
+    """Validate case ids both ways and fold numbers; return splits in cohort order (repeat by
+    repeat when there are several)."""
     for column in ("case_id", "fold"):
         if column not in splits.columns:
             raise CohortError(f"{source}: missing column {column}; a splits file has columns "
-                              f"case_id, fold")
+                              f"case_id, fold (and repeat, for repeated cross-validation)")
+    if REPEAT in splits.columns:
+        return _align_repeats(splits, cohort, source)
     ids = splits["case_id"].astype("string").str.strip()
     if ids.isna().any() or (ids == "").any():
         rows = np.flatnonzero((ids.isna() | (ids == "")).to_numpy()) + 1
@@ -83,7 +115,7 @@ def _align(splits: pd.DataFrame, cohort: Cohort, source: str) -> pd.DataFrame:
     fold = pd.to_numeric(splits["fold"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(fold) | (fold != np.round(fold)) | (fold < 0)
     if bad.any():
-        culprits = [f"{c} ({v!r})" for c, v in zip(ids[bad], splits["fold"].to_numpy()[bad],
+        culprits = [f"{c} ({shown(v)})" for c, v in zip(ids[bad], splits["fold"].to_numpy()[bad],
                                                    strict=True)]
         raise CohortError(f"{source}: fold must be an integer >= 0; bad for case(s) "
                           f"{_few(culprits)}")
@@ -91,7 +123,7 @@ def _align(splits: pd.DataFrame, cohort: Cohort, source: str) -> pd.DataFrame:
     empty = sorted(set(range(k)) - set(fold.astype(int)))
     if k < 2 or empty:
         raise CohortError(f"{source}: folds must be numbered 0..k-1 (k >= 2) with no empty fold; "
-                          f"found folds {sorted(set(fold.astype(int)))}")
+                          f"found folds {sorted(set(fold.astype(int).tolist()))}")
     known = pd.Index(cohort.case_ids)
     unknown = pd.Index(ids).difference(known)
     if len(unknown):
@@ -104,6 +136,54 @@ def _align(splits: pd.DataFrame, cohort: Cohort, source: str) -> pd.DataFrame:
     by_id = pd.Series(fold.astype(np.int64), index=pd.Index(ids))
     return pd.DataFrame({"case_id": cohort.case_ids,
                          "fold": by_id.loc[cohort.case_ids].to_numpy(dtype=np.int64)})
+
+
+def _align_repeats(splits: pd.DataFrame, cohort: Cohort, source: str) -> pd.DataFrame:
+    """A repeated split table: every repeat 0..r-1 a complete partition of the cohort into k
+    folds numbered repeat * k .. repeat * k + k - 1 (the same k in every repeat)."""
+    repeat = pd.to_numeric(splits[REPEAT], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(repeat) | (repeat != np.round(repeat)) | (repeat < 0)
+    if bad.any():
+        rows = np.flatnonzero(bad) + 1
+        raise CohortError(f"{source}: repeat must be an integer >= 0; bad in data row(s) "
+                          f"{_few(rows)}")
+    repeat = repeat.astype(np.int64)
+    r = int(repeat.max()) + 1
+    if sorted(set(repeat.tolist())) != list(range(r)):
+        raise CohortError(f"{source}: repeats must be numbered 0..r-1; found "
+                          f"{sorted(set(repeat.tolist()))}")
+    parts, k = [], 0
+    for i in range(r):
+        part, where = splits[repeat == i].drop(columns=REPEAT), f"{source} (repeat {i})"
+        if i > 0:
+            got = sorted(set(pd.to_numeric(part["fold"], errors="coerce").tolist()))
+            if got != list(range(i * k, (i + 1) * k)):
+                raise CohortError(f"{where}: folds {_few(got)}; repeat {i} must hold global "
+                                  f"folds {i * k}..{(i + 1) * k - 1} (repeat * k + fold, k = "
+                                  f"{k} as in repeat 0)")
+            part = part.assign(fold=pd.to_numeric(part["fold"]) - i * k)
+        aligned = _align(part, cohort, where)
+        k = k or int(aligned["fold"].max()) + 1
+        parts.append(aligned.assign(fold=aligned["fold"] + i * k, repeat=i))
+    return pd.concat(parts, ignore_index=True)
+
+
+def n_repeats(splits: pd.DataFrame) -> int:
+    """How many repetitions a split table holds (1 without a ``repeat`` column)."""
+    return int(splits[REPEAT].max()) + 1 if REPEAT in splits.columns else 1
+
+
+def folds_per_repeat(splits: pd.DataFrame) -> int:
+    """k: the folds of one repetition (global ids run over repeats x k)."""
+    return splits["fold"].nunique() // n_repeats(splits)
+
+
+def _repeat_rows(splits: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """The rows of the repetition that global fold ``fold`` belongs to."""
+    if REPEAT not in splits.columns:
+        return splits
+    repeat = splits.loc[splits["fold"] == fold, REPEAT]
+    return splits[splits[REPEAT] == int(repeat.iloc[0])] if len(repeat) else splits
 
 
 def load_splits(path: str | Path, cohort: Cohort) -> pd.DataFrame:
@@ -126,20 +206,22 @@ def check_folds(cohort: Cohort, splits: pd.DataFrame, task: str) -> None:
     every training part; a class missing from a validation part only warns)."""
     splits = _align(splits, cohort, "splits")
     t = get_task(task)
-    strata = _strata(cohort, task)
-    fold = splits["fold"].to_numpy()
-    for f in range(int(fold.max()) + 1):
-        val = fold == f
-        t.check_fold(f, strata[~val], strata[val], strata)
+    strata = pd.Series(_strata(cohort, task), index=cohort.case_ids)
+    for f in sorted(int(g) for g in splits["fold"].unique()):
+        train, val = fold_case_ids(splits, f)
+        t.check_fold(f, strata.loc[train].to_numpy(), strata.loc[val].to_numpy(),
+                     strata.to_numpy())
 
 
 def fold_case_ids(splits: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
-    """(training case ids, validation case ids) of one fold."""
+    """(training case ids, validation case ids) of one (global) fold: the training part is the
+    rest of the fold's own repetition."""
     folds = splits["fold"].to_numpy()
     if fold not in set(folds.tolist()):
         raise CohortError(f"fold {fold} not in the splits (folds {sorted(set(folds.tolist()))})")
-    val = folds == fold
-    ids = splits["case_id"].astype(str).to_numpy()
+    rows = _repeat_rows(splits, fold)
+    val = rows["fold"].to_numpy() == fold
+    ids = rows["case_id"].astype(str).to_numpy()
     return ids[~val].tolist(), ids[val].tolist()
 
 
@@ -184,4 +266,5 @@ class ExpressionScaler:
 
 
 __all__ = ["make_splits", "save_splits", "load_splits", "check_folds", "fold_case_ids",
-           "ExpressionScaler", "STD_FLOOR"]
+           "n_repeats", "folds_per_repeat", "repeat_seed", "REPEAT", "ExpressionScaler",
+           "STD_FLOOR"]

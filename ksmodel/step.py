@@ -38,17 +38,25 @@ class Batch:
     targets: dict[str, Tensor]
 
 
+HEADS = ("logits", "logits_t", "logits_m")
+"""Outputs a task loss or an evaluation can read: the fused logits, or one subspace stream's own
+(``out_t``, ``out_m``) - a stream's probe, or that stream trained alone (benchmarks)."""
+
+
 @dataclass(frozen=True)
 class Objective:
-    """The training loss: L = L_task + lam * (alpha * L_cons,t + (1 - alpha) * L_cons,m)."""
+    """The training loss: L = L_task + lam * (alpha * L_cons,t + (1 - alpha) * L_cons,m).
+    ``head``: the output L_task reads (``HEADS``; the fused logits unless a stream is trained
+    alone)."""
 
     task: Task
     fold: FoldTargets
     lam: float = 0.0
     alpha: float = 0.5
+    head: str = "logits"
 
     def __call__(self, out: KSOutput, batch: Batch) -> Tensor:
-        loss = self.task.loss(out.logits, batch.targets, self.fold)
+        loss = self.task.loss(getattr(out, self.head), batch.targets, self.fold)
         if self.lam > 0:
             loss = loss + self.lam * consistency_total(out, self.alpha)
         return loss

@@ -1,7 +1,28 @@
 """Synthetic glioma cohort with planted structure, in the cohort format (docs/cohort-format.md).
 
 It is the embedded default cohort (a new user runs a whole study with no data) and the ground
-truth the tests check the pipeline against. What is planted:
+truth the tests check the pipeline against. A named **scenario** (``SyntheticConfig.scenario``,
+``--scenario``; README, "Synthetic scenarios") picks the world, and cohort.json's ``truth`` says
+what it plants and which comparisons it decides:
+
+* ``histology_needed`` (the default) -- part of the diagnosis lives only in the slide. WHO 2021
+  grades an IDH-mutant astrocytoma 4 when it shows necrosis or microvascular proliferation
+  (MVP), which expression sees only weakly: classes 1 and 2 share their tumour and TME centroids
+  but for a weak proliferation difference, every gene sees its latent through a per-patient
+  noise (sd 0.25), and grade-4 morphology (``Morphology``: in every class-1 and GBM patient, in
+  30% of oligodendrogliomas, never in class 2) replaces the tumour cluster's core by necrosis
+  and/or its rim by MVP patches (an extra patch type). So a model that reads the slide can beat
+  one on expression alone (genomics_only, logreg_pca).
+* ``null`` -- the world before scenarios: genes see the latents themselves, patches a noisier
+  copy, so histology adds nothing beyond the genes; arms that differ only by seed have a true
+  difference of 0. Its files are byte-identical to those of the generator before scenarios.
+* ``imbalance`` -- both subspaces carry the diagnosis with independent noise: the tumour genes
+  strongly, in clean genes (learned first); the TME subspace (centroids 2x) spread thin over
+  noisy genes (per-gene noise 2-3) and noisier patches (learned slowly), so plain summed
+  training can starve the TME stream. ``tme_shift: 0`` keeps its TME evidence clean.
+
+The rest of this docstring describes the ``null`` world; the others change the constants
+named above (``WORLDS``). What is planted:
 
 * **Tumour state** -- a categorical WHO-2021 diagnosis with TCGA GBM-LGG-like imbalance
   (0 GBM IDH-wt 45%, 1 astrocytoma IDH-mut grade 4 12%, 2 astrocytoma IDH-mut grade 2-3 25%,
@@ -65,7 +86,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +96,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ksmodel.config import ConfigError, SyntheticConfig, to_dict
+from ksmodel.config import SCENARIOS, ConfigError, SyntheticConfig, to_dict
 
 DIAGNOSES = ("GBM, IDH-wildtype", "Astrocytoma, IDH-mutant, grade 4",
              "Astrocytoma, IDH-mutant, grade 2-3",
@@ -104,6 +125,7 @@ STAIN_SHIFT = 0.1
 N_BACKGROUND = 16
 PATCH_PX = 256
 PATCH_TYPES = ("tumour", "necrosis", "immune", "stroma", "normal")
+MVP_TYPE = len(PATCH_TYPES)  # the extra patch type of grade-4 worlds: microvascular proliferation
 # --- clinical covariates (baselines) ---
 AGE_MEAN = np.array([62.0, 39.0, 37.0, 44.0])  # years at diagnosis, per diagnosis class
 AGE_SD = 11.0
@@ -111,7 +133,97 @@ AGE_RANGE = (18, 90)
 FEMALE = 0.42
 
 
-def _genes(rng: np.random.Generator, z: np.ndarray, n: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Morphology:
+    """Grade-4 morphology that only the slide shows (WHO 2021: an IDH-mutant astrocytoma is grade
+    4 when it shows necrosis or microvascular proliferation; expression sees this weakly).
+
+    ``present[c]``: probability that a patient of diagnosis c shows it; a patient who does shows
+    necrosis, MVP or both (a third each), so the rule "grade-4 morphology" is an OR of two patch
+    patterns. Necrosis replaces the tumour cluster's core (``necrosis`` = its share of the tumour
+    patches), MVP its rim (``mvp``), so what is planted is also where it sits on the slide."""
+
+    present: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.3)
+    necrosis: tuple[float, float] = (0.3, 0.5)
+    mvp: tuple[float, float] = (0.2, 0.35)
+
+
+@dataclass(frozen=True)
+class World:
+    """What one scenario plants: the generator's constants and the truth written to cohort.json.
+
+    ``gene_noise``: sd of a per-patient noise on the latent each gene subspace sees (tumour, TME);
+    0 = the genes see the latent itself. ``gene_spread``: per-gene noise range of each subspace
+    (how much averaging over its genes a model needs). ``morphology``: grade-4 patch patterns, or
+    None (necrosis then follows the TME necrosis latent, as the genes do)."""
+
+    name: str
+    tumour_centroids: np.ndarray
+    tme_centroids: np.ndarray
+    gene_noise: tuple[float, float] = (0.0, 0.0)
+    gene_spread: tuple[tuple[float, float], tuple[float, float]] = ((0.3, 0.6), (0.3, 0.6))
+    morphology: Morphology | None = None
+    low_purity: float = 0.0  # share of patients whose tumour genes read mostly normal tissue
+    histology_noise: tuple[float, float] = (HISTOLOGY_NOISE, HISTOLOGY_NOISE)  # (tumour, TME)
+    truth: dict[str, Any] = field(default_factory=dict)
+
+
+NULL_TRUTH = {
+    "effect": "none between arms that differ only by their training seed (or by a rule proven "
+              "identical to another): their true difference is 0, so a verdict 'better' or "
+              "'worse' between them is a false positive",
+    "histology": "patches see a noisier copy of the latents the genes see: histology carries "
+                 "no information beyond the genes (full vs genomics_only: no planted gain)",
+    "comparisons": [{"a": "an arm", "b": "the same arm with other training seeds",
+                     "expected": "equivalent or undecided (never better/worse)",
+                     "difference": 0.0}],
+}
+HISTOLOGY_TRUTH = {
+    "effect": "part of the diagnosis lives only in the slide: astrocytoma IDH-mutant grade 4 "
+              "(class 1) differs from grade 2-3 (class 2) by necrosis at the tumour core and/or "
+              "microvascular proliferation at its rim (grade-4 morphology, an OR of two patch "
+              "patterns); their expression differs only weakly (proliferation) and every gene "
+              "sees its latent through a per-patient noise",
+    "histology": "necessary: a model that reads the slide can separate class 1 from class 2, a "
+                 "model of expression alone mostly cannot",
+    "comparisons": [
+        {"a": "full", "b": "genomics_only", "expected": "better"},
+        {"a": "full", "b": "logreg_pca", "expected": "better"},
+    ],
+}
+IMBALANCE_TRUTH = {
+    "effect": "modality imbalance: both subspaces carry the diagnosis with independent noise; "
+              "the tumour genes carry it strongly and in few clean genes (learned first), the "
+              "TME subspace as well but spread thin over many noisy genes and the TME patches "
+              "(learned slowly). Under plain summed training the tumour stream can fit the "
+              "training part before the TME stream has learned, which starves it",
+    "histology": "the TME patches carry the TME latent (diagnosis-dependent)",
+    "comparisons": [
+        {"a": "TME stream (its logits out_m) trained with the tumour stream", "b": "the TME "
+         "stream trained alone", "expected": "lower (starvation; measured, not guaranteed)"},
+        {"a": "a coordination rule", "b": "uniform", "expected": "unknown: the question"},
+    ],
+}
+WORLDS: dict[str, World] = {w.name: w for w in (
+    World("null", TUMOUR_CENTROIDS, TME_CENTROIDS, truth=NULL_TRUTH),
+    World("histology_needed",
+          np.array([[-1.5, 0.0, 1.0, 1.2],
+                    [1.2, -0.8, 0.25, 0.0],  # grade 4 vs 2-3: proliferation differs weakly
+                    [1.2, -0.8, -0.25, 0.0],
+                    [1.2, 1.2, -0.6, 0.0]]),
+          0.6 * np.array([[0.8, 0.3, 1.0, 1.0],
+                          [-0.2, -0.1, -0.3, -0.1],  # classes 1, 2: the same TME
+                          [-0.2, -0.1, -0.3, -0.1],
+                          [-0.4, 0.2, -0.9, 0.3]]),
+          gene_noise=(0.25, 0.25), morphology=Morphology(), truth=HISTOLOGY_TRUTH),
+    World("imbalance", TUMOUR_CENTROIDS, 2.0 * TME_CENTROIDS, histology_noise=(2.0, 2.0),
+          gene_spread=((0.1, 0.2), (2.0, 3.0)), truth=IMBALANCE_TRUTH),
+)}
+assert tuple(sorted(WORLDS)) == tuple(sorted(SCENARIOS))
+
+
+def _genes(rng: np.random.Generator, z: np.ndarray, n: int,
+           spread: tuple[float, float] = (0.3, 0.6)) -> np.ndarray:
     """TPM-like expression: each gene loads on one latent programme (1 in 5 genes is noise)."""
     k = z.shape[1]
     base = rng.uniform(1.0, 6.0, n)  # log TPM ~ 3..400
@@ -119,7 +231,7 @@ def _genes(rng: np.random.Generator, z: np.ndarray, n: int) -> np.ndarray:
     weight = rng.choice([-1.0, 1.0], n) * rng.uniform(0.4, 1.0, n) * (rng.random(n) >= 0.2)
     loading = np.zeros((k, n))
     loading[main, np.arange(n)] = weight
-    noise = rng.uniform(0.3, 0.6, n)
+    noise = rng.uniform(*spread, n)
     log_tpm = base + z @ loading + rng.standard_normal((len(z), n)) * noise
     return np.round(np.expm1(np.maximum(log_tpm, 0.0)) + 0.01, 3)
 
@@ -137,26 +249,38 @@ def _censoring_rate(times: np.ndarray, target: float) -> float:
 
 
 def _tables(seed_seq: np.random.SeedSequence, patients: int, tme_shift: float, n_tumour: int,
-            n_tme: int) -> dict[str, object]:
+            n_tme: int, world: World = WORLDS["null"]) -> dict[str, object]:
     """Clinical labels, latents and expression from their own stream (independent of patches)."""
     rng = np.random.default_rng(seed_seq)
+    tumour_c, tme_c = world.tumour_centroids, world.tme_centroids
     diag = rng.choice(4, size=patients, p=PREVALENCE)
-    z_t = TUMOUR_CENTROIDS[diag] + rng.normal(0.0, TUMOUR_NOISE, (patients, 4))
+    z_t = tumour_c[diag] + rng.normal(0.0, TUMOUR_NOISE, (patients, 4))
     grade = np.where(diag <= 1, 4, np.where(z_t[:, 2] + rng.normal(0, 0.4, patients)
-                                            > TUMOUR_CENTROIDS[2, 2], 3, 2))
+                                            > tumour_c[2, 2], 3, 2))
     order = rng.permutation(patients)
     other = (diag + rng.integers(1, 4, patients)) % 4
     is_conflict = np.zeros(patients, dtype=bool)
     is_conflict[order[:round(tme_shift * patients)]] = True
     tme_src = np.where(is_conflict, other, diag)
-    z_m = TME_CENTROIDS[tme_src] + rng.normal(0.0, TME_NOISE, (patients, 4))
+    z_m = tme_c[tme_src] + rng.normal(0.0, TME_NOISE, (patients, 4))
     scale = MEDIAN_DAYS[diag] / math.log(2) ** (1 / WEIBULL_SHAPE)
     scale = scale * np.exp(-(z_m @ HAZARD_TME) / WEIBULL_SHAPE)
     event_time = scale * rng.exponential(1.0, patients) ** (1 / WEIBULL_SHAPE)
     censor_time = rng.exponential(1.0, patients) / _censoring_rate(event_time, CENSORING)
     event = (event_time <= censor_time).astype(np.int64)
     days = np.maximum(np.round(np.minimum(event_time, censor_time), 1), 1.0)
-    expr = np.concatenate([_genes(rng, z_t, n_tumour), _genes(rng, z_m, n_tme),
+    # what the genes see: the latent itself, or (gene_noise > 0) a per-patient noisy copy
+    view_t, view_m = z_t, z_m
+    if any(world.gene_noise):  # (the null world draws nothing here: its files stay as they were)
+        view_t = z_t + rng.normal(0.0, world.gene_noise[0], z_t.shape)
+        view_m = z_m + rng.normal(0.0, world.gene_noise[1], z_m.shape)
+    if world.low_purity > 0:  # bulk RNA of a low-purity sample: the tumour programme drowns
+        low = rng.random(patients) < world.low_purity
+        purity = np.where(low, rng.uniform(0.0, 0.15, patients), 1.0)[:, None]
+        view_t = purity * view_t + (1 - purity) * rng.normal(0.0, 1.5, view_t.shape)
+    spread_t, spread_m = world.gene_spread
+    expr = np.concatenate([_genes(rng, view_t, n_tumour, spread_t),
+                           _genes(rng, view_m, n_tme, spread_m),
                            _genes(rng, rng.normal(0, 1, (patients, 2)), N_BACKGROUND)], axis=1)
     n_slides = 1 + (rng.random(patients) < TWO_SLIDES)
     return dict(diag=diag, grade=grade, z_t=z_t, z_m=z_m, tme_src=tme_src,
@@ -178,6 +302,18 @@ def _planted_class(seed_seq: np.random.SeedSequence, diag: np.ndarray) -> np.nda
     return (diag + rng.integers(1, 4, len(diag))) % 4
 
 
+def _morphology(rng: np.random.Generator, diag: np.ndarray,
+                morph: Morphology) -> dict[str, np.ndarray]:
+    """Per patient: whether grade-4 morphology shows, and the necrotic / MVP share of its tumour
+    patches (0 where absent)."""
+    n = len(diag)
+    present = rng.random(n) < np.asarray(morph.present)[diag]
+    kind = rng.integers(0, 3, n)  # 0 necrosis, 1 MVP, 2 both
+    necrosis = np.where(present & (kind != 1), rng.uniform(*morph.necrosis, n), 0.0)
+    mvp = np.where(present & (kind != 0), rng.uniform(*morph.mvp, n), 0.0)
+    return dict(present=present, necrosis=necrosis, mvp=mvp)
+
+
 def _bag_sizes(rng: np.random.Generator, patients: int, patches: tuple[int, int],
                n_slides: np.ndarray) -> np.ndarray:
     """Patches per patient, uniform in the (validated) [min, max] range."""
@@ -185,8 +321,11 @@ def _bag_sizes(rng: np.random.Generator, patients: int, patches: tuple[int, int]
     return np.maximum(rng.integers(lo, hi + 1, patients), n_slides)
 
 
-def _slide(rng: np.random.Generator, n: int, z_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coords (x, y) in scan order and patch types for one slide of n patches."""
+def _slide(rng: np.random.Generator, n: int, z_m: np.ndarray, necrosis: float | None = None,
+           mvp: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Coords (x, y) in scan order and patch types for one slide of n patches. ``necrosis``:
+    the necrotic share of the tumour patches (None: it follows the TME necrosis latent);
+    ``mvp``: the share of the tumour rim with microvascular proliferation."""
     side = 2 * math.ceil(math.sqrt(n)) + 3
     gy, gx = np.divmod(np.arange(side * side), side)
     aniso = rng.uniform(0.6, 1.6)
@@ -198,7 +337,8 @@ def _slide(rng: np.random.Generator, n: int, z_m: np.ndarray) -> tuple[np.ndarra
     d = np.hypot(x - x[centre], y - y[centre]) + rng.random(n)
     rank = np.argsort(np.argsort(d))
     n_tum = max(1, round(rng.uniform(0.25, 0.6) * n))
-    necrosis_frac = 0.4 / (1.0 + np.exp(-(1.5 * z_m[2] - 1.0)))
+    necrosis_frac = (0.4 / (1.0 + np.exp(-(1.5 * z_m[2] - 1.0))) if necrosis is None
+                     else necrosis)
     # non-tumour tissue: immune (favoured near the tumour border) / stroma / normal brain
     radius = np.sort(d)[n_tum - 1]
     near = np.exp(-np.maximum(d - radius, 0.0) / 2.0)
@@ -206,10 +346,29 @@ def _slide(rng: np.random.Generator, n: int, z_m: np.ndarray) -> tuple[np.ndarra
     gumbel = -np.log(-np.log(rng.random((n, 3))))
     types = 2 + np.argmax(logits + gumbel, axis=1)
     types[rank < n_tum] = 0
-    types[rank < round(necrosis_frac * n_tum)] = 1
+    if mvp > 0:  # the rim of the tumour cluster
+        types[(rank < n_tum) & (rank >= n_tum - round(mvp * n_tum))] = MVP_TYPE
+    types[rank < round(necrosis_frac * n_tum)] = 1  # its core
     origin = rng.integers(0, 40, 2) * PATCH_PX
     coords = np.stack([x, y], 1).astype(np.int64) * PATCH_PX + origin
     return coords, types
+
+
+def _truth(world: World, diag: np.ndarray, morph: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """The planted truth of the scenario (cohort.json ``truth``): what is planted, which
+    comparisons it decides and in which direction; for grade-4 morphology, how often it shows."""
+    truth: dict[str, Any] = {"scenario": world.name, **world.truth,
+                             "gene_noise": list(world.gene_noise),
+                             "gene_spread": [list(s) for s in world.gene_spread]}
+    if morph is not None:
+        truth["morphology"] = {
+            "present_by_diagnosis": [round(float(morph["present"][diag == c].mean()), 3)
+                                     if (diag == c).any() else None for c in range(4)],
+            "necrosis_cases": int((morph["necrosis"] > 0).sum()),
+            "mvp_cases": int((morph["mvp"] > 0).sum()),
+            "rule": "grade-4 morphology = necrosis (tumour core) or MVP (tumour rim) or both; "
+                    f"probability by diagnosis {list(world.morphology.present)}"}
+    return truth
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:
@@ -258,8 +417,13 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
 
     # child i of spawn(4) equals child i of spawn(2) and spawn(3): the table, patch and covariate
     # streams are unchanged by the streams added after them
-    table_seq, patch_seq, covariate_seq, conflict_seq = np.random.SeedSequence(seed).spawn(4)
-    t = _tables(table_seq, patients, params.tme_shift, n_tumour, n_tme)
+    # child i of spawn(5) equals child i of spawn(2), spawn(3) and spawn(4): the table, patch,
+    # covariate and conflict streams are unchanged by the streams added after them; the fifth
+    # (grade-4 morphology) is drawn only by worlds that plant it
+    world = WORLDS[params.scenario]
+    table_seq, patch_seq, covariate_seq, conflict_seq, morph_seq = \
+        np.random.SeedSequence(seed).spawn(5)
+    t = _tables(table_seq, patients, params.tme_shift, n_tumour, n_tme, world)
     covariates = _covariates(covariate_seq, t["diag"])
     planted = _planted_class(conflict_seq, t["diag"])
     rng = np.random.default_rng(patch_seq)
@@ -267,15 +431,24 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
     prototypes = rng.normal(0.0, 1.0, (len(PATCH_TYPES), dim)).astype(np.float32)
     m_tumour = rng.normal(0.0, 0.1, (4, dim))
     m_tme = rng.normal(0.0, 0.1, (4, dim))
+    morph = None
+    if world.morphology is not None:
+        morph_rng = np.random.default_rng(morph_seq)
+        morph = _morphology(morph_rng, t["diag"], world.morphology)
+        # an oligodendroglioma with necrosis or MVP is grade 3 (not 2)
+        t["grade"] = np.where((t["diag"] == 3) & morph["present"], 3, t["grade"])
+        mvp_prototype = morph_rng.normal(0.0, 1.0, (1, dim)).astype(np.float32)
+        prototypes = np.concatenate([prototypes, mvp_prototype])
 
     case_ids = [f"SYN-{i + 1:04d}" for i in range(patients)]
     rows, n_files, n_bytes = [], 0, 0
     step = max(1, patients // 10)
     # H&E shows the molecular state only in part: patches see a noisy copy of each latent
-    seen_t = t["z_t"] + rng.normal(0.0, HISTOLOGY_NOISE, t["z_t"].shape)
-    seen_m = t["z_m"] + rng.normal(0.0, HISTOLOGY_NOISE, t["z_m"].shape)
+    seen_t = t["z_t"] + rng.normal(0.0, world.histology_noise[0], t["z_t"].shape)
+    seen_m = t["z_m"] + rng.normal(0.0, world.histology_noise[1], t["z_m"].shape)
     # histology conflict: TME patches carry another diagnosis' tumour signature (see the top)
-    planted_sig = (params.conflict * CONFLICT_STRENGTH * TUMOUR_CENTROIDS[planted]) @ m_tumour
+    planted_sig = (params.conflict * CONFLICT_STRENGTH * world.tumour_centroids[planted]
+                   ) @ m_tumour
     for i, case in enumerate(case_ids):
         shift_t = (seen_t[i] @ m_tumour).astype(np.float32)
         shift_m = (seen_m[i] @ m_tme).astype(np.float32)
@@ -285,7 +458,9 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
         parts = np.diff(np.linspace(0, sizes[i], k + 1).round().astype(int))
         for s, n in enumerate(parts):
             slide = f"{case}-{s + 1:02d}"
-            coords, types = _slide(rng, int(n), t["z_m"][i])
+            shares = {} if morph is None else {"necrosis": float(morph["necrosis"][i]),
+                                               "mvp": float(morph["mvp"][i])}
+            coords, types = _slide(rng, int(n), t["z_m"][i], **shares)
             feats = prototypes[types] + rng.standard_normal((int(n), dim), dtype=np.float32)
             stain = rng.normal(0.0, STAIN_SHIFT, dim).astype(np.float32)  # per-slide batch effect
             feats += np.where((types == 0)[:, None], shift_t, shift_m) + stain
@@ -309,6 +484,9 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
         "synthetic_conflict": t["conflict"][idx].astype(np.int64),
         "tme_source_diagnosis": t["tme_src"][idx].astype(np.int64),
         **{name: values[idx] for name, values in covariates.items()}})
+    if morph is not None:  # the planted morphology, for checks (not a model input)
+        clinical["synthetic_necrosis"] = (morph["necrosis"][idx] > 0).astype(np.int64)
+        clinical["synthetic_mvp"] = (morph["mvp"][idx] > 0).astype(np.int64)
     genes = ([f"TUM_{j + 1:03d}" for j in range(n_tumour)] + [f"TME_{j + 1:03d}" for j in
              range(n_tme)] + [f"BG_{j + 1:03d}" for j in range(N_BACKGROUND)])
     expression = pd.DataFrame(t["expr"], columns=genes)
@@ -322,16 +500,24 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
     meta = {"generator": "ksmodel.synthetic", "format_version": 1, **to_dict(params),
             "key": params.key(), "n_background": N_BACKGROUND, "diagnoses": list(DIAGNOSES),
             "prevalence": PREVALENCE.tolist(), "censoring_target": CENSORING,
-            "grade_rule": "diagnosis 0,1 -> 4; 2,3 -> 3 if proliferation latent high else 2",
-            "patch_types": list(PATCH_TYPES), "patch_px": PATCH_PX,
-            "tme_shift_cases": int(t["conflict"].sum())}
+            "grade_rule": "diagnosis 0,1 -> 4; 2,3 -> 3 if proliferation latent high else 2"
+                          + ("; 3 -> 3 with grade-4 morphology" if morph is not None else ""),
+            "patch_types": list(PATCH_TYPES) + (["mvp"] if morph is not None else []),
+            "patch_px": PATCH_PX, "tme_shift_cases": int(t["conflict"].sum()),
+            "truth": _truth(world, t["diag"], morph)}
     (out / "cohort.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     seconds = time.perf_counter() - start
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     counts = np.bincount(t["diag"], minlength=4)
-    say(f"synthetic cohort -> {out}")
-    say("  diagnosis: " + ", ".join(f"{c} x {DIAGNOSES[d]}" for d, c in enumerate(counts)))
+    say(f"synthetic cohort ({params.scenario}) -> {out}")
+    lines = ["  diagnosis:"]  # at most 119 columns, a class never split over two lines
+    for d, c in enumerate(counts):
+        part = f" {c} x {DIAGNOSES[d]};"
+        if len(lines[-1]) + len(part) > 119:
+            lines.append("   ")
+        lines[-1] += part
+    say("\n".join(lines).rstrip(";"))
     say(f"  grade 2/3/4: {', '.join(str(int((t['grade'] == g).sum())) for g in (2, 3, 4))}; "
         f"censored {1 - t['event'].mean():.1%}; TME-shift patients {int(t['conflict'].sum())}; "
         f"histology conflict {params.conflict:g}")
@@ -384,6 +570,14 @@ def main(argv: list[str] | None = None) -> int:
                "TME latent drives TME_* genes, immune/stroma/necrosis patches and part of the "
                "hazard. Same arguments -> byte-identical files.")
     parser.add_argument("--out", required=True, type=Path, help="output cohort directory")
+    parser.add_argument("--scenario", choices=SCENARIOS, default=d.scenario,
+                        help="which world to plant (README, 'Synthetic scenarios'): "
+                             "histology_needed - part of the diagnosis only the slide shows "
+                             "(grade-4 necrosis / microvascular proliferation); null - histology "
+                             "adds nothing beyond the genes (arms differing only by seed: no "
+                             "difference); imbalance - a strong, easy tumour-gene signal that "
+                             f"starves the TME stream (default {d.scenario}); the planted truth "
+                             "is written to cohort.json")
     parser.add_argument("--patients", type=int, default=d.patients,
                         help=f"number of patients ({d.patients})")
     parser.add_argument("--patches", type=int, default=None,
@@ -407,8 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a cohort already in --out")
     args = parser.parse_args(argv)
-    changes = {"patients": args.patients, "dim": args.dim, "seed": args.seed,
-               "conflict": args.conflict, "tme_shift": args.tme_shift}
+    changes = {"scenario": args.scenario, "patients": args.patients, "dim": args.dim,
+               "seed": args.seed, "conflict": args.conflict, "tme_shift": args.tme_shift}
     if args.patches is not None:
         changes["patches"] = args.patches
     try:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ksmodel.errors import CohortError, ConfigError, few
+from ksmodel.errors import CohortError, ConfigError, few, shown
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where used: `study.run --help` reads the task registry
@@ -100,7 +100,7 @@ class Task(ABC):
 
 
 def _fail(cases: pd.DataFrame, column: str, bad: np.ndarray, rule: str, source: str) -> None:
-    culprits = [f"{cid} ({raw!r})" for cid, raw in
+    culprits = [f"{cid} ({shown(raw)})" for cid, raw in
                 zip(cases.index[bad], cases[column].to_numpy()[bad], strict=True)]
     raise CohortError(f"{source}: {column} must be {rule}; bad value for case(s) {few(culprits)}; "
                       f"fix or remove these rows")
@@ -164,7 +164,9 @@ class ClassificationTask(Task):
 
         from ksmodel.losses import class_weights
 
-        label = torch.as_tensor(targets["label"], dtype=torch.long)
+        # a copy (torch.tensor): targets may be read-only (a cohort sent through Ray's object
+        # store), and a tensor sharing their memory would be writable over read-only data
+        label = torch.tensor(targets["label"], dtype=torch.long)
         return FoldTargets({"label": label},
                            class_weights=class_weights(label[train_idx], self.n_outputs))
 
@@ -240,9 +242,9 @@ class SurvivalTask(Task):
 
         time, event = targets["time"], targets["event"]
         edges = survival_bin_edges(time[train_idx], event[train_idx], n_bins=self.n_outputs)
-        tensors = {"bin": discretise(torch.as_tensor(time), edges),
-                   "time": torch.as_tensor(time, dtype=torch.float32),
-                   "event": torch.as_tensor(event, dtype=torch.float32)}
+        time_t = torch.tensor(time)  # copies, as for classification (read-only targets)
+        tensors = {"bin": discretise(time_t, edges), "time": time_t.to(torch.float32),
+                   "event": torch.tensor(event, dtype=torch.float32)}
         return FoldTargets(tensors, bin_edges=edges)
 
     def loss(self, logits: Tensor, batch: Mapping[str, Tensor], fold: FoldTargets) -> Tensor:

@@ -28,6 +28,7 @@ from torch import Tensor
 from ksmodel.cohort import Cohort
 from ksmodel.config import ModelConfig, TrainConfig, check_target
 from ksmodel.coordination.coordinator import TELEMETRY_KEYS, Coordinator
+from ksmodel.errors import ConfigError
 from ksmodel.fold_state import (
     STATE_VERSION,
     EpochResult,
@@ -37,7 +38,7 @@ from ksmodel.fold_state import (
 )
 from ksmodel.model import KSFusion
 from ksmodel.splits import ExpressionScaler, fold_case_ids
-from ksmodel.step import Batch, NonFiniteLossError, Objective, train_step
+from ksmodel.step import HEADS, Batch, NonFiniteLossError, Objective, train_step
 from ksmodel.tasks import FoldTargets, Task, get_task
 
 
@@ -92,6 +93,7 @@ class FoldTrainer:
     model_cfg: ModelConfig
     train_cfg: TrainConfig
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    head: str = "logits"  # what the task loss reads (HEADS): a stream alone for probes
     epoch: int = 0
     done: bool = False
     best: EpochResult | None = None
@@ -101,6 +103,9 @@ class FoldTrainer:
 
     def __post_init__(self) -> None:
         cfg = self.train_cfg
+        if self.head not in HEADS or (self.head != "logits" and not self.model_cfg.decompose):
+            raise ConfigError(f"head must be one of {', '.join(HEADS)} (a stream's own logits "
+                              f"need decompose: true), got {self.head!r}")
         torch.manual_seed(cfg.seed * 1000 + self.data.fold)
         self._gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.data.fold)
         self.model = KSFusion(self.model_cfg).to(self.device)
@@ -126,7 +131,7 @@ class FoldTrainer:
         self._targets = {k: v.to(self.device) for k, v in d.targets.tensors.items()}
         self._objective = Objective(d.task, FoldTargets(
             self._targets, _to(d.targets.class_weights, self.device), d.targets.bin_edges),
-            lam=cfg.lam, alpha=cfg.alpha)
+            lam=cfg.lam, alpha=cfg.alpha, head=self.head)
 
     def _batch(self, idx: Tensor) -> Batch:
         idx = idx.to(self.device)
@@ -187,14 +192,16 @@ class FoldTrainer:
         self.done = self.epoch >= self.train_cfg.epochs or (0 < patience <= self._stale)
 
     @torch.no_grad()
-    def evaluate(self, batch_size: int = 64) -> tuple[dict[str, float], pd.DataFrame]:
-        """Validation metrics and the per-case prediction table at the current weights."""
+    def evaluate(self, batch_size: int = 64,
+                 head: str = "logits") -> tuple[dict[str, float], pd.DataFrame]:
+        """Validation metrics and the per-case prediction table at the current weights, of the
+        fused logits or (``head``) one stream's own logits."""
         self.model.eval()
         outs = []
         for idx in torch.split(self.data.val_idx, batch_size):
             b = self._batch(idx)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp):
-                outs.append(self._forward(b.bags, b.genes_t, b.genes_m).logits.float())
+                outs.append(getattr(self._forward(b.bags, b.genes_t, b.genes_m), head).float())
         logits = torch.cat(outs).cpu()
         val = self.data.val_idx
         targets = {k: v[val].numpy() for k, v in self.data.targets.tensors.items()}

@@ -2,21 +2,27 @@
 baseline) in the layout of a trial run, so the analysis pairs them with the model like any method.
 
 Why on the driver, before the search: the baselines (``ksmodel.baselines``: Cox / logistic
-regression on clinical covariates or on expression principal components) fit in seconds, need
-no GPU, and a baseline that cannot be fit (a covariate the cohort lacks, a Cox model that does
-not converge) is then known before any compute is spent on trials.
+regression with fixed settings, penalised Cox / logistic regression tuned by inner
+cross-validation, random forests) need no GPU, and a baseline that cannot be fit (a covariate the
+cohort lacks, a Cox model that does not converge) is then known before any compute is spent on
+trials. Their cost is logged (``fit_seconds``) so it can be weighed.
 
-Seeds: the baselines are deterministic (Newton-Raphson Cox, lbfgs logistic regression, full-SVD
-PCA: no random initialisation, no sampling), so each is fit and logged once per study with
-``ks.seed`` = ``SEEDLESS``; the analysis pairs such a run with every seed of the model's runs
-(``analysis/load.py``). Fitting it once per seed would log identical copies.
+Seeds: the baselines do not depend on the training seed: the fixed-setting ones are
+deterministic (Newton-Raphson Cox, lbfgs logistic regression, full-SVD PCA), the tuned ones draw
+their inner folds (and forests) from the study's first seed and the outer fold. So each is fit
+and logged once per study with ``ks.seed`` = ``SEEDLESS``; the analysis pairs such a run with
+every seed of the model's runs (``analysis/load.py``). Fitting it once per seed would only redraw
+the inner folds.
 
-What a baseline run holds: tags (role, method = the baseline name, task, metric, folds, status),
-params (the baseline's options, its covariates, a description), the record's final metrics
-(``final_<m>`` for every task metric, ``fold_<k>/final_<m>`` per fold), per-fold facts that vary
-by fold (``fold_<k>/features``, ``fold_<k>/explained_variance``) and ``predictions.parquet`` with
-the columns of a trial's predictions (fold, case_id, the task's columns, seed). In nested
-evaluation the study's folds are the outer folds, so the baselines are scored on those.
+What a baseline run holds: tags (role, method = the baseline name, task, metric, folds, status,
+``ks.baseline_inputs`` and ``ks.baseline_tuning``: what it read and how its settings were chosen,
+in words), params (the baseline's options, its covariates, a description, settings equal on every
+fold), the record's final metrics (``final_<m>`` for every task metric, ``fold_<k>/final_<m>`` per
+fold), ``fit_seconds`` (summed over folds; ``fold_<k>/fit_seconds``), per-fold facts that vary by
+fold (``fold_<k>/features``, ``fold_<k>/explained_variance``, a tuned ``fold_<k>/alpha``, ``C`` or
+``min_samples_leaf``) and ``predictions.parquet`` with the columns of a trial's predictions (fold,
+case_id, the task's columns, seed). In nested evaluation the study's folds are the outer folds,
+so the baselines are scored on those.
 """
 
 from __future__ import annotations
@@ -31,12 +37,19 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from ksmodel.baselines import BASELINES, BaselineResult, baselines_for, run_baseline
+from ksmodel.baselines import (
+    BASELINES,
+    BaselineResult,
+    baselines_for,
+    run_baseline,
+    table_expression,
+)
 from ksmodel.config import TrainConfig
 from ksmodel.data import RunData
 from ksmodel.errors import ConfigError
 from ksmodel.tasks import get_task
 from study.record import (
+    FIT_SECONDS,
     SEEDLESS,
     Artifacts,
     Params,
@@ -86,6 +99,8 @@ def _by_fold(results: Sequence[BaselineResult]) -> tuple[dict[str, str], list[Me
                 metrics.append(Metric(fold_metric(r.fold, key), float(v), 0, 0))
     for r in results:
         metrics.append(Metric(fold_metric(r.fold, "features"), float(len(r.features)), 0, 0))
+        metrics.append(Metric(fold_metric(r.fold, FIT_SECONDS), round(r.fit_seconds, 3), 0, 0))
+    metrics.append(Metric(FIT_SECONDS, round(sum(r.fit_seconds for r in results), 3), 0, 0))
     return params, metrics
 
 
@@ -118,8 +133,10 @@ def _start(client: MlflowClient, experiment_id: str, parent: str, name: str,
 
 
 def log_baseline(client: MlflowClient, experiment_id: str, parent: str, cfg: StudyConfig,
-                 data: RunData, name: str, extra_tags: dict[str, str] | None = None) -> str:
-    """Fit baseline ``name`` on every fold of the study and log its run; returns the status."""
+                 data: RunData, name: str, extra_tags: dict[str, str] | None = None,
+                 table: pd.DataFrame | None = None) -> str:
+    """Fit baseline ``name`` on every fold of the study and log its run; returns the status.
+    ``table``: the cohort's whole expression table, read once for the ``_table`` baselines."""
     task = get_task(cfg.task)
     tags = {Tags.METHOD: name, Tags.TASK: cfg.task, Tags.METRIC: task.metric,
             Tags.FOLDS: ",".join(map(str, data.folds)), Tags.SEED: SEEDLESS,
@@ -131,7 +148,7 @@ def log_baseline(client: MlflowClient, experiment_id: str, parent: str, cfg: Stu
     log1p = bool(cfg.fixed.get("log1p", TrainConfig.log1p))
     try:
         results = run_baseline(name, data.cohort, data.splits, cfg.task, cfg.covariates,
-                               seed=seed, log1p=log1p)
+                               seed=seed, log1p=log1p, table=table)
     except Exception as exc:  # noqa: BLE001 - a baseline that cannot be fit must not stop the study
         message = f"{type(exc).__name__}: {exc}"
         log_batched(client, run_id, tags=[RunTag(Tags.STATUS, Status.FAILED),
@@ -152,7 +169,11 @@ def log_baseline(client: MlflowClient, experiment_id: str, parent: str, cfg: Stu
         retry(lambda: client.log_artifact(run_id, str(path)))
         if notes:
             retry(lambda: client.log_text(run_id, "\n".join(notes) + "\n", Artifacts.NOTES))
-    end_tags = [RunTag(Tags.STATUS, Status.COMPLETED)]
+    end_tags = [RunTag(Tags.STATUS, Status.COMPLETED),
+                # in words; a fold whose smallest stratum allowed fewer inner folds says so too
+                RunTag(Tags.BASELINE_INPUTS, results[0].inputs),
+                RunTag(Tags.BASELINE_TUNING, "; ".join(dict.fromkeys(r.tuning
+                                                                     for r in results)))]
     if notes:
         end_tags.append(RunTag(Tags.NOTES, "; ".join(notes)[:5000]))
     log_batched(client, run_id, params=[Param(k, v[:6000]) for k, v in sorted(params.items())],
@@ -160,7 +181,9 @@ def log_baseline(client: MlflowClient, experiment_id: str, parent: str, cfg: Stu
     retry(lambda: client.set_terminated(run_id, "FINISHED"))
     metric = task.metric
     value = float(np.mean([r.metrics[metric] for r in results]))
-    print(f"baseline {name}: {metric} {value:.4f} (mean over {len(results)} folds)"
+    seconds = sum(r.fit_seconds for r in results)
+    print(f"baseline {name}: {metric} {value:.4f} (mean over {len(results)} folds, fit "
+          f"{seconds:.1f} s)"
           + (f"; {len(notes)} note(s): {notes[0]}" if notes else ""), flush=True)
     return Status.COMPLETED
 
@@ -177,11 +200,20 @@ def run_baselines(client: MlflowClient, experiment_id: str, parent: str, cfg: St
         print(f"baselines on the study's folds: {', '.join(cfg.baselines)}"
               + (f" ({', '.join(left_out)} needs `covariates:` in the study file)"
                  if left_out else ""), flush=True)
+    table: pd.DataFrame | None = None
     for name in cfg.baselines:
         if completed_run(client, experiment_id, baseline_trial_id(name)) is not None:
             out[name] = Status.COMPLETED
             continue
-        out[name] = log_baseline(client, experiment_id, parent, cfg, data, name, extra_tags)
+        if BASELINES[name].needs_table and table is None:
+            try:  # read once for every _table baseline (if it fails, each fails on its own)
+                table, notes = table_expression(data.cohort)
+            except Exception:  # noqa: BLE001 - log_baseline reads it again and records why
+                notes = ()
+            for note in notes:
+                print(f"baselines: {note}", flush=True)
+        out[name] = log_baseline(client, experiment_id, parent, cfg, data, name, extra_tags,
+                                 table)
     return out
 
 

@@ -10,6 +10,7 @@ starting Ray (`load_results`).
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,20 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from analysis.answer import terminal_lines  # standard library only at import
 from study.folder import write_state
+from study.progress import WIDTH, can_stop, short, stopper
 from study.record import Artifacts, Status, Tags, best_metric, val_metric
 from study.space import StudyConfig
 from study.variants import expand as expand_variant
 
+NOT_RUN = "NOT_RUN"
+"""summary.csv status of a trial that never reported (e.g. an interrupted study's last ones)."""
+
 
 def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
     """One row per trial: id, status, searched params, final metric."""
+    from study.faults import error_text
     from study.trial import COMPLETED, NODE, RUN_ID
 
     key = val_metric(cfg.metric)
@@ -37,14 +44,14 @@ def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
         elif metrics.get(COMPLETED):
             status = Status.COMPLETED
         else:
-            status = Status.STOPPED_EARLY if iters else "NOT_RUN"
+            status = Status.STOPPED_EARLY if iters else NOT_RUN
         trial_id = metrics.get("trial_id") or Path(result.path).name.split("_")[2]
         rows.append({"trial_id": trial_id, "status": status,
                      **{f"param.{k}": v for k, v in (result.config or {}).items()},
                      key: metrics.get(key), "epochs": iters,
                      "mlflow_run_id": metrics.get(RUN_ID),
                      "node_id": metrics.get(NODE),
-                     "error": str(result.error).splitlines()[0][:200] if result.error else ""})
+                     "error": error_text(result.error, 200)})
     return pd.DataFrame(rows)
 
 
@@ -78,7 +85,10 @@ def finish_guarded(grid: Any, cfg: StudyConfig, out: Path, client: Any, experime
     try:
         return finish_study(grid, cfg, out, client, parent, seconds)
     except Exception as exc:  # noqa: BLE001 - any failure of the last step is reported alike
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        from study.faults import Reserve, error_text
+
+        Reserve(out).release()  # a full disk: room to close the runs
+        reason = error_text(exc)
         try:
             close_open_runs(client, experiment_id, parent, "FAILED",
                             error=f"the study's final step failed: {reason}")
@@ -112,19 +122,9 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
     summary.to_csv(out / Artifacts.SUMMARY, index=False)
     log_frame(client, parent, summary, Artifacts.SUMMARY)
     key = val_metric(cfg.metric)
-    counts = summary["status"].value_counts()
     took = f" in {seconds:.0f} s" if seconds is not None else ""
-    print(f"\n{cfg.name}: {len(summary)} trials{took} — "
-          f"{counts.get(Status.COMPLETED, 0)} completed, "
-          f"{counts.get(Status.STOPPED_EARLY, 0)} stopped early by ASHA, "
-          f"{counts.get(Status.FAILED, 0)} failed")
-    with pd.option_context("display.width", 119, "display.max_columns", 20):
-        cols = [c for c in summary.columns if c not in ("mlflow_run_id", "node_id")]
-        shown = summary[cols].copy()  # the terminal's copy: the error's start (all of it in
-        shown["error"] = shown["error"].astype(str).map(  # summary.csv and in MLflow)
-            lambda e: e if len(e) <= 40 else e[:39] + "…")
-        print(shown.sort_values(key, ascending=False, na_position="last")
-              .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\n{cfg.name}: {len(summary)} trials{took}: {counts_text(summary, cfg)}")
+    print(trial_table(summary, key))
     done = summary[summary["status"] == Status.COMPLETED]
     if done.empty:
         print("no trial completed; see the errors above and in MLflow", file=sys.stderr)
@@ -148,19 +148,54 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
         retry(lambda: client.delete_tag(parent, Tags.ERROR))
     retry(lambda: client.set_terminated(parent, "FINISHED"))
     write_state(out, finished=True)
-    print(f"best {cfg.metric} {float(best[key]):.4f} (trial {best['trial_id']}): "
-          f"{best_params} -> {out / Artifacts.BEST_CONFIG}")
-    print(next_steps(client.tracking_uri, experiment_id, cfg.name))
+    shown = " ".join(f"{k}={short(v)}" for k, v in best_params.items())
+    print(f"best: trial {best['trial_id']}, {key} {float(best[key]):.4f} after "
+          f"{int(best['epochs'])} epochs{', ' + shown if shown else ''}")
+    print(f"  its configuration: {out / Artifacts.BEST_CONFIG}")
+    for line in terminal_lines(client.tracking_uri, cfg.name, parent):  # vs each baseline
+        print(line)
+    print(next_steps(client.tracking_uri, experiment_id, cfg.name,
+                     _plain(best.get("mlflow_run_id"))))
     return 0
 
 
+def counts_text(summary: pd.DataFrame, cfg: StudyConfig) -> str:
+    """``1 completed, 3 stopped early by ASHA, 0 failed``: stopped trials are counted only
+    where the scheduler stops trials (or one was stopped), trials never run only if any."""
+    counts = summary["status"].value_counts()
+    parts = [f"{counts.get(Status.COMPLETED, 0)} completed"]
+    stopped = counts.get(Status.STOPPED_EARLY, 0)
+    if stopped or can_stop(cfg.scheduler.type):
+        parts.append(f"{stopped} stopped early by {stopper(cfg.scheduler.type)}")
+    parts.append(f"{counts.get(Status.FAILED, 0)} failed")
+    if counts.get(NOT_RUN, 0):
+        parts.append(f"{counts.get(NOT_RUN, 0)} not run")
+    return ", ".join(parts)
+
+
+TABLE_ROWS = 20
+"""Trials the terminal table shows (the best ones); summary.csv has them all."""
+
+
+def trial_table(summary: pd.DataFrame, key: str, rows: int = TABLE_ROWS) -> str:
+    """The terminal's table of the trials, best first, at most ``rows`` and 119 columns; the
+    error column only when a trial failed (its start; all of it in summary.csv and MLflow)."""
+    cols = [c for c in summary.columns if c not in ("mlflow_run_id", "node_id")]
+    shown = summary[cols].sort_values(key, ascending=False, na_position="last")
+    if not shown["error"].astype(str).str.len().any():
+        shown = shown.drop(columns="error")
+    else:
+        shown["error"] = shown["error"].astype(str).map(
+            lambda e: e if len(e) <= 40 else e[:39] + "…")
+    shown = shown.rename(columns=lambda c: c.removeprefix("param."))
+    with pd.option_context("display.width", WIDTH, "display.max_columns", 20,
+                           "display.max_colwidth", 40):
+        text = shown.head(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    more = len(shown) - rows
+    return text + (f"\n… and {more} more trials in {Artifacts.SUMMARY}" if more > 0 else "")
+
+
 UI_PORT = 5000
-
-
-def runs_url(base: str, experiment_id: str) -> str:
-    """The MLflow UI page that lists the study's runs. ``#/experiments/<id>`` alone opens the
-    GenAI overview in MLflow 3; ``workflowType=machine_learning`` opens the runs table."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def _tool(name: str) -> str:
@@ -169,19 +204,53 @@ def _tool(name: str) -> str:
     return str(path) if path.is_file() else name
 
 
-def next_steps(tracking_uri: str, experiment_id: str, name: str) -> str:
-    """The end-of-run hint: how to open the study in the MLflow UI, and how to get its report."""
+def shell_lines(parts: list[str | tuple[str, ...]], indent: str = "  ",
+                width: int = WIDTH) -> list[str]:
+    """A command as lines of at most ``width`` columns (where its parts allow), continued with
+    a backslash, so that a copy of all its lines runs as it is. A tuple part (an option and
+    its value) stays on one line."""
+    lines, line = [], indent
+    for part in parts:
+        words = " ".join(shlex.quote(w) for w in (part if isinstance(part, tuple) else (part,)))
+        if line.strip() and len(line) + 1 + len(words) + 2 > width:
+            lines.append(line + " \\")
+            line = indent + "    "
+        line = f"{line} {words}" if line.strip() else line + words
+    return [*lines, line]
+
+
+TRIALS_VIEW = "the trials side by side (status, metric, searched parameters)"
+
+
+def mlflow_hint(tracking_uri: str, experiment_id: str, when: str = "") -> str:
+    """How to open the study in the MLflow UI: the command that starts the UI (a local store)
+    and the URL of its trials side by side (study/view.py); ``when`` qualifies the first line
+    (the study prints this at its start too)."""
+    from study.view import trials_url, ui_base
+
+    url = f"  {trials_url(ui_base(tracking_uri, UI_PORT), experiment_id)}"
     if tracking_uri.startswith(("http://", "https://")):
-        ui = f"MLflow: open {runs_url(tracking_uri, experiment_id)}"
-    else:
-        ui = (f"MLflow: {_tool('mlflow')} ui --backend-store-uri {tracking_uri} "
-              f"--host 127.0.0.1 --port {UI_PORT}\n"
-              f"  then open {runs_url(f'http://127.0.0.1:{UI_PORT}', experiment_id)}\n"
-              f"  (the runs table: expand study-{name} to list its trials; a trial's page\n"
-              "  shows its params, metrics, validation curves and predictions)")
-    report = (f"Report: {_tool('python')} -m analysis.compare --experiment {name} "
-              f"--tracking-uri {tracking_uri}")
-    return f"{ui}\n{report}"
+        return "\n".join([f"MLflow{when}: {TRIALS_VIEW}:", url])
+    return "\n".join([f"MLflow{when}: start the UI with",
+                      *shell_lines([_tool("mlflow"), "ui", ("--backend-store-uri", tracking_uri),
+                                    ("--host", "127.0.0.1"), ("--port", str(UI_PORT))]),
+                      f"then open {TRIALS_VIEW}:", url])
+
+
+def next_steps(tracking_uri: str, experiment_id: str, name: str,
+               best_run_id: str | None = None) -> str:
+    """The end-of-run hints: the study in the MLflow UI (the best trial's own page too) and
+    the command that writes its report."""
+    from study.view import run_url, ui_base
+
+    lines = [mlflow_hint(tracking_uri, experiment_id)]
+    if best_run_id:
+        lines += ["the best trial's page (params, metrics, validation curves, predictions):",
+                  f"  {run_url(ui_base(tracking_uri, UI_PORT), experiment_id, best_run_id)}"]
+    lines += ["Report (tables, paired statistics, figures):",
+              *shell_lines([_tool("python"), ("-m", "analysis.compare"), ("--experiment", name),
+                            ("--tracking-uri", tracking_uri)])]
+    return "\n".join(lines)
 
 
 def _plain(value: Any) -> Any:
@@ -189,4 +258,4 @@ def _plain(value: Any) -> Any:
 
 
 __all__ = ["summarise", "finish_study", "finish_guarded", "load_results", "reconcile_results",
-           "next_steps", "runs_url"]
+           "next_steps", "mlflow_hint", "counts_text", "trial_table", "shell_lines", "UI_PORT"]

@@ -26,6 +26,12 @@ search. Separate Tuners keep each search blind to its outer fold, let ASHA rank 
 on the same inner folds, and can be resumed one by one. The price: outer folds are searched one
 after another, so at most ``max_concurrent`` trials run at a time.
 
+Each outer fold's sampler is seeded from (``sampler_seed``, outer fold) (``outer_sampler_seed``),
+so the outer folds do not all try the same configurations (with one seed, a search at or below
+TPE's start-up trials would draw the same random configurations in every outer fold). The study
+key ``outer_sampler_seeds: same`` gives every outer fold ``sampler_seed`` instead. The seed is on
+the outer run (param ``sampler_seed``) and on its inner trials (tag ``ks.sampler_seed``).
+
 Compute: k_outer x (the search: num_samples trials x inner_folds folds) + k_outer refits.
 """
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -43,6 +50,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from analysis.answer import terminal_lines  # standard library only at import
 from ksmodel.cohort import Cohort
 from ksmodel.data import RunData
 from ksmodel.errors import CohortError
@@ -75,6 +83,15 @@ INNER_COLUMNS = ["outer_fold", "case_id", "fold"]
 def inner_seed(split_seed: int, outer_fold: int) -> int:
     """The seed of outer fold ``outer_fold``'s inner split (one stream per outer fold)."""
     return int(np.random.SeedSequence([int(split_seed), int(outer_fold)]).generate_state(1)[0])
+
+
+def outer_sampler_seed(cfg: StudyConfig, outer_fold: int) -> int:
+    """The seed of outer fold ``outer_fold``'s sampler: drawn from (``sampler_seed``, outer
+    fold), or ``sampler_seed`` itself with ``outer_sampler_seeds: same``."""
+    if cfg.outer_sampler_seeds == "same":
+        return int(cfg.sampler_seed)
+    seq = np.random.SeedSequence([int(cfg.sampler_seed), int(outer_fold)])
+    return int(seq.generate_state(1)[0] % (2**31 - 1))  # within every sampler's seed range
 
 
 def _strata(cohort: Cohort, task: str) -> pd.Series:
@@ -127,8 +144,8 @@ def check_inner_splits(cohort: Cohort, task: str, outer: pd.DataFrame, inner: pd
     strata = _strata(cohort, task)
     outer_ids = sorted(int(x) for x in outer["fold"].unique())
     if sorted(int(x) for x in inner["outer_fold"].unique()) != outer_ids:
-        raise StudyError(f"{source}: outer folds {sorted(inner['outer_fold'].unique())} do not "
-                         f"match the study's folds {outer_ids}; remake it (start afresh)")
+        raise StudyError(f"{source}: outer folds {sorted(inner['outer_fold'].unique().tolist())} "
+                         f"do not match the study's folds {outer_ids}; remake it (start afresh)")
     for f in outer_ids:
         train_ids, val_ids = fold_case_ids(outer, f)
         sel = inner_for(inner, f)
@@ -187,8 +204,10 @@ def _tuner_name(study: str, outer_fold: int) -> str:
 
 
 def _search(cfg: StudyConfig, ctx: Any, outer_fold: int, storage: str,
-            args: argparse.Namespace) -> Any:
-    """One outer fold's search: a Tuner of its own (see the module docstring for why)."""
+            args: argparse.Namespace, shown: dict[str, Any]) -> Any:
+    """One outer fold's search: a Tuner of its own (see the module docstring for why). Its
+    progress lines are a cv study's (study/progress.py), labelled with the outer fold;
+    ``shown`` carries the clock and time estimate across the searches (`_progress`)."""
     from ray import tune
 
     from study.search import make_search, make_tuner
@@ -198,14 +217,33 @@ def _search(cfg: StudyConfig, ctx: Any, outer_fold: int, storage: str,
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
     name = _tuner_name(cfg.name, outer_fold)
+    search = make_search(replace(cfg, sampler_seed=outer_sampler_seed(cfg, outer_fold)))
+    progress = _progress(cfg, args, outer_fold, search, shown)
     run_config = tune.RunConfig(
         name=name, storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-        callbacks=[TrialStatusCallback(ctx.tracking_uri, ctx.experiment_id, cfg.metric)],
-        verbose=1)
-    tuner = make_tuner(trainable, cfg, make_search(cfg), run_config, resume=args.resume,
+        callbacks=[TrialStatusCallback(ctx.tracking_uri, ctx.experiment_id, cfg.metric),
+                   progress],
+        verbose=0)  # Ray's own trial tables: replaced by the progress lines
+    tuner = make_tuner(trainable, cfg, search, run_config, resume=args.resume,
                        retry_failed=args.retry_failed)
     return tuner.fit()
+
+
+def _progress(cfg: StudyConfig, args: argparse.Namespace, outer_fold: int,
+              search: tuple[Any, Any, int], shown: dict[str, Any]) -> Any:
+    """The progress lines of outer fold ``outer_fold``'s search: one clock from the first
+    search on (``shown['start']``), the seconds per trial-epoch measured so far shared, and
+    the trials of the searches still to come in the time estimate."""
+    from study.progress import StudyProgress
+
+    search_alg, _, num_samples = search
+    trials = num_samples if search_alg is not None else cfg.grid_size()
+    return StudyProgress(cfg.metric, trials, cfg.epochs, cfg.searched, mode=cfg.mode,
+                         concurrency=cfg.max_concurrent, level=args.progress,
+                         scheduler=cfg.scheduler.type, prefix=f"outer {outer_fold} ",
+                         started_at=shown["start"], later=trials * shown["after"],
+                         epoch_seconds=shown["epoch_seconds"])
 
 
 def choose(grid: Any, cfg: StudyConfig, outer_fold: int) -> Choice | None:
@@ -272,7 +310,8 @@ def refit_outer(ctx: Any, outer_fold: int, config: dict[str, Any], epochs: int,
     seeds = [params["seed"]] if "seed" in params else list(ctx.seeds)
     logged = {**trial_params(params, ctx.cohort), Params.SEEDS: ",".join(map(str, seeds)),
               Params.OUTER_FOLD: outer_fold, Params.INNER_FOLDS: info["inner_folds"],
-              Params.REFIT_EPOCHS: epochs, Params.REFIT_RULE: info["rule"]}
+              Params.REFIT_EPOCHS: epochs, Params.REFIT_RULE: info["rule"],
+              Params.SAMPLER_SEED: info["sampler_seed"]}
     tags = {Tags.ROLE: Roles.OUTER, Tags.METHOD: method_name(params), Tags.TASK: ctx.task,
             Tags.METRIC: ctx.metric, Tags.NODE_ID: ray.get_runtime_context().get_node_id(),
             Tags.FOLDS: str(outer_fold), Tags.SEED: seeds[0] if len(seeds) == 1 else "mean",
@@ -329,6 +368,8 @@ def _refits(cfg: StudyConfig, ctx: Any, client: Any, choices: dict[int, Choice],
     tasks with a trial's resources; outer folds already refit (resume) are read back."""
     import ray
 
+    from study.progress import WIDTH
+
     remote = ray.remote(refit_outer).options(
         num_cpus=cfg.resources["cpu"], num_gpus=cfg.resources["gpu"],
         max_retries=cfg.max_failures, retry_exceptions=False)
@@ -342,10 +383,12 @@ def _refits(cfg: StudyConfig, ctx: Any, client: Any, choices: dict[int, Choice],
             continue
         folds = sorted(int(f) for f in inner_for(inner, k)["fold"].unique())
         epochs, rule = refit_plan(client, choice, cfg, folds)
-        print(f"outer fold {k}: refit trial {choice.trial_id} on the outer training part, "
-              f"{epochs} epochs ({rule})", flush=True)
+        print(textwrap.fill(f"outer fold {k}: refit trial {choice.trial_id} on the outer "
+                            f"training part, {epochs} epochs ({rule})", width=WIDTH,
+                            subsequent_indent="  "), flush=True)
         info = {"trial_id": choice.trial_id, "inner_value": choice.inner_value,
-                "inner_folds": len(folds), "rule": rule}
+                "inner_folds": len(folds), "rule": rule,
+                "sampler_seed": outer_sampler_seed(cfg, k)}
         futures[k] = remote.remote(ctx_ref, k, choice.config, epochs, info)
     for k, fut in futures.items():
         try:
@@ -374,18 +417,25 @@ def run_nested(cfg: StudyConfig, out: Path, ctx: Any, args: argparse.Namespace, 
     inner = pd.read_parquet(out / Artifacts.INNER_SPLITS)
     inner["case_id"] = inner["case_id"].astype(str)
     retry(lambda: client.log_artifact(parent, str(out / Artifacts.INNER_SPLITS)))
+    from study.progress import fit
+
     start = time.time()
+    shown = {"start": time.monotonic(), "epoch_seconds": []}  # the progress lines' clock
     choices: dict[int, Choice] = {}
     summaries = []
-    for k in ctx.folds:
+    for i, k in enumerate(ctx.folds):
         splits_k = inner_for(inner, k)
         folds_k = sorted(int(f) for f in splits_k["fold"].unique())
-        print(f"\nouter fold {k}: searching on its training part ({len(splits_k)} cases, "
-              f"{len(folds_k)} inner folds); its {int((ctx.splits['fold'] == k).sum())} cases "
-              f"stay unseen until the refit is scored", flush=True)
+        seed_k = outer_sampler_seed(cfg, k)
+        print(fit(f"outer fold {k}: searching on its training part ({len(splits_k)} cases, "
+                  f"{len(folds_k)} inner folds, sampler seed {seed_k}); its "
+                  f"{int((ctx.splits['fold'] == k).sum())} cases stay unseen until the refit"),
+              flush=True)
         ctx_k = replace(ctx, splits=splits_k, folds=folds_k,
-                        tags={**ctx.tags, Tags.OUTER_FOLD: str(k)})
-        grid = _search(cfg, ctx_k, k, storage, args)
+                        tags={**ctx.tags, Tags.OUTER_FOLD: str(k),
+                              Tags.SAMPLER_SEED: str(seed_k)})
+        shown["after"] = len(ctx.folds) - i - 1
+        grid = _search(cfg, ctx_k, k, storage, args, shown)
         summaries.append(summarise(grid, cfg).assign(outer_fold=k))
         choice = choose(grid, cfg, k)
         if choice is None:
@@ -404,13 +454,18 @@ def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[i
             choices: dict[int, Choice], results: dict[int, dict[str, Any]],
             seconds: float) -> int:
     from study.baseline_runs import baseline_values
+    from study.finish import next_steps
+    from study.progress import WIDTH
     from study.tracking import log_frame, retry
 
     m = cfg.metric
+    experiment_id = retry(lambda: client.get_run(parent)).info.experiment_id
+    hints = next_steps(client.tracking_uri, experiment_id, cfg.name)
     rows = []
     for k in folds:
         c, r = choices.get(k), results.get(k, {})
-        row: dict[str, Any] = {"outer_fold": k, "chosen_trial": c.trial_id if c else None,
+        row: dict[str, Any] = {"outer_fold": k, "sampler_seed": outer_sampler_seed(cfg, k),
+                               "chosen_trial": c.trial_id if c else None,
                                "inner_trials_completed": c.trials if c else 0,
                                inner_metric(m): c.inner_value if c else np.nan,
                                m: r.get(final_metric(m), np.nan),
@@ -425,12 +480,14 @@ def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[i
     log_frame(client, parent, table, Artifacts.NESTED)
     estimated = table[table[m].notna()]
     print(f"\n{cfg.name}: nested evaluation over {len(folds)} outer folds in {seconds:.0f} s")
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(table.drop(columns=["run_id"]).to_string(index=False))
+    with pd.option_context("display.width", WIDTH, "display.max_columns", 20):
+        print(table.drop(columns=["run_id"]).rename(columns=lambda c: c.removeprefix("param."))
+              .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if estimated.empty:
         print("no outer fold has an estimate; see the errors above and in MLflow",
               file=sys.stderr)
         retry(lambda: client.set_terminated(parent, "FAILED"))
+        print(hints)
         return 1
     nested, inner = float(estimated[m].mean()), float(table[inner_metric(m)].mean())
     retry(lambda: client.log_metric(parent, nested_metric(m), nested))
@@ -450,23 +507,43 @@ def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[i
                             for k, c in choices.items()]}
     (out / Artifacts.BEST_CONFIG).write_text(yaml.safe_dump(best, sort_keys=False))
     retry(lambda: client.log_artifact(parent, str(out / Artifacts.BEST_CONFIG)))
-    baselines = baseline_values(client, client.get_run(parent).info.experiment_id,
-                                cfg.baselines, m)
-    print(f"nested estimate {m} {nested:.4f} (unbiased: each outer fold scored once, by a "
-          f"configuration chosen without it) vs best-of-search {inner:.4f} (the chosen trials' "
-          f"own inner scores: optimistic)"
-          + "".join(f"; baseline {b} {v:.4f}" for b, v in baselines.items() if v is not None))
+    baselines = baseline_values(client, experiment_id, cfg.baselines, m)
+    print("\n".join(estimate_lines(m, nested, inner, baselines)))
+    for line in terminal_lines(client.tracking_uri, cfg.name, parent):  # the verdicts
+        print(line)
     missing = [k for k in folds if k not in set(estimated["outer_fold"])]
     if missing:
         print(f"outer fold(s) {', '.join(map(str, missing))} have no estimate: the nested "
               f"estimate above is incomplete", file=sys.stderr)
         retry(lambda: client.set_terminated(parent, "FAILED"))
+        print(hints)
         return 1
     retry(lambda: client.set_terminated(parent, "FINISHED"))
-    print(f"MLflow: mlflow ui --backend-store-uri {client.tracking_uri}")
+    print(hints)
     return 0
 
 
+def estimate_lines(metric: str, nested: float, inner: float,
+                   baselines: dict[str, float | None]) -> list[str]:
+    """The terminal's answer of a nested study: the nested estimate, what best-of-search
+    would have said (called optimistic only when it is higher) and each baseline on the same
+    outer folds, with the differences."""
+    diff = inner - nested
+    if diff > 0:
+        judged = f"optimistic by {diff:.4f}"
+    elif diff < 0:
+        judged = f"{-diff:.4f} below the nested estimate"
+    else:
+        judged = "equal to the nested estimate"
+    lines = [f"nested estimate {metric} {nested:.4f} (each outer fold scored once, by a "
+             f"configuration chosen without it)",
+             f"best-of-search {metric} {inner:.4f} (the chosen trials' own inner scores): "
+             f"{judged}"]
+    lines += [f"baseline {name} {metric} {value:.4f} on the same outer folds: nested estimate "
+              f"{nested - value:+.4f}" for name, value in baselines.items() if value is not None]
+    return lines
+
+
 __all__ = ["make_inner_splits", "inner_for", "check_inner_splits", "prepare_inner_splits",
-           "inner_seed", "Choice", "choose", "refit_plan", "refit_outer", "run_nested",
-           "INNER_COLUMNS"]
+           "inner_seed", "outer_sampler_seed", "Choice", "choose", "refit_plan", "refit_outer",
+           "run_nested", "estimate_lines", "INNER_COLUMNS"]

@@ -3,7 +3,8 @@ and judged from MLflow alone: the study configuration as ``study.<key>`` params 
 ``study.scheduler.type``, ``study.fixed.lam``, ``study.search.alpha``), what the cohort gave the
 model as ``cohort.<key>`` params (cases, genes used per subspace out of the table's columns, the
 folder), and the evaluation mode as a tag. ``config.yaml`` and the split files are artifacts of
-the same run (``study.run``); the report is added by ``analysis.compare``.
+the same run (``study.run``); the report is added by ``analysis.compare``. The experiment gets
+the study's view of its trials at the same time (study/view.py).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def expression_columns(root: Path) -> int | None:
 def study_params(cfg: StudyConfig, data: RunData) -> dict[str, str]:
     """``study.*`` and ``cohort.*`` params of the parent run (strings, as MLflow keeps them)."""
     raw = cfg.to_yaml_dict()
-    raw["folds"] = len(data.folds)  # a cohort's published splits win over the file's folds
+    raw["folds"] = data.k  # a cohort's published splits win over the file's folds
+    raw["repeats"] = data.repeats  # global fold ids: repeat * folds + fold
     raw["folds_source"] = data.splits_source
     if cfg.seeds:
         raw["seeds"] = list(cfg.seeds)
@@ -103,14 +105,21 @@ def record_study(client: Any, parent: str, cfg: StudyConfig, data: RunData) -> N
     from mlflow.entities import Param, RunTag
 
     from study.tracking import log_batched, retry
+    from study.view import save_trials_view
 
-    have = retry(lambda: client.get_run(parent)).data.params
+    run = retry(lambda: client.get_run(parent))
+    have = run.data.params
     params = [Param(k, v) for k, v in sorted(study_params(cfg, data).items()) if k not in have]
     tags = [RunTag(k, v) for k, v in study_tags(cfg).items()]
     try:
         log_batched(client, parent, params=params, tags=tags)
     except Exception as exc:  # noqa: BLE001 - e.g. a resumed study whose cohort moved
         print(f"warning: could not record the study's params on the parent run: {exc}",
+              flush=True)
+    try:  # the runs table as the study's printed URL opens it (study/view.py)
+        save_trials_view(client, run.info.experiment_id, cfg)
+    except Exception as exc:  # noqa: BLE001 - the study itself does not depend on it
+        print(f"warning: could not save the study's view of its trials in MLflow: {exc}",
               flush=True)
 
 

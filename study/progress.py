@@ -3,9 +3,11 @@
 One line when a trial starts (its searched parameters, short) and one when it ends (completed,
 stopped early by ASHA at epoch e, or failed, with its fold-mean validation metric); between
 them, one compact status line per reported epoch: which epoch of which trial, the trial's value,
-how many trials run / are done / were stopped / failed out of n, the best value so far, and an
-estimated time left from the measured seconds per trial-epoch. Every line fits in 120 columns.
-Ray's own table is switched off (``RunConfig(verbose=0)``): this replaces it.
+how many trials run / are done / were stopped (only where the scheduler stops trials) / failed
+out of n, the best value so far, and an estimated time left from the measured seconds per
+trial-epoch. Every line fits in 120 columns. Ray's own table is switched off
+(``RunConfig(verbose=0)``): this replaces it. A nested study gives each outer fold's search one
+of these (``prefix`` "outer k", one clock and one time estimate across the searches).
 
 Levels: ``quiet`` prints nothing here (the final summary still comes from study/finish.py),
 ``normal`` the lines above, ``verbose`` adds each epoch's per-fold values and training loss.
@@ -31,6 +33,19 @@ COMPLETED = "completed"
 WIDTH = 119
 """Longest line printed (terminals are 120 columns or wider; nothing wraps)."""
 LEVELS = ("quiet", "normal", "verbose")
+STOPPERS = {"asha": "ASHA", "pbt": "PBT"}
+"""How the terminal names the scheduler that ends trials early."""
+
+
+def can_stop(scheduler: str) -> bool:
+    """Whether the scheduler stops trials before their last epoch (so "0 stopped" says
+    something)."""
+    return scheduler == "asha"
+
+
+def stopper(scheduler: str) -> str:
+    """``ASHA``; ``the scheduler`` for one without a name here."""
+    return STOPPERS.get(scheduler, "the scheduler")
 
 
 def short(value: Any) -> str:
@@ -81,7 +96,10 @@ class StudyProgress(tune.Callback):
     """Ray Tune callback printing the study's progress (see the module docstring).
 
     ``total``: trials the study will run (num_samples, or the grid's size); ``epochs``: the
-    budget per trial; ``searched``: the parameter names worth showing; ``mode``: max or min.
+    budget per trial; ``searched``: the parameter names worth showing; ``mode``: max or min;
+    ``scheduler``: the study's (asha, pbt, none). A nested study's searches: ``prefix`` labels
+    the outer fold, ``started_at`` keeps one clock, ``later`` counts the trials of the
+    searches still to come and ``epoch_seconds`` is shared (for the time estimate).
     """
 
     metric: str
@@ -91,6 +109,10 @@ class StudyProgress(tune.Callback):
     mode: str = "max"
     concurrency: int = 1
     level: str = "normal"
+    scheduler: str = "asha"
+    prefix: str = ""
+    started_at: float | None = None
+    later: int = 0
     out: TextIO | None = None
     now: Callable[[], float] = time.monotonic
     trials: dict[str, _Trial] = field(default_factory=dict)
@@ -101,7 +123,8 @@ class StudyProgress(tune.Callback):
         if self.level not in LEVELS:
             raise ValueError(f"progress level must be one of {LEVELS}, got {self.level!r}")
         self.key = val_metric(self.metric)
-        self.start = self.now()
+        self.start = self.now() if self.started_at is None else self.started_at
+        self.began = self.now()  # this search's start (``start`` is the clock's)
 
     # --- output -----------------------------------------------------------------------------
     def _print(self, text: str) -> None:
@@ -123,7 +146,7 @@ class StudyProgress(tune.Callback):
         return t
 
     def _label(self, t: _Trial) -> str:
-        return f"trial {t.number}/{max(self.total, t.number)}"
+        return f"{self.prefix}trial {t.number}/{max(self.total, t.number)}"
 
     def _value(self, v: float | None) -> str:
         return f"{self.key} {v:.3f}" if v is not None and math.isfinite(v) else f"{self.key} -"
@@ -142,7 +165,7 @@ class StudyProgress(tune.Callback):
             return None
         per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds)
         running = [t for t in self.trials.values() if t.state == "running"]
-        waiting = max(0, self.total - len(self.trials))
+        waiting = max(0, self.total - len(self.trials)) + self.later
         left = sum(self.epochs - t.epochs for t in running) + waiting * self.epochs
         # trials at once: at most the study's limit, and no more than are left to run
         return left * per_epoch / max(1, min(self.concurrency, len(running) + waiting))
@@ -153,8 +176,9 @@ class StudyProgress(tune.Callback):
                 else "best -")
         eta = self.eta()
         left = f"left ≤{duration(eta)}" if eta is not None else "left ?"
+        stop = f"stop {c['stopped']} " if c["stopped"] or can_stop(self.scheduler) else ""
         return (f"{self._label(t)} epoch {t.epochs}/{self.epochs} {self._value(t.value)} | "
-                f"run {c['running']} done {c['completed']} stop {c['stopped']} "
+                f"run {c['running']} done {c['completed']} {stop}"
                 f"fail {c['failed']} of {self.total} | {best} | {left}")
 
     def _better(self, value: float) -> bool:
@@ -167,7 +191,9 @@ class StudyProgress(tune.Callback):
               total_num_samples: int | None = None, **info: Any) -> None:
         if total_num_samples:
             self.total = int(total_num_samples)
-        self.start = self.now()
+        self.began = self.now()
+        if self.started_at is None:
+            self.start = self.began
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         t = self._trial(trial)
@@ -203,7 +229,7 @@ class StudyProgress(tune.Callback):
             t.state, what = "completed", f"completed {t.epochs} epochs"
         else:
             t.state = "stopped"
-            what = f"stopped early by ASHA at epoch {t.epochs}/{self.epochs}"
+            what = f"stopped early by {stopper(self.scheduler)} at epoch {t.epochs}/{self.epochs}"
         self._print(f"{self._label(t)} {what}  {self._value(t.value)}  {t.params}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -214,9 +240,12 @@ class StudyProgress(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         c = self.counts()
-        self._print(f"all trials ended in {duration(self.now() - self.start)}: "
-                    f"{c['completed']} completed, {c['stopped']} stopped early, "
-                    f"{c['failed']} failed")
+        stopped = (f"{c['stopped']} stopped early, " if c["stopped"] or can_stop(self.scheduler)
+                   else "")
+        what = f"{self.prefix}search" if self.prefix else "all trials"
+        self._print(f"{what} ended in {duration(self.now() - self.began)}: "
+                    f"{c['completed']} completed, {stopped}{c['failed']} failed")
 
 
-__all__ = ["StudyProgress", "LEVELS", "WIDTH", "short", "clock", "duration", "fit"]
+__all__ = ["StudyProgress", "LEVELS", "WIDTH", "short", "clock", "duration", "fit", "can_stop",
+           "stopper"]

@@ -84,8 +84,13 @@ class Tags:
     # nested evaluation
     OUTER_FOLD = "ks.outer_fold"  # inner trials and outer runs: the outer fold they belong to
     CHOSEN_TRIAL = "ks.chosen_trial"  # outer run: the inner trial whose configuration was refit
+    SAMPLER_SEED = "ks.sampler_seed"  # inner trials: the seed of their outer fold's sampler
+    # --- the search says what it is (issue 26): parent run, only when the search is random
+    SEARCH_NOTE = "ks.search_note"  # e.g. num_samples <= TPE's start-up trials: random search
     # baseline runs
     NOTES = "ks.notes"  # e.g. a covariate dropped in a fold because it was constant there
+    BASELINE_INPUTS = "ks.baseline_inputs"  # what it read, in words ("all 1,544 expression ...")
+    BASELINE_TUNING = "ks.baseline_tuning"  # how its settings were chosen, in words
 
 
 SEEDLESS = "any"
@@ -109,6 +114,7 @@ class Params:
     INNER_FOLDS = "inner_folds"  # how many inner folds the search used
     REFIT_EPOCHS = "refit_epochs"  # epochs trained on the outer training part
     REFIT_RULE = "refit_rule"  # how refit_epochs was chosen (never on the outer fold)
+    SAMPLER_SEED = "sampler_seed"  # outer run: the seed its search's sampler was given
     # baseline runs: their own options (ksmodel.baselines) plus
     BASELINE = "baseline"
     DESCRIPTION = "description"
@@ -141,6 +147,7 @@ class Artifacts:
 
 TRAIN_LOSS = "train_loss"
 EPOCHS_RUN = "epochs_run"
+FIT_SECONDS = "fit_seconds"  # baseline runs: fit time summed over folds (fold_<k>/fit_seconds)
 TELEMETRY_PREFIX = "coord/"
 
 
@@ -228,6 +235,8 @@ EXPLAINED: dict[str, str] = {
                         "plain gradient of the target (0 for uniform)",
     "coord/scale_tumour": "|g_t'| / |g_t|: how the rule rescaled the tumour stream's block",
     "coord/scale_tme": "|g_m'| / |g_m|: how the rule rescaled the TME stream's block",
+    "fit_seconds": "baseline run: wall time of its fits (inputs, tuning, model, scoring), summed "
+                   "over folds; fold_<k>/fit_seconds per fold",
     "best_<m>": "parent run: final metric of the best completed trial",
     "inner_<m>": "nested evaluation, outer run: the chosen configuration's inner cross-validation "
                  "score (best of the search on that outer training part; optimistic); parent "
@@ -239,6 +248,7 @@ EXPLAINED: dict[str, str] = {
 
 
 __all__ = ["Roles", "Status", "Tags", "Params", "Artifacts", "TRAIN_LOSS", "EPOCHS_RUN",
+           "FIT_SECONDS",
            "TELEMETRY_PREFIX", "SEEDLESS", "EVALUATIONS", "STUDY_PARAM", "COHORT_PARAM",
            "run_name", "val_metric", "final_metric", "best_metric", "inner_metric",
            "nested_metric", "baseline_trial_id", "outer_trial_id", "telemetry_metric",

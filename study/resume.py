@@ -37,6 +37,8 @@ def study_folder(args: argparse.Namespace) -> Path | None:
         name = raw.get("name") if isinstance(raw, dict) else None
     if not isinstance(name, str) or not name:
         return None
+    if getattr(args, "once", False) and args.name is None:  # --once runs as <name>-once
+        name = f"{name}-once"
     return (Path("studies") / name).resolve()
 
 

@@ -91,17 +91,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "(locally, or on a\nRay cluster with --address), Optuna proposes the "
                     "configurations, ASHA stops bad ones\nearly, MLflow records every trial, "
                     "fold and epoch. Progress: one line per trial start and\nend, one status "
-                    "line per epoch (README, 'Running a study').",
+                    "line per epoch (README, 'While it runs').",
         epilog="Examples:\n"
-               "  python -m study.run --space search_spaces/smoke.yaml   # ~30 s, a first look\n"
+               "  python -m study.run --space search_spaces/smoke.yaml   # a first look, 1-2 min\n"
                "  python -m study.run --space search_spaces/alpha.yaml\n"
+               "  python -m study.run --space search_spaces/alpha.yaml --once   # its defaults, "
+               "one trial\n"
                "  python -m study.run --space search_spaces/alpha.yaml --set num_samples=12 "
                "--set lam=0.2\n"
                "  python -m study.run --space search_spaces/ablation.yaml --address auto \\\n"
                "      --storage /shared/ray --tracking-uri http://mlflow-host:5000\n"
-               "Afterwards the study prints the MLflow UI command, the URL of its runs table "
-               "and the report\ncommand: python -m analysis.compare --experiment <name> "
-               "--tracking-uri sqlite:///studies/<name>/mlflow.db",
+               "At the end the study prints the MLflow UI command, the URL of its trials side "
+               "by side (status,\nmetric, searched parameters; README, 'What you see in "
+               "MLflow') and the report command:\n"
+               "  python -m analysis.compare --experiment <name> --tracking-uri "
+               "sqlite:///studies/<name>/mlflow.db",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-h", "--help", action=_HelpWithKeys,
                    help="show this help, with every key --set accepts, and exit")
@@ -125,6 +129,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, help="override num_samples")
     p.add_argument("--epochs", type=int, help="override epochs")
     p.add_argument("--cohort", help="override cohort: a folder, or 'synthetic'")
+    p.add_argument("--once", action="store_true",
+                   help="run the study's default configuration once: one trial of its fixed "
+                        "parameters with the searched ones at their defaults, every fold, no "
+                        "early stopping, as study <name>-once (README, 'The two commands')")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any study key (num_samples=4, scheduler.grace_period=1) or "
                         "fix a model/training parameter (lam=0.2); repeatable; the keys are "
@@ -138,22 +146,44 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _error(exc: BaseException) -> None:
+def _error(exc: BaseException | str) -> None:
     """One ``error:`` line (a YAML parser's multi-line message included), no traceback."""
     print("error: " + " ".join(str(exc).split()), file=sys.stderr)
 
 
+_OPTIONS = {"num_samples": "--num-samples", "epochs": "--epochs", "cohort": "--cohort",
+            "name": "--name"}
+"""Study keys that have an option of their own (overrides, like --set)."""
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--set and the options above as study-file overrides, every key checked (a mistyped
+    one is an `ArgumentMistake` naming the closest keys); no training-stack import."""
     from ksmodel.config import parse_overrides
-    from ksmodel.data import SYNTHETIC
+    from study.arguments import check_set_keys
 
     out = parse_overrides(args.overrides)
-    for key in ("num_samples", "epochs", "cohort", "name"):
+    check_set_keys(out)
+    for key in _OPTIONS:
         value = getattr(args, key)
         if value is not None:
-            out[key] = str(Path(value).resolve()) if key == "cohort" and value != SYNTHETIC \
+            # a cohort folder given here is relative to where the command runs
+            out[key] = str(Path(value).resolve()) if key == "cohort" and value != "synthetic" \
                 else value
     return out
+
+
+def _typed(args: argparse.Namespace) -> dict[str, str]:
+    """Each override key as the user typed it (``--set lr=-1``, ``--epochs 0``), so an error
+    about it names the command line rather than the study file."""
+    typed = {}
+    for item in args.overrides:
+        key, _, _ = item.partition("=")
+        typed[key.strip()] = f"--set {item}"
+    for key, option in _OPTIONS.items():
+        if getattr(args, key) is not None:
+            typed[key] = f"{option} {getattr(args, key)}"
+    return typed
 
 
 def _modalities(cfg: StudyConfig) -> set[str]:
@@ -179,10 +209,10 @@ def load_data(cfg: StudyConfig, out: Path, resume: bool) -> RunData:
     root = resolve_cohort(cfg.cohort, cfg.synthetic)
     split_file = out / Artifacts.SPLITS
     grid = tuple(cfg.fixed.get("grid", ModelConfig.grid))
-    print(f"cohort {root}: validating, then reading the bags onto a {grid[0]}x{grid[1]} grid "
-          "...", flush=True)
+    print(f"cohort {root}\n  validating, then reading the bags onto a {grid[0]}x{grid[1]} "
+          "grid ...", flush=True)  # the folder on a line of its own: lines stay < 120 columns
     data = load_run_data(root, cfg.task, modalities=_modalities(cfg), grid=grid,
-                         folds=cfg.folds, split_seed=cfg.split_seed,
+                         folds=cfg.folds, split_seed=cfg.split_seed, repeats=cfg.repeats,
                          splits_file=split_file if resume and split_file.is_file() else None)
     if not split_file.is_file():
         save_splits(data.splits, split_file)
@@ -198,6 +228,17 @@ def parent_tags(cfg: StudyConfig, out: Path) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from study.quiet import quiet_driver
+
+    quiet_driver(args.progress)  # before MLflow or Ray is imported
+    if args.retry_failed and not args.resume:  # it would silently start a new study
+        _error("--retry-failed runs the failed trials of an interrupted or finished study "
+               "again, so it needs --resume (and that study's --out); drop it to start a study")
+        return 2
+    if not args.address:  # before anything imports ray: a local Ray on 127.0.0.1 only
+        from study.local_ray import prefer_loopback
+
+        prefer_loopback()
     if args.resume:
         from study.resume import finished_noop
 
@@ -209,12 +250,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is not None:
             return code
     from ksmodel.config import ConfigError
+    from study.arguments import ArgumentMistake, attribute, check_space, once
     from study.space import SpaceError, load_study
 
-    try:
-        cfg = load_study(args.space, _overrides(args))
-    except (SpaceError, ConfigError) as exc:
+    try:  # argument mistakes first, before anything heavy is imported
+        check_space(args.space)
+        overrides = _overrides(args)
+        cfg = load_study(args.space, overrides)
+        if args.once:
+            cfg, what = once(cfg, args.name)
+            print(what, flush=True)
+    except ArgumentMistake as exc:
         _error(exc)
+        return 2
+    except (SpaceError, ConfigError) as exc:
+        _error(attribute(str(exc), str(args.space), _typed(args)))
         return 2
     out = (args.out or Path("studies") / cfg.name).resolve()
     try:
@@ -236,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ray = sys.modules.get("ray")
             if ray is not None and ray.is_initialized():
                 ray.shutdown()
+            from study.faults import Reserve
+
+            Reserve(out).release()  # kept only while a study command runs
 
 
 def _locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace) -> int:
@@ -252,6 +305,9 @@ def _locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace) -> int:
             if _overrides(args):
                 print(f"--resume continues with the saved {out / 'config.yaml'}; the command-line "
                       "overrides are not applied", file=sys.stderr)
+            note = _check_ray_state(cfg, out, saved)  # a torn state: put back, or refused
+            if note:
+                print(note, flush=True)
             if saved.get("trials_done") and not args.retry_failed:
                 return _finish_only(cfg, out, saved)
         else:
@@ -288,6 +344,16 @@ def _remove_new(out: Path, before: set[Path], existed: bool) -> None:
             out.rmdir()
 
 
+def _check_ray_state(cfg: StudyConfig, out: Path, saved: dict[str, Any]) -> str | None:
+    """Before a resume: Ray's saved state of the study reads whole (study/ray_state.py)."""
+    storage = saved.get("storage")
+    if not storage or "://" in storage:
+        return None
+    from study.ray_state import check_state
+
+    return check_state(Path(storage) / cfg.name, out)
+
+
 def _finish_only(cfg: StudyConfig, out: Path, saved: dict[str, Any]) -> int:
     """Every trial ended in an earlier run but its final step did not complete: finish from
     the saved Ray results and the MLflow store, without starting Ray."""
@@ -308,10 +374,13 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     from ray import tune
 
     from study.baseline_runs import run_baselines
-    from study.finish import finish_guarded
+    from study.faults import FaultWatch
+    from study.finish import finish_guarded, mlflow_hint
     from study.parent import record_study
     from study.progress import StudyProgress
-    from study.search import make_search, make_tuner
+    from study.quiet import ray_init_kwargs
+    from study.ray_state import StateBackup, restored_trials
+    from study.search import announce_search, make_search, make_tuner
     from study.store import ensure_store
     from study.tracking import (
         TrialStatusCallback,
@@ -326,25 +395,32 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         saved.get("tracking_uri") or default_tracking_uri(out)
     artifact_root = out / "mlartifacts" if tracking_uri.startswith("sqlite") else None
+    storage = args.storage or saved.get("storage") or str(out / "ray")
+    faults = FaultWatch(out, storage, tracking_uri, artifact_root)
+    refused = faults.reserve()  # room to close the study's records if the disk fills
+    if refused is not None:
+        return refused
     ensure_store(tracking_uri, cfg.name, artifact_root)  # built aside, renamed into place
     client = mlflow_client(tracking_uri)
     experiment_id = saved.get("experiment_id") or ensure_experiment(client, cfg.name,
                                                                     artifact_root)
+    state = dict(name=cfg.name, experiment_id=experiment_id, tracking_uri=tracking_uri,
+                 storage=storage, cohort=str(data.cohort.root), trials_done=False,
+                 finished=False)
     parent = saved.get("parent_run_id") or start_parent_run(
         client, experiment_id, cfg.name, parent_tags(cfg, out),
-        [out / Artifacts.CONFIG, out / Artifacts.SPLITS])
+        [out / Artifacts.CONFIG, out / Artifacts.SPLITS],  # recorded the moment it exists:
+        on_created=lambda run_id: write_state(out, parent_run_id=run_id, **state))  # a stop
+    write_state(out, parent_run_id=parent, **state)  # closes it (_interrupted_early)
     record_study(client, parent, cfg, data)
-    storage = args.storage or saved.get("storage") or str(out / "ray")
-    write_state(out, name=cfg.name, experiment_id=experiment_id, parent_run_id=parent,
-                tracking_uri=tracking_uri, storage=storage, cohort=str(data.cohort.root),
-                trials_done=False, finished=False)
+    announce_search(client, parent, cfg)  # a search below its sampler's start-up trials is random
 
+    print(mlflow_hint(tracking_uri, experiment_id, ", as the trials run"), flush=True)
     run_baselines(client, experiment_id, parent, cfg, data)
-    if args.address:
-        ray.init(address=args.address, log_to_driver=True)
-    else:  # "local": a Ray of its own, never another Ray instance found on this machine
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-                 log_to_driver=True)
+    from study.local_ray import start_ray
+
+    start_ray(args.address, args.num_cpus, _stop_like_ctrl_c,
+              **ray_init_kwargs(args.progress))  # Ray's chatter off (study/quiet.py)
     bags = data.bags.numpy() if data.bags is not None else None
     ctx = TrialContext(task=cfg.task, metric=cfg.metric, epochs=cfg.epochs, folds=data.folds,
                        seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
@@ -355,29 +431,32 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
                        # nested searches keep no mid-trial checkpoints (their Tuners keep all)
                        checkpoint_every=cfg.checkpoint_every if cfg.evaluation == "cv" else 0,
                        fold_parallel=cfg.fold_parallel)
-    if cfg.evaluation == "nested":
-        from study.nested import run_nested
-
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")  # nested runs keep Ray's own table
-        return run_nested(cfg, out, ctx, args, client, parent, storage)
     # Ray's new output engine prints its trial table and an experiment header even at
     # verbose=0; the old one is silent at verbose=0, and StudyProgress prints the progress
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if cfg.sampler != "grid" and args.progress != "verbose":
+        import optuna  # its "A new study created in memory" line says nothing to a user
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if cfg.evaluation == "nested":
+        from study.nested import run_nested
+
+        return run_nested(cfg, out, ctx, args, client, parent, storage)
     from study.fanout import trial_resources
 
     n_folds = len(data.folds) * (len(cfg.seeds) or 1)  # fanned out: one bundle per fold
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(
         cfg.fold_parallel, cfg.resources["cpu"], cfg.resources["gpu"], n_folds))
-    if cfg.sampler != "grid" and args.progress != "verbose":
-        import optuna  # its "A new study created in memory" line says nothing to a user
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
     search_alg, param_space, num_samples = make_search(cfg)
-    status = TrialStatusCallback(tracking_uri, experiment_id, cfg.metric)
+    status = TrialStatusCallback(tracking_uri, experiment_id, cfg.metric, roots=faults.roots,
+                                 store=faults.store)
+    backup = StateBackup(expect_restored=restored_trials(faults.experiment(cfg.name))
+                         if args.resume else 0)
     shown = ([VARIANT_KEY, "seed"] if cfg.variants else []) + cfg.searched
-    progress = StudyProgress(cfg.metric, num_samples if search_alg is not None
-                             else cfg.grid_size(), cfg.epochs, shown, mode=cfg.mode,
-                             concurrency=cfg.max_concurrent, level=args.progress)
+    expected = num_samples if search_alg is not None else cfg.grid_size()  # config.yaml's
+    progress = StudyProgress(cfg.metric, expected, cfg.epochs, shown, mode=cfg.mode,
+                             concurrency=cfg.max_concurrent, level=args.progress,
+                             scheduler=cfg.scheduler.type)
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
@@ -386,7 +465,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=8 if cfg.scheduler.type == "pbt" else 2),
         # Ray's own table is replaced by StudyProgress (lines < 120 columns, early stops named)
-        callbacks=[status, progress], verbose=0,
+        callbacks=[status, progress, backup], verbose=0,
         # a trial ends with the report that completes it: PBT, which acts on reports at its
         # perturbation epochs, must not send a finished trial back to an earlier checkpoint
         stop={COMPLETED: True} if cfg.scheduler.type == "pbt" else None)
@@ -398,8 +477,20 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     except (KeyboardInterrupt, SystemExit):  # a second signal: stop at once
         ray.shutdown()  # no trial of ours writes any more
         return _interrupted(client, experiment_id, parent, None)
+    except Exception as exc:  # a fault on the study's files, or a resume Ray could not restore
+        stop = faults.stopped_by(exc, status.fault)
+        if stop is None:
+            raise
+        return faults.stop(stop, client, experiment_id, parent, status.unfinished)
+    if status.fault is not None:  # seen as Tune was ending anyway
+        return faults.stop(status.fault, client, experiment_id, parent, status.unfinished)
     if status.interrupted:  # Ctrl-C or SIGTERM: Tune stopped and saved its state
         return _interrupted(client, experiment_id, parent, status.unfinished)
+    if len(grid) < expected:  # never a smaller study than config.yaml asks for
+        return faults.stop(StudyError(
+            f"{out / 'config.yaml'}: the study asks for {expected} trials but Ray "
+            f"{'restored and ' if args.resume else ''}ran {len(grid)}"), client, experiment_id,
+            parent, expected - len(grid))
     write_state(out, trials_done=True)
     return finish_guarded(grid, cfg, out, client, experiment_id, parent,
                           time.time() - start)

@@ -2,15 +2,49 @@
 (seeded) or Ray's grid, and ASHA or PBT over epochs (``training_iteration``). A variants study
 is a grid over variant x seed (x grid-searched values). PBT draws its population with Ray's own
 (seeded) random sampling or grid, as Ray refuses search algorithms under PBT, and perturbs the
-searched values of running trials (study/checkpoint.py says which may change)."""
+searched values of running trials (study/checkpoint.py says which may change).
+
+The search says what it is: Optuna's TPE (and CMA-ES) draw their first ``n_startup_trials``
+configurations at random and only then model the results, so a study whose ``num_samples`` is at
+or below that number runs a random search whatever its sampler is called; ``search_note`` says
+so, in the terminal at study start and on the parent run (``ks.search_note``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from study.record import val_metric
+from study.record import Tags, val_metric
 from study.space import ParamSpec, StudyConfig
 from study.variants import VARIANT_KEY
+
+STARTUP_TRIALS = {"tpe": 10, "cmaes": 1}
+"""Trials an Optuna sampler draws at random before it models the results (``n_startup_trials``,
+Optuna's defaults, passed explicitly so the note below rests on what the sampler was given)."""
+
+
+def search_note(cfg: StudyConfig) -> str | None:
+    """A line saying the search is random when ``num_samples`` is at or below the sampler's
+    start-up trials (None otherwise, and for grid, PBT and random samplers, which say it
+    themselves)."""
+    startup = STARTUP_TRIALS.get(cfg.sampler)
+    if startup is None or cfg.scheduler.type == "pbt" or cfg.num_samples > startup:
+        return None
+    where = " in each outer fold" if cfg.evaluation == "nested" else ""
+    return (f"the search is random: num_samples {cfg.num_samples}{where} is at or below "
+            f"sampler {cfg.sampler}'s {startup} start-up trials, which Optuna draws at random "
+            f"before it models any result; raise num_samples above {startup} for a "
+            f"{cfg.sampler} search")
+
+
+def announce_search(client: Any, parent: str, cfg: StudyConfig) -> str | None:
+    """Print ``search_note`` (one line, at study start) and tag the parent run with it."""
+    from study.tracking import retry
+
+    note = search_note(cfg)
+    if note is not None:
+        print(f"note: {note}", flush=True)
+        retry(lambda: client.set_tag(parent, Tags.SEARCH_NOTE, note))
+    return note
 
 
 def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
@@ -34,9 +68,11 @@ def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
     from ray.tune.search.optuna import OptunaSearch
 
     seed = cfg.sampler_seed
-    sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+    sampler = {"tpe": lambda: optuna.samplers.TPESampler(
+                   seed=seed, n_startup_trials=STARTUP_TRIALS["tpe"]),
                "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-               "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed)}[cfg.sampler]()
+               "cmaes": lambda: optuna.samplers.CmaEsSampler(
+                   seed=seed, n_startup_trials=STARTUP_TRIALS["cmaes"])}[cfg.sampler]()
     search = OptunaSearch(space=cfg.optuna_space(), metric=val_metric(cfg.metric),
                           mode=cfg.mode, sampler=sampler)
     return ConcurrencyLimiter(search, max_concurrent=cfg.max_concurrent), {}, cfg.num_samples
@@ -117,4 +153,5 @@ def make_tuner(trainable: Any, cfg: StudyConfig, search: tuple[Any, dict[str, An
         run_config=run_config)
 
 
-__all__ = ["ClipToSearch", "make_search", "make_scheduler", "make_tuner"]
+__all__ = ["STARTUP_TRIALS", "ClipToSearch", "announce_search", "make_search", "make_scheduler",
+           "make_tuner", "search_note"]

@@ -42,6 +42,7 @@ PBT_KEYS = ("perturbation_interval", "quantile_fraction", "resample_probability"
 ASHA_KEYS = ("grace_period", "reduction_factor")
 PARAM_TYPES = ("float", "loguniform", "int", "categorical")
 DEFAULT_INNER_FOLDS = 3
+OUTER_SAMPLER_SEEDS = ("per_fold", "same")  # nested: each outer fold's sampler seed (README)
 DATA_KEYS = frozenset({"feature_dim", "n_tumour_genes", "n_tme_genes", "n_outputs", "task"})
 TRIAL_KEYS = parameter_keys() - DATA_KEYS
 """Parameters a study may fix or search (data-derived sizes and the task are set elsewhere)."""
@@ -102,6 +103,8 @@ class StudyConfig:
     metric: str = ""
     mode: str = "max"
     folds: int = 5
+    repeats: int = 1  # repeated cross-validation: r partitions (split seeds from split_seed)
+    rope: float | None = None  # region of practical equivalence of the verdicts (None: default)
     split_seed: int = 0
     seeds: tuple[int, ...] = (0,)
     epochs: int = 10
@@ -119,6 +122,7 @@ class StudyConfig:
     synthetic: SyntheticConfig = SyntheticConfig()
     evaluation: str = "cv"  # cv | nested (README, "Evaluation modes")
     inner_folds: int = DEFAULT_INNER_FOLDS  # nested: folds of each outer training part
+    outer_sampler_seeds: str = "per_fold"  # nested: seed each outer fold's sampler apart | same
     baselines: tuple[str, ...] = ()  # reference models run on the study's folds
     checkpoint_every: int = 1  # epochs between mid-trial checkpoints; 0: none
     fold_parallel: str = "lockstep"  # lockstep | tasks (one Ray actor per fold)
@@ -163,8 +167,11 @@ class StudyConfig:
         else:
             out["synthetic"] = to_dict(self.synthetic)
         out["baselines"], out["covariates"] = list(self.baselines), list(self.covariates)
-        if self.evaluation != "nested":  # the key is refused without nested evaluation
+        if self.evaluation != "nested":  # the keys are refused without nested evaluation
             out.pop("inner_folds")
+            out.pop("outer_sampler_seeds")
+        if self.rope is None:  # the analysis' default applies
+            out.pop("rope")
         mine = ASHA_KEYS if self.scheduler.type == "pbt" else PBT_KEYS  # refused there
         out["scheduler"] = {k: v for k, v in out["scheduler"].items() if k not in mine}
         return out
@@ -173,8 +180,8 @@ class StudyConfig:
 _TOP_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"source"}
 _NESTED = {"scheduler": SchedulerSpec, "synthetic": SyntheticConfig}
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_INT_KEYS = ("folds", "split_seed", "epochs", "num_samples", "max_concurrent", "max_failures",
-             "sampler_seed", "checkpoint_every")
+_INT_KEYS = ("folds", "repeats", "split_seed", "epochs", "num_samples", "max_concurrent",
+             "max_failures", "sampler_seed", "checkpoint_every")
 
 
 def _err(where: str, key: str, msg: str) -> SpaceError:
@@ -272,6 +279,8 @@ def _parse_counts(raw: dict[str, Any], where: str) -> dict[str, int]:
     kw = {key: _typed(where, key, raw[key], int) for key in _INT_KEYS if key in raw}
     if kw.get("folds", 5) < 2:
         raise _err(where, "folds", "needs at least 2 folds")
+    if kw.get("repeats", 1) < 1:
+        raise _err(where, "repeats", "must be >= 1 (1: plain k-fold cross-validation)")
     for key in ("epochs", "num_samples", "max_concurrent"):
         if kw.get(key, 1) < 1:
             raise _err(where, key, "must be >= 1")
@@ -291,6 +300,18 @@ def _parse_seeds(raw: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
             isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise _err(where, "seeds", f"expected a non-empty list of integers, got {seeds!r}")
     return {"seeds": tuple(seeds)}
+
+
+def _parse_rope(raw: dict[str, Any], where: str) -> dict[str, float]:
+    """rope: half-width of the region of practical equivalence, in metric units (absent: the
+    analysis' default for the metric)."""
+    if raw.get("rope") is None:
+        return {}
+    rope = _typed(where, "rope", raw["rope"], float)
+    if not 0 < rope < 1:
+        raise _err(where, "rope", f"must be in (0, 1) (a difference in AUC / C-index that "
+                                  f"counts as no difference, e.g. 0.01), got {rope}")
+    return {"rope": rope}
 
 
 def _parse_cohort(raw: dict[str, Any], where: str, base_dir: Path) -> str:
@@ -324,6 +345,8 @@ def _parse_nested(raw: dict[str, Any], where: str) -> dict[str, Any]:
             if sub not in allowed:
                 raise _err(where, f"{key}.{sub}", f"unknown key; allowed: {', '.join(allowed)}")
             want = type(getattr(spec_cls(), sub))
+            if (key, sub, v) == ("synthetic", "scenario", None):  # YAML reads `null` as None
+                v = "null"
             # tuples (synthetic.patches: N or [min, max]) are checked by the config itself
             typed[sub] = v if want is tuple else _typed(where, f"{key}.{sub}", v, want)
         try:
@@ -496,6 +519,14 @@ def _parse_evaluation(raw: dict[str, Any], where: str, task: str) -> dict[str, A
         kw["inner_folds"] = _typed(where, "inner_folds", raw["inner_folds"], int)
         if kw["inner_folds"] < 2:
             raise _err(where, "inner_folds", "needs at least 2 inner folds")
+    if "outer_sampler_seeds" in raw:
+        if evaluation != "nested":
+            raise _err(where, "outer_sampler_seeds", "is only used with evaluation: nested")
+        if raw["outer_sampler_seeds"] not in OUTER_SAMPLER_SEEDS:
+            raise _err(where, "outer_sampler_seeds", f"must be one of "
+                                                     f"{', '.join(OUTER_SAMPLER_SEEDS)}, got "
+                                                     f"{raw['outer_sampler_seeds']!r}")
+        kw["outer_sampler_seeds"] = raw["outer_sampler_seeds"]
     covariates = raw.get("covariates", []) or []
     if not isinstance(covariates, list) or not all(isinstance(c, str) and c.strip()
                                                    for c in covariates):
@@ -636,6 +667,7 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
     kw: dict[str, Any] = _parse_identity(raw, where)
     kw.update(_parse_counts(raw, where))
     kw.update(_parse_seeds(raw, where))
+    kw.update(_parse_rope(raw, where))
     kw["cohort"] = _parse_cohort(raw, where, base_dir)
     kw["sampler"] = _parse_sampler(raw, where)
     kw.update(_parse_nested(raw, where))
@@ -657,6 +689,10 @@ def parse_study(raw: Any, where: str, base_dir: Path) -> StudyConfig:
                                         "nested evaluation is for searches - drop it")
     if kw.get("scheduler", SchedulerSpec()).type == "pbt":
         _check_pbt(where, kw)
+    if kw.get("repeats", 1) > 1 and kw["evaluation"] == "nested":
+        raise _err(where, "repeats", "nested evaluation runs one search per outer fold of one "
+                                     "partition; repeated outer partitions are not supported: "
+                                     "use repeats: 1 (and seeds for repeated training)")
     if kw["fold_parallel"] == "tasks" and kw["evaluation"] == "nested":
         raise _err(where, "fold_parallel", "nested evaluation trains its folds in lock-step; "
                                            "fold_parallel: tasks is for cv evaluation")
@@ -669,8 +705,15 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"{path}: no such study file (see search_spaces/ for examples)")
+    from study.strict_yaml import StrictYamlError, check_finite, load_yaml
+
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(), str(path))  # a key twice, or .inf/.nan: refused
+        check_finite(raw, str(path))
+        for key, value in (overrides or {}).items():
+            check_finite(value, "--set", key)
+    except StrictYamlError as exc:
+        raise SpaceError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise SpaceError(f"{path}: not valid YAML: {exc}") from None
     raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides or {}) if \

@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import io
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -36,8 +37,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from study.faults import Fault, StudyFault, error_text, find_fault, text_fault
 from study.reconcile import RUN_ID, reconcile_reported
 from study.record import Artifacts, Roles, Status, Tags, parse_fold_metric, run_name
+from study.store import sqlite_path
 
 T = TypeVar("T")
 
@@ -48,7 +51,8 @@ def retry(fn: Callable[[], T], attempts: int = 5) -> T:
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - any store error is retried, then re-raised
-            if i == attempts - 1 or "RESOURCE_ALREADY_EXISTS" in str(exc):
+            if i == attempts - 1 or "RESOURCE_ALREADY_EXISTS" in str(exc) or \
+                    find_fault(exc) is not None:  # a full disk, a read-only store: no retry
                 raise
             time.sleep(0.2 * 2**i)
     raise AssertionError("unreachable")
@@ -87,10 +91,14 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | Non
 
 
 def start_parent_run(client: MlflowClient, experiment_id: str, name: str,
-                     tags: dict[str, str], artifacts: list[Path]) -> str:
-    """The study's parent run: the trials' runs point at it through `mlflow.parentRunId`."""
+                     tags: dict[str, str], artifacts: list[Path],
+                     on_created: Callable[[str], None] | None = None) -> str:
+    """The study's parent run: the trials' runs point at it through `mlflow.parentRunId`.
+    ``on_created`` gets its id the moment it exists (so a stop just after can close it)."""
     run = retry(lambda: client.create_run(experiment_id, run_name=run_name(Roles.STUDY, name),
                                           tags={Tags.ROLE: Roles.STUDY, **tags}))
+    if on_created is not None:
+        on_created(run.info.run_id)
     for path in artifacts:
         retry(lambda p=path: client.log_artifact(run.info.run_id, str(p)))
     return run.info.run_id
@@ -191,6 +199,8 @@ class TrialLogger:
             experiment_id, run_name=run_name(Roles.TRIAL, trial_id),
             tags={k: str(v) for k, v in all_tags.items()}))
         self.run_id = run.info.run_id
+        self.roots = _study_roots(tracking_uri, run.info.artifact_uri)
+        self.store = str(sqlite_path(tracking_uri)) if sqlite_path(tracking_uri) else None
         log_batched(self.client, self.run_id, params=_params(params))
         with _LIVE_LOCK:
             _LIVE.add(self)
@@ -213,7 +223,7 @@ class TrialLogger:
         """Wait for the queued batches and check each: a batch that failed in the background
         is written again here; `LoggingError` if it still cannot be."""
         pending, self._pending = self._pending, []
-        lost = 0
+        lost, cause = 0, None
         for future, batch in pending:
             try:
                 future.result(timeout=timeout)
@@ -222,11 +232,11 @@ class TrialLogger:
                 pass
             try:
                 log_batched(self.client, self.run_id, metrics=batch)
-            except Exception:  # noqa: BLE001 - counted and reported
-                lost += 1
-        if lost:
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                lost, cause = lost + 1, exc
+        if lost:  # the store's own error is the cause (a full disk is a fault, study/faults.py)
             raise LoggingError(f"{lost} epoch batch(es) of run {self.run_id} could not be "
-                               "written to MLflow")
+                               f"written to MLflow: {error_text(cause)}") from cause
 
     def _close(self) -> None:
         self._closed = True
@@ -271,14 +281,84 @@ class TrialLogger:
             retry(lambda: self.client.log_artifact(self.run_id, str(path)))
 
     def fail(self, exc: BaseException) -> None:
-        with contextlib.suppress(Exception):  # the original error matters more
-            self.drain(timeout=30)
+        """Record why the trial ended: FAILED with its error, or INTERRUPTED when the error is a
+        fault on the study's own files (study/faults.py: the study stops, --resume reruns it).
+
+        Never raises: the caller re-raises ``exc``, which must stay the error Ray reports. Each
+        step is tried on its own - queued epochs, the tags (status and cause, one batch), the
+        traceback artifact, the run's end - and one that cannot be written is named on stderr;
+        the driver closes a run left open (TrialStatusCallback)."""
+        fault = find_fault(exc, self.roots + _trial_dir_roots(), self.store)
+        if fault is not None:
+            status, end, cause = Status.INTERRUPTED, "KILLED", fault.describe()
+        else:
+            status, end, cause = Status.FAILED, "FAILED", error_text(exc, 5000)
         text = "".join(traceback.format_exception(exc))
-        log_batched(self.client, self.run_id, tags=_tags(
-            {Tags.STATUS: Status.FAILED, Tags.ERROR: f"{type(exc).__name__}: {exc}"[:5000]}))
-        retry(lambda: self.client.log_text(self.run_id, text, Artifacts.ERROR))
-        retry(lambda: self.client.set_terminated(self.run_id, "FAILED"))
+        steps = [("the queued epochs", lambda: self.drain(timeout=30)),
+                 ("the status tags", lambda: log_batched(self.client, self.run_id, tags=_tags(
+                     {Tags.STATUS: status, Tags.ERROR: cause[:5000]}))),
+                 (Artifacts.ERROR, lambda: retry(lambda: self.client.log_text(
+                     self.run_id, text, Artifacts.ERROR), attempts=2)),
+                 ("the run's end", lambda: retry(lambda: self.client.set_terminated(
+                     self.run_id, end)))]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as write_error:  # noqa: BLE001 - never masks `exc`
+                print(f"warning: run {self.run_id}: could not write {what} to MLflow "
+                      f"({error_text(write_error)}); the trial's error: {error_text(exc)}",
+                      file=sys.stderr, flush=True)
         self._close()
+
+
+def _study_roots(tracking_uri: str, artifact_uri: str | None) -> list[Path]:
+    """The study's folders a trial writes to: the SQLite store's folder and the experiment's
+    artifact folder (a permission error there is a fault, study/faults.py)."""
+    roots = []
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        roots.append(db.parent)
+    if artifact_uri and artifact_uri.startswith("file://"):
+        roots.append(Path(artifact_uri.removeprefix("file://")).parents[1])
+    return roots
+
+
+def _trial_dir_roots() -> list[Path]:
+    """The study's Ray results folder, seen from inside a trial (none outside one)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # outside a trial Ray warns and returns None
+            warnings.simplefilter("ignore")
+            trial_dir = tune.get_context().get_trial_dir()
+    except Exception:  # noqa: BLE001 - not in a Ray trial, or a remote storage URI
+        return []
+    return [Path(trial_dir).parent] if trial_dir else []
+
+
+def trial_error(trial: Any) -> BaseException | str | None:
+    """What a trial raised, as Ray kept it: the exception (pickled beside the trial's results)
+    or, when it could not be pickled, the text of its last failure."""
+    from ray import cloudpickle
+
+    path = getattr(trial, "pickled_error_file", None)
+    if path and Path(path).is_file():
+        try:
+            with open(path, "rb") as f:
+                return cloudpickle.load(f)
+        except Exception:  # noqa: BLE001 - fall back to the text
+            pass
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        with contextlib.suppress(OSError):
+            return Path(path).read_text(errors="replace").rsplit("Failure # ", 1)[-1][-20000:]
+    return None
+
+
+def _died(exc: BaseException | str | None) -> bool:
+    from ray.exceptions import RayActorError
+
+    return isinstance(exc, RayActorError) or exc is None
 
 
 class TrialStatusCallback(tune.Callback):
@@ -287,17 +367,27 @@ class TrialStatusCallback(tune.Callback):
 
     The refill waits `settle_s` after the trial ended (a stopped trial is still writing its
     last batch when Ray calls back) and runs for every remaining trial when the experiment
-    ends (its workers are gone by then)."""
+    ends (its workers are gone by then).
+
+    A trial's error is read from what Ray kept of it. A fault on the study's own files
+    (``roots``: its folders; ``store``: the SQLite file) - in a trial's error or in one of this
+    callback's own writes - stops the study: `fault` is set and `StudyFault` ends Ray Tune at
+    once, so the state it saved the moment before (the faulted trials still running) is what
+    --resume continues. Any other failure of a write here is a warning: the study's finish
+    closes what is left open."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, metric: str,
-                 settle_s: float = 5.0) -> None:
+                 settle_s: float = 5.0, roots: tuple[Path, ...] = (),
+                 store: str | None = None) -> None:
         self.tracking_uri, self.experiment_id, self.metric = tracking_uri, experiment_id, metric
         self.settle_s = settle_s
+        self.roots, self.store = roots, store
         self.reported: dict[str, list[dict[str, Any]]] = {}
         self._ended: list[tuple[float, str]] = []
         self.filled: dict[str, list[int]] = {}
         self.interrupted = False  # a stop signal ended the experiment before its end
         self.unfinished = 0  # trials not ended at the last step
+        self.fault: Fault | None = None  # the fault that stopped the study
         self._previous_sigterm: Any = None
 
     def setup(self, **info: Any) -> None:
@@ -321,6 +411,25 @@ class TrialStatusCallback(tune.Callback):
     def client(self) -> MlflowClient:
         return mlflow_client(self.tracking_uri)
 
+    def _stop(self, fault: Fault) -> None:
+        if self.fault is None:
+            self.fault = fault
+        raise StudyFault(self.fault)
+
+    def _write(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run one MLflow call of this callback: a fault stops the study, anything else is a
+        warning (None returned)."""
+        try:
+            return fn()
+        except StudyFault:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified: a fault, or a warning
+            fault = find_fault(exc, self.roots, self.store)
+            if fault is not None:
+                self._stop(fault)
+            print(f"warning: could not write {what} to MLflow: {error_text(exc)}", flush=True)
+            return None
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         from study.reconcile import EPOCH, LOGGED_AT, REPLAYED, epoch_metric_names
@@ -329,22 +438,22 @@ class TrialStatusCallback(tune.Callback):
         self.reported.setdefault(trial.trial_id, []).append(
             {k: v for k, v in result.items() if k in keep})
 
-    def _open_run(self, trial: Any, by_result: bool) -> Any | None:
+    def _latest_run(self, trial: Any, by_result: bool) -> Any | None:
         run_id = (trial.last_result or {}).get(RUN_ID) if by_result else None
         if run_id:
-            run = retry(lambda: self.client.get_run(run_id))
-        else:
-            runs = trial_runs(self.client, self.experiment_id, trial.trial_id)
-            run = runs[-1] if runs else None
+            return retry(lambda: self.client.get_run(run_id))
+        runs = trial_runs(self.client, self.experiment_id, trial.trial_id)
+        return runs[-1] if runs else None
+
+    def _open_run(self, trial: Any, by_result: bool) -> Any | None:
+        run = self._latest_run(trial, by_result)
         return run if run is not None and run.info.status == "RUNNING" else None
 
     def _reconcile(self, trial_id: str) -> None:
         rows = self.reported.pop(trial_id, [])
-        try:
-            self.filled.update(reconcile_reported(self.client, rows, self.metric))
-        except Exception as exc:  # noqa: BLE001 - the study's finish checks again
-            print(f"warning: could not check trial {trial_id}'s MLflow history: {exc}",
-                  flush=True)
+        filled = self._write(f"trial {trial_id}'s missing epochs",
+                             lambda: reconcile_reported(self.client, rows, self.metric))
+        self.filled.update(filled or {})
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
@@ -354,14 +463,16 @@ class TrialStatusCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended.append((time.monotonic() + self.settle_s, trial.trial_id))
-        run = self._open_run(trial, by_result=True)
+        run = self._write("a stopped trial's status",
+                          lambda: self._open_run(trial, by_result=True))
         if run is None:
             return
         done = trial.last_result.get("training_iteration", 0)
         self._log_curves(run.info.run_id, self.reported.get(trial.trial_id, []))
-        log_batched(self.client, run.info.run_id, tags=_tags(
-            {Tags.STATUS: Status.STOPPED_EARLY, Tags.STOPPED_AT: done}))
-        retry(lambda: self.client.set_terminated(run.info.run_id, "FINISHED"))
+        self._write(f"run {run.info.run_id}'s status", lambda: (
+            log_batched(self.client, run.info.run_id, tags=_tags(
+                {Tags.STATUS: Status.STOPPED_EARLY, Tags.STOPPED_AT: done})),
+            retry(lambda: self.client.set_terminated(run.info.run_id, "FINISHED"))))
 
     def _log_curves(self, run_id: str, rows: list[dict[str, Any]]) -> None:
         """A trial stopped by the scheduler gets its validation-curve PNG from here, from the
@@ -376,25 +487,53 @@ class TrialStatusCallback(tune.Callback):
                     curves.setdefault(name, {})[int(row[EPOCH])] = float(value)
         if not curves:
             return
-        try:
+
+        def log() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = curves_png(curves, Path(tmp) / Artifacts.CURVES)
-                retry(lambda: self.client.log_artifact(run_id, str(path)))
-        except Exception as exc:  # noqa: BLE001 - a missing picture must not stop the study
-            print(f"warning: no validation-curve image for run {run_id}: {exc}", flush=True)
+                retry(lambda: self.client.log_artifact(run_id, str(path)), attempts=2)
+
+        self._write(f"run {run_id}'s validation-curve image", log)
+
+    def _ended_by_error(self, trial: Any) -> None:
+        """A trial's attempt ended with an error (retried or not): a fault stops the study;
+        a failure is recorded in its run when the trial could not do so itself."""
+        exc = trial_error(trial)
+        fault = (find_fault(exc, self.roots, self.store) if isinstance(exc, BaseException)
+                 else text_fault(exc or "", self.roots, self.store))
+        if fault is not None:  # the trial's own record may say FAILED: the cause was ours
+            run = self._write("a trial's status", lambda: self._latest_run(trial, False))
+            if run is not None and run.data.tags.get(Tags.STATUS) in (Status.RUNNING,
+                                                                      Status.FAILED):
+                self._write(f"run {run.info.run_id}'s status", lambda: (
+                    log_batched(self.client, run.info.run_id, tags=_tags(
+                        {Tags.STATUS: Status.INTERRUPTED, Tags.ERROR: fault.describe()})),
+                    retry(lambda: self.client.set_terminated(run.info.run_id, "KILLED"))))
+            self._stop(fault)
+        run = self._write("a trial's status", lambda: self._open_run(trial, by_result=False))
+        if run is None:
+            return
+        message = error_text(exc, 5000)
+        if _died(exc):
+            message = "trial process died (node lost or killed)" + (f": {message}" if message
+                                                                      else "")
+        self._write(f"run {run.info.run_id}'s status", lambda: (
+            log_batched(self.client, run.info.run_id, tags=_tags(
+                {Tags.STATUS: Status.FAILED, Tags.ERROR: message})),
+            retry(lambda: self.client.set_terminated(run.info.run_id, "FAILED"))))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended.append((time.monotonic() + self.settle_s, trial.trial_id))
-        run = self._open_run(trial, by_result=False)
-        if run is None:
-            return
-        error = trial.error_filename if hasattr(trial, "error_filename") else None
-        message = "trial process died (node lost or killed)"
-        if error and Path(error).is_file():
-            message = Path(error).read_text()[-5000:]
-        log_batched(self.client, run.info.run_id, tags=_tags({Tags.STATUS: Status.FAILED,
-                                                               Tags.ERROR: message}))
-        retry(lambda: self.client.set_terminated(run.info.run_id, "FAILED"))
+        self._ended_by_error(trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Ray retries the trial (max_failures): unless a fault ended it - then nothing is
+        retried, the study stops - the retry's own run closes this attempt's."""
+        exc = trial_error(trial)
+        fault = (find_fault(exc, self.roots, self.store) if isinstance(exc, BaseException)
+                 else text_fault(exc or "", self.roots, self.store))
+        if fault is not None:
+            self._ended_by_error(trial)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Workers are stopped: refill every trial not yet checked."""
@@ -405,10 +544,12 @@ class TrialStatusCallback(tune.Callback):
         self._ended.clear()
 
 
-def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> int:
+def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                        error: str | None = None) -> int:
     """Close the study's trial runs left RUNNING by a process that died (a killed driver's
-    trials that Ray had not yet recorded are never retried): INTERRUPTED (MLflow KILLED), or
-    FINISHED when the run had COMPLETED. Returns how many were closed."""
+    trials that Ray had not yet recorded are never retried): INTERRUPTED (MLflow KILLED, with
+    ``error`` as the cause when one is known), or FINISHED when the run had COMPLETED. Returns
+    how many were closed."""
     children = retry(lambda: client.search_runs(
         [experiment_id], filter_string=f"tags.`{Tags.PARENT}` = '{parent_run_id}' "
                                        "and attributes.status = 'RUNNING'"))
@@ -416,16 +557,19 @@ def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id:
         if run.data.tags.get(Tags.STATUS) == Status.COMPLETED:
             close_completed(client, run)
             continue
-        log_batched(client, run.info.run_id, tags=_tags({Tags.STATUS: Status.INTERRUPTED}))
+        log_batched(client, run.info.run_id, tags=_tags(
+            {Tags.STATUS: Status.INTERRUPTED, **({Tags.ERROR: error[:5000]} if error else {})}))
         retry(lambda r=run: client.set_terminated(r.info.run_id, "KILLED"))
     return len(children)
 
 
 def close_open_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
-                    parent_status: str, error: str | None = None) -> int:
-    """Leave no run RUNNING: the open trial runs (`close_open_children`), then the parent with
-    `parent_status` (and the error). Returns how many trial runs were closed."""
-    closed = close_open_children(client, experiment_id, parent_run_id)
+                    parent_status: str, error: str | None = None,
+                    children_error: str | None = None) -> int:
+    """Leave no run RUNNING: the open trial runs (`close_open_children`, ``children_error``
+    their cause), then the parent with `parent_status` (and the error). Returns how many trial
+    runs were closed."""
+    closed = close_open_children(client, experiment_id, parent_run_id, children_error)
     if error:
         log_batched(client, parent_run_id, tags=_tags({Tags.ERROR: error[:5000]}))
     retry(lambda: client.set_terminated(parent_run_id, parent_status))

@@ -29,6 +29,7 @@ from ksmodel.coordination.coordinator import TELEMETRY_KEYS
 from ksmodel.train import build_model_config
 from study import checkpoint
 from study.fanout import FoldFinal, FoldStep, make_folds
+from study.quiet import quiet_worker
 from study.reconcile import EPOCH, LOGGED_AT, REPLAYED, RUN_ID
 from study.record import (
     EPOCHS_RUN,
@@ -107,6 +108,7 @@ def _replay(run: Any, client: Any, metric: str) -> None:
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Train `config` on every (seed, fold), report fold means per epoch, log to MLflow."""
     entered = time.time()
+    quiet_worker()  # Ray's INFO lines off in this process, as the driver asked (study/quiet.py)
     trial_id = tune.get_context().get_trial_id()
     client = mlflow_client(ctx.tracking_uri)
     earlier = trial_runs(client, ctx.experiment_id, trial_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,13 @@ def lock_is_free(out: Path) -> bool:
             return False
         fcntl.flock(f, fcntl.LOCK_UN)
         return True
+
+
+RAY_RAW = re.compile(r"^(\x1b\[\d+m)?\((?:\w+ )?pid=\d+\)(\x1b\[0m)? \[mutex\.cc : \d+\] RAW: ")
+"""A diagnostic Ray's C++ runtime (abseil) sometimes writes from a worker; Python cannot turn
+it off."""
+
+
+def unexpected_stderr(stderr: str) -> list[str]:
+    """A study's stderr lines, but for `RAY_RAW` ones: what a clean run must not print."""
+    return [line for line in stderr.splitlines() if line.strip() and not RAY_RAW.match(line)]

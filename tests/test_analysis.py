@@ -13,7 +13,7 @@ from lifelines.statistics import logrank_test
 from mlflow import MlflowClient
 from scipy import stats as sps
 
-from analysis import compare, figures, fmt, stats, summary
+from analysis import analyse, compare, figures, fmt, stats, summary
 from analysis.load import AnalysisError, load_study, parse_param_column
 from analysis.stats import holm, wilcoxon_test
 
@@ -166,8 +166,12 @@ def test_wilcoxon_degenerate_cases_give_nan_and_note():
     assert "zero" in wilcoxon_test(np.zeros(5))[2]
     assert np.isnan(wilcoxon_test(np.array([0.0, 0.1]))[1])
     assert np.isnan(wilcoxon_test(np.array([]))[1])
-    _, p, note = wilcoxon_test(np.array([0.1, 0.2, -0.05]))
-    assert p == pytest.approx(sps.wilcoxon([0.1, 0.2, -0.05]).pvalue) and "attainable" in note
+    # below 6 non-zero pairs it cannot reach p < 0.05: not run, and said so
+    _, p, note = wilcoxon_test(np.array([0.1, 0.2, -0.05, 0.1, 0.3]))
+    assert np.isnan(p) and "2/2^5 = 0.0625" in note and "never reach p < 0.05" in note
+    d = np.array([0.1, 0.2, -0.05, 0.1, 0.3, 0.15])
+    _, p, note = wilcoxon_test(d)
+    assert p == pytest.approx(sps.wilcoxon(d).pvalue) and note == ""
 
 
 def test_parse_params_types():
@@ -340,8 +344,9 @@ def test_search_study_sensitivity_history_importance(reports):
     assert r.comparison.empty
     assert any("only one method" in s for s in r.skipped)
     # one figure per parameter; tau_* constant, lr not a sensitivity param
-    assert {k for k in r.figures if "_sensitivity_" in k} == {"grade_sensitivity_alpha",
-                                                             "grade_sensitivity_lam"}
+    # one figure per searched parameter (ks.searched: alpha, lam, lr), lr included
+    assert {k for k in r.figures if "_sensitivity_" in k} == {
+        "grade_sensitivity_alpha", "grade_sensitivity_lam", "grade_sensitivity_lr"}
     a = r.figures["grade_sensitivity_alpha"].data
     assert a["n"].sum() == 15  # trial 5 was stopped early: drawn hollow, not binned
     stopped = r.figures["grade_sensitivity_alpha"].stats["stopped"]
@@ -554,10 +559,16 @@ def test_report_a_reviewer_can_trust(tmp_path):
     assert 0 < row["mean_diff"] < 1e-4
     # the effect as the CI width needs it, never rounded away
     assert "+0.000 (" not in md and "+0.000 to" not in md
-    assert fmt.effect(row["mean_diff"], row["ci_low"], row["ci_high"]) in md
-    assert fmt.effect(row["mean_diff"], row["ci_low"], row["ci_high"]).startswith("+0.0000")
+    shown = fmt.effect(row["mean_diff"], row["cred_low"], row["cred_high"],
+                       level="95% credible interval")
+    assert shown in md and shown.startswith("+0.0000")
+    assert fmt.interval(row["ci_low"], row["ci_high"]) in md  # the bootstrap, over 15 pairs
     # what the parent recorded, in order, and what it did not
-    study = md[md.index("## Study"):md.index("## Conclusion")]
+    # the answer first, the configuration last
+    headings = [ln for ln in md.splitlines() if ln.startswith("## ")]
+    assert headings[0] == "## Conclusion" and headings[-2:] == ["## Study configuration",
+                                                                 "## Files"]
+    study = md[md.index("## Study configuration"):md.index("## Files")]
     assert "| epochs per trial | 30 | `study.epochs` |" in study
     assert "| coordination target | shared_trunk | `study.coord_target` |" in study
     assert "| genes reaching the model | 107 of 1544 (6.9%) | (derived) |" in study
@@ -598,7 +609,7 @@ def test_nested_hook_is_shown_when_the_study_ran_nested(tmp_path, monkeypatch):
     md = (r.out_dir / "report.md").read_text()
     assert "cannot read its nested estimate yet" in md
     assert "best epoch, early stopping with patience 5" in md
-    monkeypatch.setattr(compare, "nested_estimate", lambda study, task, metric: pd.DataFrame(
+    monkeypatch.setattr(analyse, "nested_estimate", lambda study, task, metric: pd.DataFrame(
         {"outer_fold": [0, 1], "value": [0.61234, 0.65432]}))
     r = compare.run_compare("nested", uri, tmp_path / "b", n_boot=200, log_to_mlflow=False,
                             progress=_quiet)

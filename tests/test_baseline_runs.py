@@ -20,12 +20,12 @@ from mlflow import MlflowClient
 from analysis import compare
 from analysis.load import load_predictions
 from analysis.load import load_study as load_mlflow_study
-from ksmodel.baselines import run_baseline
+from ksmodel.baselines import run_baseline, table_expression
 from ksmodel.config import ModelConfig, TrainConfig
 from ksmodel.data import RunData, load_run_data
-from study.baseline_runs import check_covariates, log_baseline
+from study.baseline_runs import check_covariates, log_baseline, run_baselines
 from study.parent import study_params, study_tags
-from study.record import SEEDLESS, Roles, Status, Tags
+from study.record import FIT_SECONDS, SEEDLESS, Roles, Status, Tags
 from study.space import SpaceError, parse_study
 from study.trial import trial_params
 from tests.analysis_fixtures import log_study
@@ -44,15 +44,22 @@ def _cfg(tmp_path: Path, **raw: object):
                        str(tmp_path / "s.yaml"), tmp_path)
 
 
+CLS = ("logreg_clinical", "logreg_pca", "logregcv_table", "logregcv_genes",
+       "logregcv_clinical_genes", "rf_clinical_genes")
+SURV = ("cox_clinical", "cox_pca", "coxnet_table", "coxnet_genes", "coxnet_clinical_genes",
+        "rsf_clinical_genes")
+
+
 def test_baselines_default_to_the_task_kind_and_need_their_covariates(tmp_path) -> None:
-    assert _cfg(tmp_path).baselines == ("logreg_pca",)  # no covariates: no clinical baseline
-    assert _cfg(tmp_path, covariates=["age"]).baselines == ("logreg_clinical", "logreg_pca")
+    # no covariates: no baseline that reads clinical columns
+    assert _cfg(tmp_path).baselines == ("logreg_pca", "logregcv_table", "logregcv_genes")
+    assert _cfg(tmp_path, covariates=["age"]).baselines == CLS
     surv = parse_study({"name": "s", "task": "survival", "sampler": "grid",
                         "covariates": ["age", "is_female"]}, "s.yaml", tmp_path)
-    assert surv.baselines == ("cox_clinical", "cox_pca")
+    assert surv.baselines == SURV
     assert surv.covariates == ("age", "is_female")
     assert _cfg(tmp_path, baselines=[]).baselines == ()
-    assert surv.to_yaml_dict()["baselines"] == ["cox_clinical", "cox_pca"]
+    assert surv.to_yaml_dict()["baselines"] == list(SURV)
 
 
 @pytest.mark.parametrize(("raw", "message"), [
@@ -109,7 +116,8 @@ def test_baseline_runs_are_paired_with_every_seed_of_the_model(data, tmp_path) -
                        parent_tags={Tags.SAMPLER: "grid"})
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("paired").experiment_id
-    cfg = _cfg(tmp_path, name="paired", covariates=["age", "is_female"], seeds=[0, 1])
+    cfg = _cfg(tmp_path, name="paired", covariates=["age", "is_female"], seeds=[0, 1],
+               baselines=["logreg_clinical", "logreg_pca"])
     for name in cfg.baselines:
         assert log_baseline(client, exp, parent, cfg, data, name) == Status.COMPLETED
     study = load_mlflow_study("paired", uri)
@@ -141,6 +149,34 @@ def test_baseline_runs_are_paired_with_every_seed_of_the_model(data, tmp_path) -
     assert "**cgcoord vs logreg_pca**" in md and "| logreg_clinical |" in md
 
 
+def test_a_tuned_baseline_run_says_its_inputs_tuning_and_cost(data, tmp_path) -> None:
+    """What the report lists per baseline: its inputs and tuning in words (tags), its cost
+    (fit_seconds, summed over folds) and the setting each fold chose (a param when equal on
+    every fold, else fold_<k>/<setting>)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("tuned")
+    parent = client.create_run(exp).info.run_id
+    cfg = _cfg(tmp_path, name="tuned", baselines=["logregcv_table", "logreg_pca"])
+    assert run_baselines(client, exp, parent, cfg, data) == {
+        "logregcv_table": Status.COMPLETED, "logreg_pca": Status.COMPLETED}
+    runs = {r.data.tags[Tags.METHOD]: r for r in client.search_runs([exp])
+            if r.data.tags.get(Tags.ROLE) == Roles.BASELINE}
+    genes = len(table_expression(data.cohort)[0].columns)
+    tuned = runs["logregcv_table"]
+    assert tuned.data.tags[Tags.BASELINE_INPUTS] == f"all {genes} expression genes of the table"
+    assert tuned.data.tags[Tags.BASELINE_TUNING].startswith(
+        "L2 penalty C by 5-fold inner CV (macro AUC) on the training part, grid 0.0001..100")
+    m = tuned.data.metrics
+    per_fold = [m[f"fold_{k}/{FIT_SECONDS}"] for k in data.folds]
+    assert m[FIT_SECONDS] == pytest.approx(sum(per_fold), abs=0.01) and min(per_fold) > 0
+    chosen = [m.get(f"fold_{k}/C") for k in data.folds]
+    assert all(c is not None for c in chosen) or "C" in tuned.data.params
+    fixed = runs["logreg_pca"].data.tags
+    assert fixed[Tags.BASELINE_TUNING] == "not tuned: C fixed at 1, 10 components"
+    assert fixed[Tags.BASELINE_INPUTS].startswith("the first 10 principal components of the ")
+
+
 def test_parent_params_record_the_study_and_the_cohort(data, tmp_path) -> None:
     cfg = _cfg(tmp_path, covariates=["age"], seeds=[0, 1], epochs=7,
                fixed={"lam": 0.2}, search={"coordination": {"type": "categorical",
@@ -151,7 +187,7 @@ def test_parent_params_record_the_study_and_the_cohort(data, tmp_path) -> None:
                        "study.evaluation": "cv", "study.sampler": "grid",
                        "study.trials": "2", "study.scheduler.type": "asha",
                        "study.fixed.lam": "0.2", "study.covariates": "age",
-                       "study.baselines": "logreg_clinical,logreg_pca",
+                       "study.baselines": ",".join(CLS),
                        "study.search.coordination": "categorical cgcoord,uniform",
                        "cohort.n_cases": str(len(data.cohort.case_ids)),
                        "cohort.genes_tumour": str(len(data.cohort.gene_sets["tumour"])),
@@ -229,7 +265,7 @@ def _check_record(out: Path, name: str, runs: pd.DataFrame, baselines: set[str],
 
 @pytest.mark.slow
 def test_survival_study_logs_and_pairs_its_baselines(tmp_path) -> None:
-    """A grid (one trial per method): cox_clinical and cox_pca on the same folds, each paired
+    """A grid (one trial per method): every survival baseline on the same folds, each paired
     with every trial method on (seed, fold)."""
     fixed = {k: v for k, v in yaml.safe_load(SMOKE.read_text())["fixed"].items()
              if k != "coordination"}
@@ -239,7 +275,7 @@ def test_survival_study_logs_and_pairs_its_baselines(tmp_path) -> None:
                                                 "values": ["cgcoord", "uniform"]}})
     trials = runs[runs[T.ROLE] == Roles.TRIAL]
     assert (trials["params.lr"] == str(TrainConfig.lr)).all()  # a default, logged
-    r = _check_record(out, "surv", runs, {"cox_clinical", "cox_pca"}, tmp_path)
+    r = _check_record(out, "surv", runs, set(SURV), tmp_path)
     comp = r.comparison[r.comparison["method"] == "cgcoord"].set_index("baseline")
     assert (comp["n_pairs"] == 2).all() and np.isfinite(comp["mean_baseline"]).all()
     assert "every completed trial" in (r.out_dir / "report.md").read_text()
@@ -250,7 +286,7 @@ def test_classification_search_pairs_its_best_trial_with_the_baselines(tmp_path)
     """A search: the best trial stands for the model, and the report says it is optimistic."""
     out, runs = _study(tmp_path, "cls", covariates=["age", "is_female"], num_samples=3,
                        scheduler="none", epochs=2)
-    r = _check_record(out, "cls", runs, {"logreg_clinical", "logreg_pca"}, tmp_path)
-    assert set(r.comparison["baseline"]) == {"logreg_clinical", "logreg_pca"}
+    r = _check_record(out, "cls", runs, set(CLS), tmp_path)
+    assert set(r.comparison["baseline"]) == set(CLS)
     md = (r.out_dir / "report.md").read_text()
     assert "best-of-search trial's" in md and "`evaluation: nested`" in md

@@ -3,14 +3,14 @@ allow. Numbers are recomputed here from the planted values with numpy / scipy.""
 
 from __future__ import annotations
 
-import math
-
+import baycomp
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
 from analysis import claims, compare
+from analysis.verdict import correlated_verdict
 
 try:  # tests/ as a package or as a plain folder on sys.path (pytest's default)
     from tests.analysis_fixtures import log_study, make_study
@@ -56,22 +56,25 @@ def test_claims_table_matches_scipy_and_gives_verdicts():
         row = t.loc[v]
         assert row["n_pairs"] == 15 and row["mean_diff"] == pytest.approx(d.mean(), abs=1e-12)
         assert row["win_rate"] == pytest.approx((d > 0).mean())
-        p[v] = sps.wilcoxon(d).pvalue
+        p[v] = sps.wilcoxon(d).pvalue  # 15 non-zero pairs: Wilcoxon can reach significance
         assert row["wilcoxon_p"] == pytest.approx(p[v], rel=1e-9)
         assert row["ci_low"] < d.mean() < row["ci_high"]
-        # power note: paired normal approximation and the exact Wilcoxon floor
-        mdd = (sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) * d.std(ddof=1) / math.sqrt(15)
-        assert row["mdd"] == pytest.approx(mdd, rel=1e-9)
-        assert row["min_p"] == pytest.approx(2 / 2 ** 15)
+        # the correlated t-test of reference vs variant: 5 folds x 3 seeds, ROPE 0.01
+        ref = VALUES["full"].ravel()
+        probs = baycomp.two_on_single(ref, VALUES[v].ravel(), rope=0.01, runs=3)
+        assert (row["p_better"], row["p_equivalent"], row["p_worse"]) == pytest.approx(
+            probs, abs=1e-6)
+        assert row["rope"] == 0.01 and row["folds"] == 5 and row["runs"] == 3
+        assert "3 seeds" in row["design"]
     # Holm across the four rows, by hand
     order = sorted(p, key=p.get)
     running = 0.0
     for i, v in enumerate(order):
         running = max(running, min(1.0, (4 - i) * p[v]))
         assert t.loc[v, "holm_p"] == pytest.approx(running, rel=1e-9)
-    assert t.loc["histology_only", "verdict"] == "supported"
-    assert t.loc["no_teacher", "verdict"] == "not supported at this sample size"
-    assert t.loc["genomics_only", "verdict"] == "contradicted"
+    assert t.loc["histology_only", "verdict"] == "supported"  # −0.08: far outside ±0.01
+    assert t.loc["genomics_only", "verdict"] == "contradicted"  # +0.03 the other way
+    assert t.loc["no_teacher", "verdict"] in ("undecided", "equivalent within ±0.01")
     assert t.loc["histology_only", "claim"] == "adding genomics raises AUC"
     assert t.loc["genomics_only", "claim"] == "adding histology raises AUC"
     assert t.loc["no_teacher", "claim"] == "the multi-modal teacher raises AUC"
@@ -85,22 +88,28 @@ def test_claim_wording_for_every_known_variant():
         "the gene-guided consistency loss raises AUC")
     assert claims.claim_text("no_coordination", "auc", "full") == (
         "gradient coordination raises AUC")
-    assert claims.verdict(0.01, 0.01) == "supported"
-    assert claims.verdict(-0.01, 0.01) == "contradicted"
-    assert claims.verdict(0.01, 0.2) == claims.verdict(0.5, np.nan) == (
-        "not supported at this sample size")
+    ref = np.array([0.80, 0.82, 0.79, 0.81, 0.83])
+    word = {w: claims.claim_verdict(correlated_verdict(ref, ref - s, folds=5, rope=0.01))
+            for w, s in (("win", 0.1), ("loss", -0.1), ("tie", 0.0))}
+    assert word == {"win": "supported", "loss": "contradicted",
+                    "tie": "equivalent within ±0.01"}
+    mixed = correlated_verdict(ref, ref - np.array([0.02, -0.03, 0.025, -0.015, 0.03]),
+                               folds=5, rope=0.01)
+    assert claims.claim_verdict(mixed) == "undecided"
 
 
-def test_power_note_says_when_nothing_could_be_significant():
-    few = [{"method": v, "seed": 0, "folds": {f: float(VALUES[v][0, f]) for f in (0, 1, 2)}}
-           for v in ("full", "histology_only", "no_teacher")]
-    study = make_study(few, n_folds=3)
-    t = claims.claims_table(study.folds, "auc", "grade", "full", n_boot=200).table
-    row = t.set_index("variant").loc["histology_only"]
-    assert row["min_p"] == pytest.approx(0.25)  # 2 / 2**3
-    assert row["verdict"] == "not supported at this sample size"
-    assert "no difference of any size could be called significant" in row["power_note"]
-    assert "2/2^3 = 0.25" in row["power_note"]
+def test_five_folds_reach_a_verdict_wilcoxon_cannot():
+    """Issue 21: one seed, 5 folds, the reference wins every fold by ≫ ROPE - Wilcoxon's floor is
+    2/2^5 = 0.0625, so it is not run; the correlated test says "supported"."""
+    few = [{"method": v, "seed": 0, "folds": {f: float(VALUES[v][0, f]) for f in FOLDS}}
+           for v in ("full", "histology_only")]
+    study = make_study(few)
+    row = claims.claims_table(study.folds, "auc", "grade", "full", n_boot=200).table.iloc[0]
+    assert row["n_pairs"] == 5 and np.isnan(row["wilcoxon_p"])
+    assert "never reach p < 0.05" in row["note"]
+    assert np.isnan(row["ci_low"])  # no bootstrap interval from 5 pairs
+    assert row["verdict"] == "supported" and row["p_better"] > 0.95
+    assert "one run of 5 folds" in row["design"]
 
 
 def test_reference_and_variant_problems_are_notes():
@@ -127,10 +136,11 @@ def test_report_shows_the_claims_table(tmp_path):
     csv = pd.read_csv(r.out_dir / "claims.csv").set_index("variant")
     assert csv.loc["histology_only", "verdict"] == "supported"
     line = next(ln for ln in md.splitlines() if ln.startswith("| adding genomics raises AUC"))
-    assert "**supported**" in line and "| histology_only | 15 |" in line
-    assert "“adding histology raises AUC” (**full** vs **genomics_only**" in md
-    assert "**contradicted**" in md and "**not supported at this sample size**" in md
-    assert "smallest detectable difference" in md
+    assert "**supported**" in line and "| histology_only | 15 |" in line and "±0.01" in line
+    conclusion = md[md.index("## Conclusion"):md.index("## Claims")]
+    assert "“adding histology raises AUC”: **contradicted** (**full** vs **genomics_only**" \
+        in conclusion
+    assert "P(full better)" in conclusion and "P(equivalent within ±0.01)" in conclusion
     # without a reference (argument or ks.reference tag) there is no claims table
     r = compare.run_compare("paper_ablations", uri, tmp_path / "rep2", n_boot=200,
                             log_to_mlflow=False, progress=lambda _m: None)

@@ -6,10 +6,12 @@ registry comparison, which reads the same registries the study-file parser uses.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,6 +78,29 @@ def test_help_imports_no_training_stack() -> None:
     assert "module []" in proc.stdout and "help []" in proc.stdout, proc.stdout
 
 
+SECTION_CITE = re.compile(r"(README|docs/[\w-]+\.md), ['\"]([^'\"]+)['\"]")
+
+
+def _headings(path: Path) -> set[str]:
+    return {line.lstrip("#").strip() for line in path.read_text().splitlines()
+            if line.startswith("#")}
+
+
+def test_help_cites_only_sections_that_exist(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every "(README, 'Section')" or "docs/x.md, 'Section'" in --help names a heading that is
+    there (the help once sent users to a README section that did not exist)."""
+    from study.run import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    cited = SECTION_CITE.findall(text)
+    assert cited, "the help cites no section at all"
+    for where, title in cited:
+        path = ROOT / ("README.md" if where == "README" else where)
+        assert title in _headings(path), f"--help cites {where}, '{title}': no such heading"
+
+
 # --- refused arguments ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", ["foo", "=1", "foo=1", "lr=[1"])
@@ -84,6 +109,108 @@ def test_bad_set_exits_2_with_one_error_line(bad: str, tmp_path: Path) -> None:
     line = _one_error_line(_study("--space", str(SMOKE), "--out", str(out), "--set", bad))
     assert "--set" in line
     assert not out.exists()
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """`study.run.main` in this process (a refused command imports nothing heavy): its one
+    error line. The environment and log levels it sets for a study are put back."""
+    import logging
+
+    from study.quiet import AUTH_LOGGER, QUIET_LOGGERS
+    from study.run import main
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    loggers = [logging.getLogger(n) for n in (*QUIET_LOGGERS, AUTH_LOGGER)]
+    levels = [lg.level for lg in loggers]
+
+    def run(*args: str) -> str:
+        try:
+            code = main(list(args))
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+        out = capsys.readouterr()
+        return _one_error_line(subprocess.CompletedProcess(args, code, out.out, out.err))
+
+    return run
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--set", "lamda=0.2"], ["--set lamda: unknown key; did you mean lam?",
+                              "parameter names: alpha, amp,", " lam, ", " lr, "]),
+    (["--set", "scheduler.grace=2"], ["--set scheduler.grace: unknown scheduler key 'grace'; "
+                                      "did you mean scheduler.grace_period?"]),
+    (["--set", "fixed.alpah=0.3"], ["did you mean fixed.alpha?"]),
+    (["--set", "num_sample=2"], ["did you mean num_samples?"]),
+    (["--set", "lr=-1"], ["error: --set lr=-1: ", "must be > 0, got -1", "a command-line value"]),
+    (["--epochs", "0"], ["error: --epochs 0: key 'epochs'", "a command-line value"]),
+])
+def test_set_mistakes_suggest_names_and_blame_the_command_line(
+        args: list[str], says: list[str], tmp_path: Path, in_process: Any) -> None:
+    """A mistyped --set key gets the nearest valid names (and the list); a bad value given on
+    the command line is the command line's mistake, not the study file's."""
+    line = in_process("--space", str(SMOKE), "--out", str(tmp_path / "s"), *args)
+    for words in says:
+        assert words in line, (words, line)
+    if "lr=-1" not in args and "--epochs" not in args:
+        assert "smoke.yaml" not in line  # the file is not to blame
+
+
+def test_mistyped_study_file_gets_did_you_mean(tmp_path: Path, in_process: Any) -> None:
+    line = _one_error_line(_study("--space", "search_spaces/smoek.yaml"))  # as typed
+    assert "no such study file; did you mean search_spaces/smoke.yaml?" in line
+    assert "nested_smoke" in line  # the example studies are listed
+    line = in_process("--space", str(tmp_path / "alpah.yaml"))
+    assert "did you mean" in line and "search_spaces/alpha.yaml" in line
+
+
+def test_argument_mistakes_are_found_before_any_heavy_import() -> None:
+    """Each argument mistake is answered with nothing heavy imported (torch, Ray, MLflow,
+    pandas, scikit-learn, lifelines take 3-15 s together on a loaded 2-core machine)."""
+    code = ("import sys, study.run\n"
+            "heavy = ('torch', 'ray', 'mlflow', 'pandas', 'sklearn', 'lifelines', 'optuna')\n"
+            "for args in (['--set', 'lamda=0.2'], ['--set', 'lr=-1'], ['--set', 'foo'],\n"
+            "             ['--set', 'scheduler.grace=2'], ['--cohort', 'x', '--set', 'lamda=1'],\n"
+            "             ['--epochs', '0']):\n"
+            "    code = study.run.main(['--space', 'search_spaces/smoke.yaml',\n"
+            "                           '--out', sys.argv[1], *args])\n"
+            "    assert code == 2, (args, code)\n"
+            "study.run.main(['--space', 'search_spaces/smoek.yaml'])\n"
+            "print('heavy', sorted(m for m in heavy if m in sys.modules))\n")
+    proc = _run("-c", code, "/tmp/never-created")
+    assert proc.returncode == 0, proc.stderr
+    assert "heavy []" in proc.stdout, proc.stdout
+    assert proc.stderr.count("error: ") == 7, proc.stderr
+
+
+def test_once_is_one_trial_of_the_defaults() -> None:
+    """--once: the study's fixed parameters, the searched ones at their defaults, every fold,
+    no early stopping, as study <name>-once (a variants study: its reference variant)."""
+    from ksmodel.config import TrainConfig
+    from study.arguments import once
+    from study.resume import study_folder
+    from study.run import parse_args
+    from study.space import load_study
+
+    smoke = load_study(SMOKE)
+    cfg, line = once(smoke)
+    assert (cfg.name, cfg.sampler, cfg.scheduler.type, cfg.search) == ("smoke-once", "grid",
+                                                                      "none", ())
+    assert cfg.grid_size() == 1 and cfg.folds == smoke.folds and cfg.epochs == smoke.epochs
+    assert cfg.fixed == smoke.fixed and cfg.seeds == smoke.seeds
+    assert f"lr={TrainConfig.lr}" in line and f"alpha={TrainConfig.alpha}" in line
+    named, _ = once(smoke, "mine")
+    assert named.name == "mine"
+    grid, line = once(load_study(ABLATION))  # searches coordination and seed
+    assert grid.grid_size() == 1 and grid.seeds == (0,) and "coordination=cgcoord" in line
+    paper = load_study(ROOT / "search_spaces" / "paper_ablations.yaml")
+    one, line = once(paper)
+    assert one.grid_size() == 1 and one.seeds == paper.seeds and not one.variants
+    assert one.fixed == {**paper.fixed, **paper.variants[paper.reference]}
+    assert paper.reference in line
+    args = parse_args(["--space", str(SMOKE), "--once", "--resume"])
+    assert study_folder(args) == (Path("studies") / "smoke-once").resolve()
 
 
 def test_seeds_error_says_how_to_change_the_seeds(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_importers import GENES, write_mcat_table
 
 from ksmodel.cohort import CohortError, load_cohort
 from ksmodel.genesets import (
@@ -20,6 +19,7 @@ from ksmodel.genesets import (
     signature_coverage,
 )
 from ksmodel.importers.mcat import import_mcat
+from tests.test_importers import GENES, write_mcat_table  # tests/ is a package
 
 needs_pirlygenes = pytest.mark.skipif(importlib.util.find_spec("pirlygenes") is None,
                                       reason=f"optional extra not installed: {INSTALL_HINT}")

@@ -5,6 +5,7 @@ report, and (slow) a whole nested study through `python -m study.run`."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import mlflow
@@ -27,13 +28,14 @@ from study.nested import (
     check_inner_splits,
     inner_for,
     make_inner_splits,
+    outer_sampler_seed,
     prepare_inner_splits,
     refit_plan,
 )
 from study.record import Roles, Tags, fold_metric, inner_metric, val_metric
 from study.space import SpaceError, load_study, parse_study
 from tests.analysis_fixtures import log_study
-from tests.study_helpers import ROOT, T, run_study
+from tests.study_helpers import ROOT, T, run_study, unexpected_stderr, write_space
 
 NESTED_SMOKE = ROOT / "search_spaces" / "nested_smoke.yaml"
 TASK = "diagnosis"
@@ -136,6 +138,10 @@ def test_inner_splits_are_saved_once_and_read_back_on_resume(data, tmp_path) -> 
     ({"inner_folds": 3}, "'inner_folds': is only used with evaluation: nested"),
     ({"evaluation": "nested", "inner_folds": 1}, "'inner_folds': needs at least 2"),
     ({"evaluation": "nested", "inner_folds": 2.5}, "'inner_folds': expected int"),
+    ({"outer_sampler_seeds": "same"}, "'outer_sampler_seeds': is only used with evaluation: "
+                                      "nested"),
+    ({"evaluation": "nested", "outer_sampler_seeds": "fold"}, "'outer_sampler_seeds': must be "
+                                                              "one of per_fold, same"),
 ])
 def test_bad_evaluation_keys_name_the_key(raw, key, tmp_path) -> None:
     with pytest.raises(SpaceError, match=key):
@@ -152,6 +158,35 @@ def test_nested_keys_round_trip(tmp_path) -> None:
         cfg, source=str(tmp_path / "config.yaml"))
     cv = parse_study({"name": "n", "task": TASK, "sampler": "grid"}, "s.yaml", tmp_path)
     assert cv.evaluation == "cv" and "inner_folds" not in cv.to_yaml_dict()
+
+
+def _first_proposals(cfg, outer_fold: int, n: int) -> list[dict]:
+    """The first ``n`` configurations outer fold ``outer_fold``'s search proposes (its sampler,
+    seeded as study/nested.py seeds it), asked in-process."""
+    from study.search import make_search
+
+    search = make_search(dataclasses.replace(
+        cfg, sampler_seed=outer_sampler_seed(cfg, outer_fold)))[0].searcher
+    return [search.suggest(f"t{i}") for i in range(n)]
+
+
+def test_each_outer_fold_draws_its_own_configurations(tmp_path) -> None:
+    """With fewer samples than TPE's start-up trials every proposal is random: seeded alike,
+    all outer folds would try the same configurations. Each outer fold's seed comes from
+    (sampler_seed, outer fold), unless the study asks for ``outer_sampler_seeds: same``."""
+    raw = {"name": "n", "task": TASK, "evaluation": "nested", "folds": 3, "num_samples": 3,
+           "sampler_seed": 4, "search": {"lr": {"type": "loguniform", "low": 1e-5,
+                                                "high": 1e-2}}}
+    cfg = parse_study(raw, "s.yaml", tmp_path)
+    assert cfg.outer_sampler_seeds == "per_fold"
+    seeds = [outer_sampler_seed(cfg, k) for k in range(3)]
+    assert len(set(seeds)) == 3 and seeds == [outer_sampler_seed(cfg, k) for k in range(3)]
+    assert _first_proposals(cfg, 0, 3) != _first_proposals(cfg, 1, 3)
+    assert _first_proposals(cfg, 0, 3) == _first_proposals(cfg, 0, 3)  # reproducible
+    same = parse_study({**raw, "outer_sampler_seeds": "same"}, "s.yaml", tmp_path)
+    assert {outer_sampler_seed(same, k) for k in range(3)} == {4}
+    assert _first_proposals(same, 0, 3) == _first_proposals(same, 1, 3)
+    assert same.to_yaml_dict()["outer_sampler_seeds"] == "same"
 
 
 def test_refit_plan_never_looks_at_the_outer_fold(tmp_path) -> None:
@@ -218,6 +253,44 @@ def test_report_shows_the_nested_estimate_beside_best_of_search(tmp_path) -> Non
     assert methods.loc["cgcoord", "mean"] == pytest.approx(0.65)
 
 
+def check_nested_terminal(stdout: str, stderr: str, out: Path) -> None:
+    """What a nested study prints (issue 23): the cv study's progress lines for every outer
+    fold's search (labelled "outer k"), no table of Ray's, no line wider than 120 columns, and
+    at the end the MLflow command, the URL of the trials side by side and the report
+    command."""
+    lines = stdout.splitlines()
+    assert max(map(len, lines)) <= 120, max(lines, key=len)
+    for ray_text in ("╭", "│", "Trial status", "Configuration for experiment", "TERMINATED",
+                     "Current best trial", "View detailed results", "A new study created"):
+        assert ray_text not in stdout + stderr, ray_text
+    assert unexpected_stderr(stderr) == [], stderr[-2000:]
+    progress = [line for line in lines if re.match(r"^\[\d\d:\d\d\] outer \d ", line)]
+    for k in range(3):
+        mine = [line for line in progress if f"] outer {k} trial " in line]
+        assert sum(" started " in line for line in mine) == 3, mine
+        assert sum("completed 3 epochs" in line for line in mine) == 3, mine
+        assert any(f"] outer {k} search ended in " in line for line in progress)
+    # the study's own lines and the progress lines only: nothing else between them
+    own = ("cohort ", "synthetic cohort", "MLflow", "  ", "then open", "baselines on",
+           "baseline ", "outer fold ", "nested_smoke: nested evaluation", " outer_fold ",
+           "nested estimate", "best-of-search", "Report", "the best trial")
+    other = [line for line in lines if line.strip() and not PROGRESS.match(line)
+             and not line.startswith(own) and not re.match(r"^\s+\d ", line)]
+    assert not other, other
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    tail = re.sub(r" \\\n\s+", " ", stdout).splitlines()[-6:]
+    assert tail[0] == "MLflow: start the UI with" and uri in tail[1]
+    assert tail[2].startswith("then open the trials side by side")
+    assert tail[3].strip().startswith("http://127.0.0.1:5000/#/experiments/")
+    assert "?workflowType=machine_learning&viewStateShareKey=trials" in tail[3]
+    assert tail[4].startswith("Report")
+    assert tail[5].strip().endswith(f"-m analysis.compare --experiment nested_smoke "
+                                    f"--tracking-uri {uri}")
+
+
+PROGRESS = re.compile(r"^\[\d\d:\d\d\] ")
+
+
 @pytest.mark.slow
 def test_nested_study_end_to_end(tmp_path: Path) -> None:
     """A whole nested study: saved inner splits disjoint from their outer folds, inner trials
@@ -228,6 +301,7 @@ def test_nested_study_end_to_end(tmp_path: Path) -> None:
     proc = run_study(out, space=NESTED_SMOKE, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nested estimate auc" in proc.stdout
+    check_nested_terminal(proc.stdout, proc.stderr, out)
     outer = pd.read_parquet(out / "splits.parquet")
     inner = pd.read_parquet(out / "inner_splits.parquet")
     for k in sorted(outer["fold"].unique()):
@@ -282,3 +356,33 @@ def test_nested_study_end_to_end(tmp_path: Path) -> None:
     after = mlflow.search_runs(experiment_names=["nested_smoke"], max_results=1000)
     for role in (Roles.TRIAL, Roles.OUTER, Roles.BASELINE):
         assert (after[T.ROLE] == role).sum() == (runs[T.ROLE] == role).sum(), role
+
+
+@pytest.mark.slow
+def test_nested_search_below_the_start_up_trials_says_so_and_differs_per_outer_fold(
+        tmp_path: Path) -> None:
+    """2 outer folds x 2 trials (TPE starts modelling after 10): the terminal and the parent
+    run say the search is random; the outer folds' samplers have their own seeds (recorded on
+    the outer runs and the inner trials) and tried different configurations."""
+    space = write_space(tmp_path / "tiny.yaml", base=NESTED_SMOKE, name="nested_tiny", folds=2,
+                        num_samples=2, epochs=1, baselines=[],
+                        synthetic={"patients": 60, "patches": 16, "dim": 16, "seed": 0})
+    out = tmp_path / "nested"
+    proc = run_study(out, space=space, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notes = [line for line in proc.stdout.splitlines() if "the search is random" in line]
+    assert len(notes) == 1 and "num_samples 2 in each outer fold" in notes[0]
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["nested_tiny"], max_results=100)
+    parent = runs[runs[T.ROLE] == Roles.STUDY].iloc[0]
+    assert parent[f"tags.{Tags.SEARCH_NOTE}"] == notes[0].removeprefix("note: ")
+    outers = runs[runs[T.ROLE] == Roles.OUTER].set_index(f"tags.{Tags.OUTER_FOLD}")
+    trials = runs[runs[T.ROLE] == Roles.TRIAL]
+    assert outers.loc["0", "params.sampler_seed"] != outers.loc["1", "params.sampler_seed"]
+    tried = {}
+    for k in ("0", "1"):
+        mine = trials[trials[f"tags.{Tags.OUTER_FOLD}"] == k]
+        assert len(mine) == 2
+        assert (mine[f"tags.{Tags.SAMPLER_SEED}"] == outers.loc[k, "params.sampler_seed"]).all()
+        tried[k] = set(zip(mine["params.lr"], mine["params.alpha"], strict=True))
+    assert not tried["0"] & tried["1"]

@@ -137,8 +137,11 @@ def test_failing_and_nan_trials_do_not_stop_the_study(tmp_path: Path) -> None:
     out = tmp_path / "study"
     proc = run_study(out, space=space, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]  # one trial completed
-    summary = pd.read_csv(out / "summary.csv")
+    summary = pd.read_csv(out / "summary.csv", keep_default_na=False)
     assert sorted(summary["status"]) == ["COMPLETED", "FAILED", "FAILED", "FAILED"]
+    shown = " ".join(summary["error"])  # the trials' own errors, as a user reads them
+    assert "NonFiniteLossError" in shown and "CUDA" in shown, shown
+    assert "\x1b[" not in shown and "ray::" not in shown, shown
     _, children = runs(out, "smoke")
     assert set(children["status"]) <= TERMINAL
     final = children.sort_values("start_time").groupby(T.TRIAL_ID).last()

@@ -1,4 +1,5 @@
-"""The search the study runner builds is Optuna's seeded TPE, run by Ray Tune."""
+"""The search the study runner builds is Optuna's seeded TPE, run by Ray Tune, and it says when
+it is a random search (num_samples at or below the sampler's start-up trials)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
+from mlflow import MlflowClient
 from ray import tune
 
-from study.search import make_search
-from study.space import load_study
+from study.record import Tags
+from study.search import STARTUP_TRIALS, announce_search, make_search, search_note
+from study.space import load_study, parse_study
 
 PLANTED = {"alpha": 0.73, "lam": 0.21}
 
@@ -70,3 +73,45 @@ def test_tpe_beats_random_search_on_a_planted_optimum(local_ray, tmp_path: Path)
     median = statistics.median(randoms)
     print(f"best after {n} trials: TPE {tpe:.5f}, random median {median:.5f} ({randoms})")
     assert tpe > median
+
+
+def _cfg(tmp_path: Path, **raw: object):
+    return parse_study({"name": "n", "task": "diagnosis",
+                        "search": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+                        **raw}, "s.yaml", tmp_path)
+
+
+def test_the_search_says_when_it_is_random(tmp_path: Path) -> None:
+    """TPE draws its first 10 trials at random (CMA-ES its first 1): at or below that, the
+    study is a random search and the note says so; above it, or for samplers that say what
+    they are (random, grid), there is no note."""
+    assert STARTUP_TRIALS["tpe"] == 10
+    note = search_note(_cfg(tmp_path, num_samples=8))
+    assert note is not None and note.startswith("the search is random: num_samples 8 ")
+    assert "sampler tpe's 10 start-up trials" in note
+    assert search_note(_cfg(tmp_path, num_samples=10)) is not None
+    assert search_note(_cfg(tmp_path, num_samples=11)) is None
+    assert search_note(_cfg(tmp_path, num_samples=4, sampler="random")) is None
+    assert search_note(_cfg(tmp_path, sampler="grid",
+                            search={"lr": {"type": "categorical", "values": [1e-3]}})) is None
+    assert "sampler cmaes's 1" in search_note(_cfg(tmp_path, num_samples=1, sampler="cmaes"))
+    assert search_note(_cfg(tmp_path, num_samples=2, sampler="cmaes")) is None
+    nested = search_note(_cfg(tmp_path, num_samples=8, evaluation="nested", folds=3))
+    assert "num_samples 8 in each outer fold" in nested
+
+
+def test_the_sampler_gets_the_start_up_trials_the_note_rests_on(tmp_path: Path) -> None:
+    search = make_search(_cfg(tmp_path, num_samples=8))[0]
+    assert search.searcher._sampler._n_startup_trials == STARTUP_TRIALS["tpe"]
+
+
+def test_announce_search_prints_one_line_and_tags_the_parent(tmp_path: Path, capsys) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.create_run(client.create_experiment("n")).info.run_id
+    note = announce_search(client, parent, _cfg(tmp_path, num_samples=8))
+    assert capsys.readouterr().out == f"note: {note}\n"
+    assert client.get_run(parent).data.tags[Tags.SEARCH_NOTE] == note
+    other = client.create_run(client.get_experiment_by_name("n").experiment_id).info.run_id
+    assert announce_search(client, other, _cfg(tmp_path, num_samples=12)) is None
+    assert capsys.readouterr().out == ""
+    assert Tags.SEARCH_NOTE not in client.get_run(other).data.tags

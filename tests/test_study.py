@@ -15,7 +15,15 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.study_helpers import SMOKE, T, hold_lock, run_study, runs, write_space
+from tests.study_helpers import (
+    SMOKE,
+    T,
+    hold_lock,
+    run_study,
+    runs,
+    unexpected_stderr,
+    write_space,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +32,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = run_study(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out.parent / "stdout.txt").write_text(proc.stdout)  # what the user saw (progress tests)
+    (out.parent / "stderr.txt").write_text(proc.stderr)
     return out
 
 
@@ -209,17 +218,63 @@ def test_smoke_progress_lines_replace_rays_table(smoke: Path) -> None:
         assert ray_text not in stdout, ray_text
 
 
-def test_smoke_end_hint_opens_the_runs_table(smoke: Path) -> None:
-    from study.finish import runs_url
+def _unwrapped(text: str) -> str:
+    """Shell commands printed over several lines (`` \\`` continuations) as one line each."""
+    return re.sub(r" \\\n\s+", " ", text)
+
+
+def test_smoke_summary_ends_with_the_best_trial_then_the_hints(smoke: Path) -> None:
+    """The summary: counts, the table, the best trial (the answer lines follow it), then the
+    hints: the MLflow UI command, the URL of the trials side by side, the best trial's page
+    and the report command, last."""
+    from study.view import run_url, trials_url
 
     stdout = (smoke.parent / "stdout.txt").read_text()
+    summary = pd.read_csv(smoke / "summary.csv")
+    done = summary[summary["status"] == "COMPLETED"]
+    best = done.loc[done["val_auc"].idxmax()]
     experiment = MlflowClient(f"sqlite:///{smoke / 'mlflow.db'}").get_experiment_by_name("smoke")
-    venv = Path(sys.executable).parent
-    assert f"{venv / 'mlflow'} ui --backend-store-uri sqlite:///{smoke / 'mlflow.db'}" in stdout
-    assert runs_url("http://127.0.0.1:5000", experiment.experiment_id) in stdout
-    assert "?workflowType=machine_learning" in stdout
-    assert (f"{venv / 'python'} -m analysis.compare --experiment smoke --tracking-uri "
-            f"sqlite:///{smoke / 'mlflow.db'}") in stdout
+    base, venv = "http://127.0.0.1:5000", Path(sys.executable).parent
+    end = stdout[stdout.rindex("\nsmoke: 4 trials in "):]
+    counts = end.splitlines()[1]
+    stopped = int((summary["status"] == "STOPPED_EARLY").sum())
+    assert counts.endswith(f": {len(done)} completed, {stopped} stopped early by ASHA, 0 failed")
+    lines = _unwrapped(end).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("best: trial"))
+    assert lines[at].startswith(f"best: trial {best['trial_id']}, val_auc {best['val_auc']:.4f}"
+                                f" after 4 epochs, lr=")
+    verdict = lines[at + 2:]  # after the best configuration's file: the verdict, then hints
+    assert verdict[0].startswith("Verdict (diagnosis, auc; Bayesian correlated t-test"), verdict
+    hints = lines[lines.index("MLflow: start the UI with"):]
+    assert all(line.startswith(("Verdict", "  ")) for line in lines[at + 2:lines.index(hints[0])])
+    assert hints == [
+        "MLflow: start the UI with",
+        f"  {venv / 'mlflow'} ui --backend-store-uri sqlite:///{smoke / 'mlflow.db'} "
+        "--host 127.0.0.1 --port 5000",
+        "then open the trials side by side (status, metric, searched parameters):",
+        f"  {trials_url(base, experiment.experiment_id)}",
+        "the best trial's page (params, metrics, validation curves, predictions):",
+        f"  {run_url(base, experiment.experiment_id, best['mlflow_run_id'])}",
+        "Report (tables, paired statistics, figures):",
+        f"  {venv / 'python'} -m analysis.compare --experiment smoke --tracking-uri "
+        f"sqlite:///{smoke / 'mlflow.db'}"], "\n".join(hints)
+    assert all("?workflowType=machine_learning" in line for line in hints if "http" in line)
+    assert max(map(len, stdout.splitlines())) <= 120
+
+
+def test_smoke_terminal_has_none_of_ray_or_mlflow_chatter(smoke: Path) -> None:
+    """Ray's token-authentication notice, its INFO lines, the trials' "Checkpoint successfully
+    created" lines, the exit of a stopped trial and MLflow's store set-up stay off the
+    terminal (--verbose keeps them); nothing goes to stderr in a clean run (but a diagnostic
+    Ray's C++ runtime may write, `RAY_RAW`)."""
+    stderr = (smoke.parent / "stderr.txt").read_text()
+    stdout = (smoke.parent / "stdout.txt").read_text()
+    for noise in ("Token authentication", "Checkpoint successfully created",
+                  "repeated", "Started a local Ray instance", "Wrote the latest version",
+                  "Creating initial MLflow database", "Exception ignored", "not writable",
+                  "snapshotting"):
+        assert noise not in stderr + stdout, noise
+    assert unexpected_stderr(stderr) == [], stderr[-2000:]
 
 
 def test_smoke_trials_carry_previewable_artifacts(smoke: Path, tmp_path: Path) -> None:

@@ -271,3 +271,121 @@ def test_default_cohort_under_60_seconds(tmp_path: Path) -> None:
     assert len(cohort.cases) == 400 and cohort.feature_dim == 384
     auc = _gene_aucs(cohort)
     assert auc["tumour"] >= 0.8 and 0.5 < auc["tme"] < auc["tumour"]
+
+
+# --- scenarios: each world plants what its cohort.json says --------------------------------
+
+
+def _binary_auc(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> float:
+    model = LogisticRegression(C=0.1, max_iter=3000).fit(x[train], y[train])
+    return float(roc_auc_score(y[val], model.predict_proba(x[val])[:, 1]))
+
+
+def test_scenarios_write_their_planted_truth(tmp_path: Path) -> None:
+    from ksmodel.config import SCENARIOS, SyntheticConfig
+
+    assert SyntheticConfig().scenario == "histology_needed" == SCENARIOS[0]
+    for scenario in SCENARIOS:
+        root = generate(tmp_path / scenario, scenario=scenario, **TINY)
+        meta = json.loads((root / "cohort.json").read_text())
+        truth = meta["truth"]
+        assert meta["scenario"] == truth["scenario"] == scenario
+        assert truth["effect"] and truth["comparisons"]
+        clinical = pd.read_parquet(root / "clinical.parquet")
+        planted = {"synthetic_necrosis", "synthetic_mvp"} <= set(clinical.columns)
+        assert planted == (scenario == "histology_needed")
+    null = json.loads((tmp_path / "null" / "cohort.json").read_text())["truth"]
+    assert null["comparisons"][0]["difference"] == 0.0
+    hist = json.loads((tmp_path / "histology_needed" / "cohort.json").read_text())["truth"]
+    assert {(c["a"], c["b"], c["expected"]) for c in hist["comparisons"]} == {
+        ("full", "genomics_only", "better"), ("full", "logreg_pca", "better")}
+    assert hist["morphology"]["present_by_diagnosis"][2] == 0.0  # grade 2-3 never shows it
+
+
+def test_histology_needed_puts_grade_4_astrocytoma_in_the_slide_only(tmp_path: Path) -> None:
+    """Class 1 (astrocytoma IDH-mutant grade 4) vs class 2 (grade 2-3): expression separates them
+    only weakly, the slide's mean patch features well (necrosis / MVP patches), and adding the
+    slide to the expression lifts the 4-class AUC - what the full model can earn over
+    genomics_only and logreg_pca."""
+    root = generate(tmp_path / "c", scenario="histology_needed", patients=400,
+                    patches=(20, 30), dim=64, seed=3, quiet=True)
+    cohort = load_cohort(root)
+    cases = cohort.cases
+    morph = (cases["synthetic_necrosis"] | cases["synthetic_mvp"]).to_numpy().astype(bool)
+    diag = cases["diagnosis"].to_numpy()
+    assert morph[diag == 1].all() and not morph[diag == 2].any()
+    assert (cases.loc[(diag == 3) & morph, "grade"] == 3).all()
+    genes = cohort.gene_sets["tumour"] + cohort.gene_sets["tme"]
+    expr = ExpressionScaler.fit(cohort.expression[genes]).transform(cohort.expression[genes])
+    pooled = load_bags(cohort, (6, 6)).tensor.mean(dim=1).numpy()
+    pooled = (pooled - pooled.mean(0)) / pooled.std(0)
+    pair = np.flatnonzero(np.isin(diag, [1, 2]))
+    y = (diag[pair] == 1).astype(int)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(pair))
+    train, val = order[: len(order) // 2], order[len(order) // 2:]
+    auc_expr = _binary_auc(expr[pair], y, train, val)
+    auc_slide = _binary_auc(pooled[pair], y, train, val)
+    assert auc_expr < 0.8 and auc_slide > 0.9 and auc_slide > auc_expr + 0.15, (auc_expr,
+                                                                                 auc_slide)
+    label = cohort.targets("diagnosis")["label"]
+    splits = make_splits(cohort, "diagnosis", seed=0)
+    tr, va = (cases.index.get_indexer(ids) for ids in fold_case_ids(splits, 0))
+    both = np.hstack([expr, pooled])
+    assert _auc(both, label, tr, va) > _auc(expr, label, tr, va) + 0.03
+
+
+def test_grade_4_morphology_sits_where_the_world_says(tmp_path: Path) -> None:
+    """Necrosis replaces the tumour cluster's core, MVP its rim: the necrotic patches are nearer
+    the tumour's centre than the MVP patches on every slide that has both."""
+    from ksmodel.synthetic import MVP_TYPE, _slide
+
+    rng = np.random.default_rng(0)
+    closer = []
+    for _ in range(20):
+        coords, types = _slide(rng, 200, np.zeros(4), necrosis=0.4, mvp=0.3)
+        tumour = np.isin(types, [0, 1, MVP_TYPE])
+        centre = coords[types == 1].mean(axis=0)
+        dist = np.linalg.norm(coords - centre, axis=1)
+        closer.append(dist[types == 1].mean() < dist[types == MVP_TYPE].mean())
+        assert (types == 1).sum() == round(0.4 * tumour.sum())
+    assert all(closer)
+    _, types = _slide(np.random.default_rng(1), 200, np.zeros(4), necrosis=0.0)
+    assert not np.isin(types, [1, MVP_TYPE]).any()  # absent: no necrosis, no MVP
+
+
+def test_imbalance_plants_a_strong_tumour_and_a_weak_complementary_tme_signal(
+        tmp_path: Path) -> None:
+    """The tumour genes alone beat the TME genes alone, and the two carry independent evidence:
+    summing the two subspaces' log-probabilities (late fusion, as the model's per-stream logits
+    sum) beats the tumour genes alone - so a starved TME stream costs something."""
+    cohort = load_cohort(generate(tmp_path / "c", scenario="imbalance", patients=400,
+                                  patches=(2, 3), dim=2, tme_shift=0.0, quiet=True))
+    splits = make_splits(cohort, "diagnosis", seed=0)
+    y = cohort.targets("diagnosis")["label"]
+    idx = cohort.expression.index
+    aucs: dict[str, list[float]] = {"tumour": [], "tme": [], "fused": []}
+    for fold in range(3):
+        train, val = (idx.get_indexer(ids) for ids in fold_case_ids(splits, fold))
+        logp = {}
+        for name in ("tumour", "tme"):
+            genes = cohort.gene_sets[name]
+            x = ExpressionScaler.fit(cohort.expression.iloc[train][genes]).transform(
+                cohort.expression[genes])
+            model = LogisticRegression(C=0.01, max_iter=3000).fit(x[train], y[train])
+            logp[name] = model.predict_log_proba(x[val])
+            aucs[name].append(roc_auc_score(y[val], np.exp(logp[name]), multi_class="ovr"))
+        fused = np.exp(logp["tumour"] + logp["tme"])
+        aucs["fused"].append(roc_auc_score(y[val], fused / fused.sum(1, keepdims=True),
+                                           multi_class="ovr"))
+    auc = {k: float(np.mean(v)) for k, v in aucs.items()}
+    assert auc["tumour"] > auc["tme"] + 0.05 and auc["tme"] > 0.75, auc
+    assert auc["fused"] > auc["tumour"] + 0.01, auc
+
+
+def test_cli_scenario(tmp_path: Path) -> None:
+    assert main(["--out", str(tmp_path / "c"), "--scenario", "null", "--patients", "12",
+                 "--patches", "4", "--dim", "4"]) == 0
+    assert json.loads((tmp_path / "c" / "cohort.json").read_text())["scenario"] == "null"
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "d"), "--scenario", "nul"])

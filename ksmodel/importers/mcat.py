@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from ksmodel.cohort import clean_ids
-from ksmodel.errors import CohortError, data_rows
+from ksmodel.errors import CohortError, data_rows, shown
 from ksmodel.errors import few as _few
 
 DAYS_PER_MONTH = 30.44
@@ -305,7 +305,7 @@ def _mutated(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     if bad.any():
         first = int(np.flatnonzero(bad.to_numpy())[0])
         raise CohortError(f"{path}: column {column} must be numeric mutation calls (0/1); "
-                          f"{data_rows(bad.to_numpy())}, e.g. {df[column].iloc[first]!r}")
+                          f"{data_rows(bad.to_numpy())}, e.g. {shown(df[column].iloc[first])}")
     return values.fillna(0) > 0
 
 
