@@ -368,7 +368,7 @@ def _refits(cfg: StudyConfig, ctx: Any, client: Any, choices: dict[int, Choice],
     tasks with a trial's resources; outer folds already refit (resume) are read back."""
     import ray
 
-    from study.progress import WIDTH
+    from study.quiet import WIDTH
 
     remote = ray.remote(refit_outer).options(
         num_cpus=cfg.resources["cpu"], num_gpus=cfg.resources["gpu"],
@@ -455,7 +455,7 @@ def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[i
             seconds: float) -> int:
     from study.baseline_runs import baseline_values
     from study.finish import next_steps
-    from study.progress import WIDTH
+    from study.quiet import WIDTH
     from study.tracking import log_frame, retry
 
     m = cfg.metric

@@ -24,14 +24,13 @@ from typing import Any, TextIO
 
 from ray import tune
 
+from study.quiet import WIDTH
 from study.reconcile import REPLAYED
 from study.record import TRAIN_LOSS, parse_fold_metric, val_metric
 
 COMPLETED = "completed"
 """Result key a trial sets on its last epoch (study/trial.py reports it)."""
 
-WIDTH = 119
-"""Longest line printed (terminals are 120 columns or wider; nothing wraps)."""
 LEVELS = ("quiet", "normal", "verbose")
 STOPPERS = {"asha": "ASHA", "pbt": "PBT"}
 """How the terminal names the scheduler that ends trials early."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from study.quiet import say
 from study.record import Tags, val_metric
 from study.space import ParamSpec, StudyConfig
 from study.variants import VARIANT_KEY
@@ -42,7 +43,7 @@ def announce_search(client: Any, parent: str, cfg: StudyConfig) -> str | None:
 
     note = search_note(cfg)
     if note is not None:
-        print(f"note: {note}", flush=True)
+        say(f"note: {note}")
         retry(lambda: client.set_tag(parent, Tags.SEARCH_NOTE, note))
     return note
 
