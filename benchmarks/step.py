@@ -335,6 +335,13 @@ def print_table(results: list[dict], peak_gflops: float) -> None:
               f"(> threads means other processes competed for the cores)")
 
 
+def _write_json(path: Path, peak: float, trees: list[Path], results: list[dict]) -> None:
+    threads = results[0]["threads"] if results else None
+    path.write_text(json.dumps({"matmul_gflops": peak, "threads": threads,
+                                "trees": [str(t) for t in trees], "reference": REFERENCE,
+                                "results": results}, indent=2))
+
+
 def _kind(r: dict) -> str:
     return "oracle" if r["oracle"] else "compiled" if r.get("compile") else "eager"
 
@@ -486,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({**run_worker({**spec, "flops": spec["flops"] and first,
                                               "profile": spec["profile"] if first else 0},
                                              tree), "round": rnd})
+                if args.json:  # partial results survive an interrupted run
+                    _write_json(args.json, peak, trees, results)
     if len(trees) == 1 and args.rounds == 1:
         print_table(results, peak)
     else:
@@ -493,9 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         print_profiles(results, trees)
     if args.json:
-        args.json.write_text(json.dumps({"matmul_gflops": peak, "threads": args.threads,
-                                         "trees": [str(t) for t in trees],
-                                         "reference": REFERENCE, "results": results}, indent=2))
+        _write_json(args.json, peak, trees, results)
     return 0 if all("error" not in r for r in results) else 1
 
 if __name__ == "__main__":

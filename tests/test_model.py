@@ -17,6 +17,7 @@ from ksmodel.model import (
     SubspaceStream,
     Teacher,
     rpb_bias,
+    side_by_side,
 )
 from ksmodel.model import _rpb_kernel as kernel
 from ksmodel.model._biased_attention import biased_attention, fused_attention_applies
@@ -212,6 +213,41 @@ def test_fused_attention_gradcheck_float64(heads):
 
     assert torch.autograd.gradcheck(attn, (q, k, v, *k_leaves), fast_mode=True, rtol=1e-5,
                                     atol=1e-7)
+
+
+def test_streams_side_by_side_match_one_after_the_other(monkeypatch):
+    """The two histology streams on their own threads (forward and backward) give what the
+    sequential forward gives: the same dropout draws (gene encoders stay on the calling thread,
+    in stream order) and the same values and gradients up to rounding."""
+    cfg = small_cfg(dropout=0.3)
+    bags, gt, gm = inputs(cfg, 3)
+    torch.manual_seed(0)
+    model = KSFusion(cfg).train()
+
+    def run(parallel: bool):
+        monkeypatch.setattr(side_by_side, "PARALLEL_STREAMS", parallel)
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        out = model(bags, gt, gm)
+        (out.logits.square().sum() + consistency_total(out, 0.5)).backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        side_by_side._POOLS.clear()
+        par, par_grads = run(True)
+        assert side_by_side._POOLS  # the streams really ran on the worker threads
+        seq, seq_grads = run(False)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(par.gene_emb, seq.gene_emb, strict=True):
+        assert torch.equal(a, b)  # same dropout masks
+    torch.testing.assert_close(par.logits, seq.logits)
+    for a, b in zip(par.vgrids, seq.vgrids, strict=True):
+        torch.testing.assert_close(a, b)
+    for name, grad in par_grads.items():
+        torch.testing.assert_close(grad, seq_grads[name], msg=lambda m, n=name: f"{n}: {m}")
 
 
 # --- encoders --------------------------------------------------------------------------------
