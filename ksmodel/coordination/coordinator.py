@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ksmodel.coordination.registry import Rule, effective_params, get_rule
+from ksmodel.coordination.registry import CLASSIFIER_ROWS, Rule, effective_params, get_rule
 from ksmodel.coordination.rules import EPS, Blocks, RuleResult
 from ksmodel.coordination.targets import STREAMS, get_target
 
@@ -42,7 +42,7 @@ class Coordinator:
     blocks; ``coord.step(model, out, targets, task)`` on a model after backward."""
 
     def __init__(self, rule: str | Rule, params: Mapping[str, Any] | None = None,
-                 target: str = "classifier_rows") -> None:
+                 target: str = CLASSIFIER_ROWS) -> None:
         self.rule = rule if isinstance(rule, Rule) else get_rule(rule)
         self.params = effective_params(self.rule.name, dict(params or {}))
         self.target = get_target(target)
@@ -153,7 +153,7 @@ def _telemetry(b: Blocks, res: RuleResult, skipped: bool, summed: bool) -> dict[
     return {k: telemetry[k] for k in TELEMETRY_KEYS}
 
 
-def make_coordinator(name: str, target: str = "classifier_rows", **params: Any) -> Coordinator:
+def make_coordinator(name: str, target: str = CLASSIFIER_ROWS, **params: Any) -> Coordinator:
     """A coordinator for rule ``name`` on ``target`` with its hyper-parameters (defaults from
     the registry)."""
     return Coordinator(name, params, target)
