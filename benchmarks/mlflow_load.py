@@ -48,7 +48,8 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one l
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from study import record  # noqa: E402
-from study.tracking import TrialLogger, ensure_experiment, start_parent_run  # noqa: E402
+from study.store import ensure_experiment  # noqa: E402
+from study.tracking import TrialLogger, start_parent_run  # noqa: E402
 
 # the coordinator's telemetry keys (ksmodel.coordination.coordinator.TELEMETRY_KEYS; not imported
 # here because that pulls torch into each of the 32 trial processes)

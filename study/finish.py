@@ -22,6 +22,7 @@ from analysis.answer import terminal_lines  # standard library only at import
 from study.folder import write_state
 from study.progress import WIDTH, can_stop, short, stopper
 from study.record import Artifacts, Status, Tags, best_metric, val_metric
+from study.results import COMPLETED, ITERATION, NODE, RUN_ID, TRIAL_ID
 from study.space import StudyConfig
 from study.variants import expand as expand_variant
 
@@ -32,20 +33,19 @@ NOT_RUN = "NOT_RUN"
 def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
     """One row per trial: id, status, searched params, final metric."""
     from study.faults import error_text
-    from study.trial import COMPLETED, NODE, RUN_ID
 
     key = val_metric(cfg.metric)
     rows = []
     for result in grid:
         metrics = result.metrics or {}
-        iters = metrics.get("training_iteration", 0) or 0
+        iters = metrics.get(ITERATION, 0) or 0
         if result.error is not None:
             status = Status.FAILED
         elif metrics.get(COMPLETED):
             status = Status.COMPLETED
         else:
             status = Status.STOPPED_EARLY if iters else NOT_RUN
-        trial_id = metrics.get("trial_id") or Path(result.path).name.split("_")[2]
+        trial_id = metrics.get(TRIAL_ID) or Path(result.path).name.split("_")[2]
         rows.append({"trial_id": trial_id, "status": status,
                      **{f"param.{k}": v for k, v in (result.config or {}).items()},
                      key: metrics.get(key), "epochs": iters,

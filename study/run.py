@@ -380,16 +380,13 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     from study.progress import StudyProgress
     from study.quiet import ray_init_kwargs
     from study.ray_state import StateBackup, restored_trials
+    from study.results import COMPLETED
     from study.search import announce_search, make_search, make_tuner
-    from study.store import ensure_store
-    from study.tracking import (
-        TrialStatusCallback,
-        default_tracking_uri,
-        ensure_experiment,
-        mlflow_client,
-        start_parent_run,
-    )
-    from study.trial import COMPLETED, TrialContext, run_trial
+    from study.spec import TrialContext
+    from study.store import default_tracking_uri, ensure_experiment, ensure_store
+    from study.tracking import mlflow_client, start_parent_run
+    from study.trial import run_trial
+    from study.trial_callback import TrialStatusCallback
     from study.variants import VARIANT_KEY
 
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
@@ -422,7 +419,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     start_ray(args.address, args.num_cpus, _stop_like_ctrl_c,
               **ray_init_kwargs(args.progress))  # Ray's chatter off (study/quiet.py)
     bags = data.bags.numpy() if data.bags is not None else None
-    ctx = TrialContext(task=cfg.task, metric=cfg.metric, epochs=cfg.epochs, folds=data.folds,
+    ctx = TrialContext(task=cfg.task, epochs=cfg.epochs, folds=data.folds,
                        seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
                        splits=data.splits, bags=bags, tracking_uri=tracking_uri,
                        experiment_id=experiment_id, parent_run_id=parent,

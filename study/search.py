@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from study.record import Tags, val_metric
+from study.results import ITERATION
 from study.space import ParamSpec, StudyConfig
 from study.variants import VARIANT_KEY
 
@@ -116,14 +117,14 @@ def make_scheduler(cfg: StudyConfig) -> Any:
         mutations = {p.name: list(p.values) if p.type == "categorical" else _ray_domain(p)
                      for p in cfg.search}
         return PopulationBasedTraining(
-            time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
+            time_attr=ITERATION, perturbation_interval=s.perturbation_interval,
             hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
             resample_probability=s.resample_probability,
             custom_explore_fn=ClipToSearch({p.name: (p.low, p.high) for p in cfg.search
                                             if p.type != "categorical"}))
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
+    return ASHAScheduler(time_attr=ITERATION, max_t=cfg.epochs,
                          grace_period=min(cfg.scheduler.grace_period, cfg.epochs),
                          reduction_factor=cfg.scheduler.reduction_factor)
 
