@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ksmodel.coordination.coordinator import TELEMETRY_KEYS
+from ksmodel.telemetry import TELEMETRY_KEYS
 from study.fanout import FoldFinal, FoldStep
 from study.record import (
     EPOCHS_RUN,

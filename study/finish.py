@@ -21,7 +21,15 @@ import yaml
 from analysis.answer import terminal_lines  # standard library only at import
 from study.folder import write_state
 from study.progress import WIDTH, can_stop, short, stopper
-from study.record import Artifacts, Status, Tags, best_metric, val_metric
+from study.record import (
+    SUMMARY_PARAM,
+    Artifacts,
+    Status,
+    Tags,
+    best_metric,
+    summary_param,
+    val_metric,
+)
 from study.results import COMPLETED, ITERATION, NODE, RUN_ID, TRIAL_ID
 from study.space import StudyConfig
 from study.variants import expand as expand_variant
@@ -47,7 +55,7 @@ def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
             status = Status.STOPPED_EARLY if iters else NOT_RUN
         trial_id = metrics.get(TRIAL_ID) or Path(result.path).name.split("_")[2]
         rows.append({"trial_id": trial_id, "status": status,
-                     **{f"param.{k}": v for k, v in (result.config or {}).items()},
+                     **{summary_param(k): v for k, v in (result.config or {}).items()},
                      key: metrics.get(key), "epochs": iters,
                      "mlflow_run_id": metrics.get(RUN_ID),
                      "node_id": metrics.get(NODE),
@@ -133,8 +141,8 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
         print(next_steps(client.tracking_uri, experiment_id, cfg.name))
         return 1
     best = done.loc[done[key].idxmax()]
-    best_params = {k.removeprefix("param."): _plain(v) for k, v in best.items()
-                   if k.startswith("param.") and pd.notna(v)}
+    best_params = {k.removeprefix(SUMMARY_PARAM): _plain(v) for k, v in best.items()
+                   if k.startswith(SUMMARY_PARAM) and pd.notna(v)}
     params, variant = expand_variant(best_params, cfg.variants)  # a variant's own overrides
     best_cfg = {"study": cfg.name, "trial_id": best["trial_id"], cfg.metric: float(best[key]),
                 **({"variant": variant} if variant else {}), "params": {**cfg.fixed, **params}}
@@ -187,7 +195,7 @@ def trial_table(summary: pd.DataFrame, key: str, rows: int = TABLE_ROWS) -> str:
     else:
         shown["error"] = shown["error"].astype(str).map(
             lambda e: e if len(e) <= 40 else e[:39] + "…")
-    shown = shown.rename(columns=lambda c: c.removeprefix("param."))
+    shown = shown.rename(columns=lambda c: c.removeprefix(SUMMARY_PARAM))
     with pd.option_context("display.width", WIDTH, "display.max_columns", 20,
                            "display.max_colwidth", 40):
         text = shown.head(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}")

@@ -68,6 +68,7 @@ from study.folder import StudyError
 from study.progress import WIDTH, StudyProgress, fit
 from study.record import (
     EPOCHS_RUN,
+    SUMMARY_PARAM,
     TRAIN_LOSS,
     Artifacts,
     Params,
@@ -79,6 +80,7 @@ from study.record import (
     nested_metric,
     outer_trial_id,
     run_name,
+    summary_param,
     val_metric,
 )
 from study.results import COMPLETED, RUN_ID, TRIAL_ID
@@ -432,7 +434,7 @@ def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[i
                                "refit_epochs": r.get(EPOCHS_RUN, np.nan),
                                "run_id": r.get("run_id")}
         if c:
-            row.update({f"param.{p}": _plain(c.config[p]) for p in cfg.searched
+            row.update({summary_param(p): _plain(c.config[p]) for p in cfg.searched
                         if p in c.config})
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -441,7 +443,7 @@ def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[i
     estimated = table[table[m].notna()]
     print(f"\n{cfg.name}: nested evaluation over {len(folds)} outer folds in {seconds:.0f} s")
     with pd.option_context("display.width", WIDTH, "display.max_columns", 20):
-        print(table.drop(columns=["run_id"]).rename(columns=lambda c: c.removeprefix("param."))
+        print(table.drop(columns=["run_id"]).rename(columns=lambda c: c.removeprefix(SUMMARY_PARAM))
               .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if estimated.empty:
         print("no outer fold has an estimate; see the errors above and in MLflow",

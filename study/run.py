@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from study.folder import StudyError, prepare_folder, read_state, write_state
 from study.lock import StudyLock, stale_note
 from study.record import Artifacts, Tags
+from study.store import ARTIFACT_DIR, DB_NAME, sqlite_path
 
 if TYPE_CHECKING:  # the training stack is imported once the command needs it, so that
     # `--help` and a `--resume` of a finished study answer at once (study/resume.py)
@@ -105,7 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                "by side (status,\nmetric, searched parameters; README, 'What you see in "
                "MLflow') and the report command:\n"
                "  python -m analysis.compare --experiment <name> --tracking-uri "
-               "sqlite:///studies/<name>/mlflow.db",
+               f"sqlite:///studies/<name>/{DB_NAME}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-h", "--help", action=_HelpWithKeys,
                    help="show this help, with every key --set accepts, and exit")
@@ -118,7 +119,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--storage", help="shared path or URI for Ray results (default <out>/ray; "
                                      "required to be shared storage on a multi-node cluster)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                                          "else sqlite:///<out>/mlflow.db)")
+                                          f"else sqlite:///<out>/{DB_NAME})")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted study in --out without redoing finished trials")
     p.add_argument("--retry-failed", action="store_true",
@@ -301,10 +302,10 @@ def _locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace) -> int:
         prepare_folder(out, args.resume, args.overwrite)
         if args.resume:
             saved = read_state(out)
-            cfg = load_study(out / "config.yaml") if (out / "config.yaml").is_file() else cfg
+            cfg = load_study(out / Artifacts.CONFIG) if (out / Artifacts.CONFIG).is_file() else cfg
             if _overrides(args):
-                print(f"--resume continues with the saved {out / 'config.yaml'}; the command-line "
-                      "overrides are not applied", file=sys.stderr)
+                print(f"--resume continues with the saved {out / Artifacts.CONFIG}; the "
+                      "command-line overrides are not applied", file=sys.stderr)
             note = _check_ray_state(cfg, out, saved)  # a torn state: put back, or refused
             if note:
                 print(note, flush=True)
@@ -312,7 +313,7 @@ def _locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace) -> int:
                 return _finish_only(cfg, out, saved)
         else:
             saved = {}
-            dump_study(cfg, out / "config.yaml")
+            dump_study(cfg, out / Artifacts.CONFIG)
         data = load_data(cfg, out, args.resume)
         from study.baseline_runs import check_covariates  # lifelines: not for --help
         from study.nested import prepare_inner_splits
@@ -374,7 +375,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     from ray import tune
 
     from study.baseline_runs import run_baselines
-    from study.faults import FaultWatch
+    from study.fault_watch import FaultWatch
     from study.finish import finish_guarded, mlflow_hint
     from study.parent import record_study
     from study.progress import StudyProgress
@@ -391,7 +392,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
 
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         saved.get("tracking_uri") or default_tracking_uri(out)
-    artifact_root = out / "mlartifacts" if tracking_uri.startswith("sqlite") else None
+    artifact_root = out / ARTIFACT_DIR if sqlite_path(tracking_uri) is not None else None
     storage = args.storage or saved.get("storage") or str(out / "ray")
     faults = FaultWatch(out, storage, tracking_uri, artifact_root)
     refused = faults.reserve()  # room to close the study's records if the disk fills
@@ -485,7 +486,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
         return _interrupted(client, experiment_id, parent, status.unfinished)
     if len(grid) < expected:  # never a smaller study than config.yaml asks for
         return faults.stop(StudyError(
-            f"{out / 'config.yaml'}: the study asks for {expected} trials but Ray "
+            f"{out / Artifacts.CONFIG}: the study asks for {expected} trials but Ray "
             f"{'restored and ' if args.resume else ''}ran {len(grid)}"), client, experiment_id,
             parent, expected - len(grid))
     write_state(out, trials_done=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 DB_NAME = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"  # the embedded store's artifacts, beside it in the study folder
 SQLITE = "sqlite:///"
 
 
@@ -78,4 +79,5 @@ def ensure_store(tracking_uri: str, experiment: str, artifact_root: Path | None)
     os.replace(tmp, db)
 
 
-__all__ = ["DB_NAME", "default_tracking_uri", "ensure_experiment", "ensure_store", "sqlite_path"]
+__all__ = ["ARTIFACT_DIR", "DB_NAME", "default_tracking_uri", "ensure_experiment", "ensure_store",
+           "sqlite_path"]

@@ -7,7 +7,7 @@ rule maps the blocks of all rows at once and the target writes the result back. 
 on the streams' own encoders as well (OGM-GE) return factors the coordinator applies to each
 stream's weight tensors.
 
-Telemetry per step (floats, names in ``TELEMETRY_KEYS``):
+Telemetry per step (floats, names in ``ksmodel.telemetry``):
 
 * per row: ``cos_mean`` (mean cosine of the two blocks), ``cos_p01`` / ``cos_p99`` (its 1st and
   99th percentile over rows), ``conflict_rate`` (rows with cos < 0, one criterion for every rule
@@ -31,10 +31,7 @@ from torch import Tensor, nn
 from ksmodel.coordination.registry import CLASSIFIER_ROWS, Rule, effective_params, get_rule
 from ksmodel.coordination.rules import EPS, Blocks, RuleResult
 from ksmodel.coordination.targets import STREAMS, get_target
-
-TELEMETRY_KEYS = ("cos_mean", "conflict_rate", "projected_tumour", "projected_tme", "proj_norm",
-                  "skipped", "layer_cos", "rel_change", "cos_p01", "cos_p99", "scale_tumour",
-                  "scale_tme")
+from ksmodel.telemetry import SKIPPED, TELEMETRY_KEYS
 
 
 class Coordinator:
@@ -147,7 +144,7 @@ def _telemetry(b: Blocks, res: RuleResult, skipped: bool, summed: bool) -> dict[
         quantiles[1], (new_tt / tt.clamp_min(EPS)).sqrt(), (new_mm / mm.clamp_min(EPS)).sqrt(),
     ]).float()
     values = stats.tolist()  # one device sync
-    keys = [k for k in TELEMETRY_KEYS if k != "skipped"]
+    keys = [k for k in TELEMETRY_KEYS if k != SKIPPED]
     telemetry = dict(zip(keys, values, strict=True))
     telemetry["skipped"] = float(skipped)
     return {k: telemetry[k] for k in TELEMETRY_KEYS}
