@@ -48,6 +48,7 @@ from ksmodel.config import TrainConfig
 from ksmodel.data import RunData
 from ksmodel.errors import ConfigError
 from ksmodel.tasks import get_task
+from study.quiet import say
 from study.record import (
     FIT_SECONDS,
     SEEDLESS,
@@ -197,9 +198,10 @@ def run_baselines(client: MlflowClient, experiment_id: str, parent: str, cfg: St
     left_out = [b for b in baselines_for(kind) if b not in cfg.baselines
                 and BASELINES[b].needs_covariates and not cfg.covariates]
     if cfg.baselines:
-        print(f"baselines on the study's folds: {', '.join(cfg.baselines)}"
-              + (f" ({', '.join(left_out)} needs `covariates:` in the study file)"
-                 if left_out else ""), flush=True)
+        need = "needs" if len(left_out) == 1 else "need"
+        say(f"baselines on the study's folds: {', '.join(cfg.baselines)}"
+            + (f" ({', '.join(left_out)} {need} `covariates:` in the study file)"
+               if left_out else ""))
     table: pd.DataFrame | None = None
     for name in cfg.baselines:
         if completed_run(client, experiment_id, baseline_trial_id(name)) is not None:

@@ -20,7 +20,8 @@ import yaml
 
 from analysis.answer import terminal_lines  # standard library only at import
 from study.folder import write_state
-from study.progress import WIDTH, can_stop, short, stopper
+from study.progress import can_stop, short, stopper
+from study.quiet import WIDTH
 from study.record import (
     SUMMARY_PARAM,
     Artifacts,

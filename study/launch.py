@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 from ray import tune
 
@@ -196,10 +197,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     # verbose=0; the old one is silent at verbose=0, and StudyProgress prints the progress
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if cfg.sampler != "grid" and args.progress != "verbose":
-        # its "A new study created in memory" line says nothing to a user; imported here only
-        # (about a second; a grid study never needs it)
-        import optuna
-
+        # its "A new study created in memory" line says nothing to a user
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     if cfg.evaluation == "nested":
         return run_nested(cfg, out, ctx, args, client, parent, storage)

@@ -65,7 +65,8 @@ from study.configuration_run import complete, open_run, run_params, run_tags
 from study.fanout import LocalFolds
 from study.finish import next_steps, summarise
 from study.folder import StudyError
-from study.progress import WIDTH, StudyProgress, fit
+from study.progress import StudyProgress, fit
+from study.quiet import WIDTH
 from study.record import (
     EPOCHS_RUN,
     SUMMARY_PARAM,

@@ -24,11 +24,10 @@ from typing import Any, TextIO
 
 from ray import tune
 
+from study.quiet import WIDTH
 from study.record import TRAIN_LOSS, parse_fold_metric, val_metric
 from study.results import COMPLETED, ITERATION, REPLAYED
 
-WIDTH = 119
-"""Longest line printed (terminals are 120 columns or wider; nothing wraps)."""
 LEVELS = ("quiet", "normal", "verbose")
 STOPPERS = {"asha": "ASHA", "pbt": "PBT"}
 """How the terminal names the scheduler that ends trials early."""

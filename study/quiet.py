@@ -33,7 +33,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import textwrap
 from typing import Any
+
+WIDTH = 119
+"""Longest line the study prints (terminals are 120 columns or wider; nothing wraps)."""
+
+
+def say(text: str, indent: str = "  ") -> None:
+    """Print ``text`` as lines of at most ``WIDTH`` columns, continuation lines indented."""
+    print(textwrap.fill(text, width=WIDTH, subsequent_indent=indent, break_long_words=False,
+                        break_on_hyphens=False), flush=True)
+
 
 QUIET_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "mlflow")
 """Loggers whose INFO lines say nothing about the study (WARNING and above still print)."""

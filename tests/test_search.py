@@ -105,11 +105,13 @@ def test_the_sampler_gets_the_start_up_trials_the_note_rests_on(tmp_path: Path) 
     assert search.searcher._sampler._n_startup_trials == STARTUP_TRIALS["tpe"]
 
 
-def test_announce_search_prints_one_line_and_tags_the_parent(tmp_path: Path, capsys) -> None:
+def test_announce_search_prints_the_note_and_tags_the_parent(tmp_path: Path, capsys) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.create_run(client.create_experiment("n")).info.run_id
     note = announce_search(client, parent, _cfg(tmp_path, num_samples=8))
-    assert capsys.readouterr().out == f"note: {note}\n"
+    printed = capsys.readouterr().out.splitlines()  # the note, wrapped at 119 columns
+    assert " ".join(line.strip() for line in printed) == f"note: {note}"
+    assert len(printed) > 1 and max(map(len, printed)) <= 119
     assert client.get_run(parent).data.tags[Tags.SEARCH_NOTE] == note
     other = client.create_run(client.get_experiment_by_name("n").experiment_id).info.run_id
     assert announce_search(client, other, _cfg(tmp_path, num_samples=12)) is None
