@@ -88,7 +88,7 @@ def main() -> int:
         "mean_overhead_share": table["overhead_share"].mean(),
         "max_overhead_share": table["overhead_share"].max(),
         "study_wall_seconds": study_wall,
-        "study_overhead_share": 1 - table["train_seconds"].sum() / concurrency / study_wall,
+        "study_overhead_share": 1 - table[TRAIN_SECONDS].sum() / concurrency / study_wall,
         "scheduling_and_startup_seconds": study_wall - ideal,
         "feature_files": files,
         "bag_reads_per_study": files, "bag_reads_per_trial": 0,

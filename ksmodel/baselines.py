@@ -181,7 +181,7 @@ class BaselineResult:
 
 
 def baselines_for(task_kind: str) -> list[str]:
-    """Names of the baselines that apply to a task kind ("classification" or "survival")."""
+    """Names of the baselines that apply to a task kind (one of ksmodel.tasks.KINDS)."""
     if task_kind not in KINDS:
         raise ConfigError(f"task kind must be one of {', '.join(KINDS)}, got {task_kind!r}")
     return [name for name, b in BASELINES.items() if b.kind == task_kind]

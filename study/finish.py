@@ -58,8 +58,8 @@ def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
         rows.append({"trial_id": trial_id, "status": status,
                      **{summary_param(k): v for k, v in (result.config or {}).items()},
                      key: metrics.get(key), "epochs": iters,
-                     "mlflow_run_id": metrics.get(RUN_ID),
-                     "node_id": metrics.get(NODE),
+                     RUN_ID: metrics.get(RUN_ID),
+                     NODE: metrics.get(NODE),
                      "error": error_text(result.error, 200)})
     return pd.DataFrame(rows)
 
@@ -164,7 +164,7 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
     for line in terminal_lines(client.tracking_uri, cfg.name, parent):  # vs each baseline
         print(line)
     print(next_steps(client.tracking_uri, experiment_id, cfg.name,
-                     _plain(best.get("mlflow_run_id"))))
+                     _plain(best.get(RUN_ID))))
     return 0
 
 
@@ -189,7 +189,7 @@ TABLE_ROWS = 20
 def trial_table(summary: pd.DataFrame, key: str, rows: int = TABLE_ROWS) -> str:
     """The terminal's table of the trials, best first, at most ``rows`` and 119 columns; the
     error column only when a trial failed (its start; all of it in summary.csv and MLflow)."""
-    cols = [c for c in summary.columns if c not in ("mlflow_run_id", "node_id")]
+    cols = [c for c in summary.columns if c not in (RUN_ID, NODE)]
     shown = summary[cols].sort_values(key, ascending=False, na_position="last")
     if not shown["error"].astype(str).str.len().any():
         shown = shown.drop(columns="error")

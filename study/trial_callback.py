@@ -22,7 +22,7 @@ from study.curves import curves_png
 from study.faults import Fault, StudyFault, error_text, find_fault, text_fault
 from study.reconcile import epoch_metric_names, reconcile_reported
 from study.record import Artifacts, Status, Tags, parse_fold_metric
-from study.results import RUN_ID
+from study.results import EPOCH, ITERATION, LOGGED_AT, REPLAYED, RUN_ID
 from study.tracking import as_tags, log_batched, mlflow_client, retry, trial_runs
 
 
@@ -120,8 +120,6 @@ class TrialStatusCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        from study.reconcile import EPOCH, LOGGED_AT, REPLAYED
-
         keep = {RUN_ID, EPOCH, LOGGED_AT, REPLAYED, *epoch_metric_names(result, self.metric)}
         self.reported.setdefault(trial.trial_id, []).append(
             {k: v for k, v in result.items() if k in keep})
@@ -155,7 +153,7 @@ class TrialStatusCallback(tune.Callback):
                           lambda: self._open_run(trial, by_result=True))
         if run is None:
             return
-        done = trial.last_result.get("training_iteration", 0)
+        done = trial.last_result.get(ITERATION, 0)
         self._log_curves(run.info.run_id, self.reported.get(trial.trial_id, []))
         self._write(f"run {run.info.run_id}'s status", lambda: (
             log_batched(self.client, run.info.run_id, tags=as_tags(
@@ -165,8 +163,6 @@ class TrialStatusCallback(tune.Callback):
     def _log_curves(self, run_id: str, rows: list[dict[str, Any]]) -> None:
         """A trial stopped by the scheduler gets its validation-curve PNG from here, from the
         epochs it reported to Ray: its own process may be ended before it can draw one."""
-        from study.reconcile import EPOCH
-
         curves: dict[str, dict[int, float]] = {}
         for row in rows:
             for name, value in row.items():
