@@ -50,7 +50,7 @@ def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str
 
 def _close_engine(uri: str) -> None:
     """Close MLflow's cached SQLAlchemy engine for ``uri`` (no connection outlives the build)."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # ~1 s; only here
 
     engine = SqlAlchemyStore._engine_map.pop(uri, None)
     if engine is not None:

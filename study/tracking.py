@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -306,8 +307,6 @@ def _study_roots(tracking_uri: str, artifact_uri: str | None) -> list[Path]:
 
 def _trial_dir_roots() -> list[Path]:
     """The study's Ray results folder, seen from inside a trial (none outside one)."""
-    import warnings
-
     from ray import tune  # only a trial's logger asks: the driver's MLflow I/O needs no Ray
 
     try:
