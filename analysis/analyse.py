@@ -130,8 +130,9 @@ def nested_estimate(study: Study, task: str, metric: str) -> pd.DataFrame | None
 
 
 def best_configuration(study: Study, task: str, metric: str) -> Best | None:
-    """Search: the completed trial with the highest final metric. Grid: the method with the
-    highest mean over its completed (seed, fold) values. Per-fold values of every metric."""
+    """Search: the completed trial with the best final metric (in the study's direction). Grid:
+    the method with the best mean over its completed (seed, fold) values. Per-fold values of
+    every metric."""
     f = study.folds[study.folds["task"] == task]
     mcols = [c for c in stats.metric_columns(f) if f[c].notna().any()]
     if is_search(study, task):
@@ -149,7 +150,7 @@ def best_configuration(study: Study, task: str, metric: str) -> Best | None:
     if good.empty:
         return None
     means = good.groupby("arm")[metric].mean()
-    arm = str(means.idxmax())
+    arm = str(stats.best_label(means, study.mode))
     rows = good[good["arm"] == arm]
     t = stats.full_budget(study.trials, task)
     t = t[t["arm"] == arm]
@@ -158,7 +159,7 @@ def best_configuration(study: Study, task: str, metric: str) -> Best | None:
         params = {k: v for k, v in recorded.trial_params(study, t.iloc[0],
                                                          exclude=NOT_HYPERPARAMS).items()
                   if t[param_column(k)].nunique(dropna=True) <= 1}
-    return Best(task, metric, "method", arm, float(means.max()),
+    return Best(task, metric, "method", arm, float(means[arm]),
                 rows[["seed", "fold", *mcols]].sort_values(["seed", "fold"]).reset_index(
                     drop=True), params, [], list(t["run_id"]))
 

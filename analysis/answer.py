@@ -80,13 +80,15 @@ def comparison_line(row: Any, *, markdown: bool = True) -> str:
 
 
 def best_baseline(comparison: pd.DataFrame, task: str, metric: str,
-                  baselines: set[str]) -> Any | None:
-    """The comparison row of the baseline with the highest mean on the paired keys."""
+                  baselines: set[str], mode: str = "max") -> Any | None:
+    """The comparison row of the baseline with the best mean on the paired keys (in the
+    study's direction ``mode``)."""
     c = comparison[(comparison["task"] == task) & (comparison["metric"] == metric)
                    & comparison["baseline"].isin(baselines) & (comparison["n_pairs"] > 0)]
     if c.empty:
         return None
-    return c.loc[c["mean_baseline"].astype(float).idxmax()]
+    means = c["mean_baseline"].astype(float)
+    return c.loc[means.idxmin() if mode == "min" else means.idxmax()]
 
 
 def estimate_line(task: str, metric: str, model: str, value: float, sd: float | None,
@@ -164,8 +166,7 @@ def study_lines(study: Study, *, rope: float | None = None, ev: Any = None, reco
         if comp.empty:
             continue
         label = ("nested estimate" if ev.is_nested(study) else
-                 f"best trial ({best})" if stats.duplicated_arms(
-                     study.folds[study.folds["role"] == Roles.TRIAL], metric) else best)
+                 f"best trial ({best})" if ev.searched_arms(study, task, metric) else best)
         n = int(comp["n_pairs"].max())
         lines.append(f"Verdict ({task}, {metric}; Bayesian correlated t-test on {n} paired "
                      f"folds, ROPE ±{design.rope:g}, P ≥ 0.95 to decide; P = better/equivalent/"
@@ -181,11 +182,12 @@ def study_lines(study: Study, *, rope: float | None = None, ev: Any = None, reco
 
 
 def _model_arm(study: Study, paired: pd.DataFrame, arms: list[str], metric: str) -> str:
-    """The model's arm with the highest mean on the paired rows (the best trial's arm)."""
+    """The model's arm with the best mean on the paired rows (the best trial's arm), in the
+    study's direction."""
     if len(arms) == 1:
         return arms[0]
-    rows = paired[paired["arm"].isin(arms)]
-    return str(rows.groupby("arm")[metric].mean().idxmax())
+    means = paired[paired["arm"].isin(arms)].groupby("arm")[metric].mean()
+    return str(means.idxmin() if study.mode == "min" else means.idxmax())
 
 
 __all__ = ["comparison_line", "estimate_line", "best_baseline", "terminal_lines", "study_lines",

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Study, param_column
-from analysis.stats import duplicated_arms, full_budget
+from analysis.stats import best_label, duplicated_arms, full_budget
 from study.record import Params, Roles, Status, Tags, inner_metric
 
 #: What stands for the model in the paired comparison, per case (text for the report).
@@ -62,6 +62,20 @@ def role_view(study: Study, roles: tuple[str, ...] = (Roles.TRIAL,)) -> Study:
     return dataclasses.replace(study, trials=t, folds=f)
 
 
+def searched_arms(study: Study, task: str, metric: str) -> list[str]:
+    """The model's arms whose trials come from a search: several usable runs per (seed, fold),
+    or - when the study says its sampler searched (tag ``ks.sampler`` not grid) - every arm,
+    even one whose other trials were stopped early (the one completed trial was still chosen
+    on these folds)."""
+    f = study.folds
+    trials = f[(f["task"] == task) & (f["role"] == Roles.TRIAL)]
+    dup = duplicated_arms(trials, metric)
+    sampler = study.parent_tags.get(Tags.SAMPLER, "").strip().lower()
+    if dup or sampler in ("", "grid"):
+        return dup
+    return sorted(trials["arm"].dropna().unique())
+
+
 def model_rows(study: Study, task: str, metric: str) -> tuple[pd.DataFrame, str]:
     """The (seed, fold) rows that stand for the model in paired comparisons, and what they are
     (see the module docstring)."""
@@ -73,7 +87,7 @@ def model_rows(study: Study, task: str, metric: str) -> tuple[pd.DataFrame, str]
             rows["arm"] = rows["method"] = "nested search"
         return rows, NESTED_ROWS
     trials = f[f["role"] == Roles.TRIAL]
-    searched = duplicated_arms(trials, metric)
+    searched = searched_arms(study, task, metric)
     if not searched:
         return trials, GRID_ROWS
     done = full_budget(study.trials[study.trials["role"] == Roles.TRIAL], task)
@@ -82,7 +96,7 @@ def model_rows(study: Study, task: str, metric: str) -> tuple[pd.DataFrame, str]
     for arm in searched:
         g = done[done["arm"] == arm]
         if len(g):
-            best.append(str(g.loc[g["final"].astype(float).idxmax(), "run_id"]))
+            best.append(str(g.loc[best_label(g["final"], study.mode), "run_id"]))
     per = " (per method)" if len(searched) > 1 else ""
     return pd.concat([keep, trials[trials["run_id"].isin(best)]]), SEARCH_ROWS.format(per=per)
 
@@ -152,4 +166,5 @@ def _outer_info(study: Study, run_id: str, metric: str) -> tuple[str, float]:
 
 
 __all__ = ["ensure_roles", "is_nested", "role_view", "model_rows", "comparison_folds",
-           "pick_candidate", "nested_table", "NESTED_ROWS", "SEARCH_ROWS", "GRID_ROWS"]
+           "pick_candidate", "nested_table", "searched_arms", "NESTED_ROWS", "SEARCH_ROWS",
+           "GRID_ROWS"]

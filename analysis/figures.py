@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from analysis.plotting import (  # noqa: F401 - the figures' shared names, reachable from here
     FigureResult,
     colours,
+    keep_in_range,
     legend_outside,
     legend_problems,
     new_figure,
@@ -92,11 +93,7 @@ def per_fold(folds: pd.DataFrame, metric: str, task: str, arms: list[str], path:
                              bars[0]))
     if len(wide.columns) > 1 and joins:
         handles.append(proxy(Line2D([], [], color="0.6", label="same (seed, fold)"), joins[0]))
-    values = wide.to_numpy(dtype=float)
-    if np.isfinite(values).any() and np.nanmin(values) >= 0 and np.nanmax(values) <= 1:
-        # a bounded metric (auc, accuracy, c-index): the axis stays within its range
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(max(lo, 0.0), min(hi, 1.0))
+    keep_in_range(ax, wide.to_numpy(dtype=float))  # auc, accuracy, c-index: within [0, 1]
     ax.set_xticks(x, list(wide.columns))
     ax.set_xlim(-0.6, len(wide.columns) - 0.4)
     ax.set_xlabel("method")
@@ -184,9 +181,10 @@ def _epoch_bands(hist: pd.DataFrame) -> pd.DataFrame:
 
 
 def epoch_curves(hist: pd.DataFrame, keys: list[tuple[str, str]], task: str, title: str,
-                 path: Path) -> FigureResult:
+                 path: Path, *, bounded: bool = False) -> FigureResult:
     """Mean over runs per method and epoch, with a ± 1 SD band for methods with at least 2 runs
     (and a legend entry for the band only when one is drawn); one panel per (key, label).
+    ``bounded``: the keys are task metrics, so each axis stays within [0, 1].
     Methods differ in colour, marker and line style and are offset by a few hundredths of an
     epoch, so identical curves stay visible."""
     bands = _epoch_bands(hist)
@@ -205,7 +203,8 @@ def epoch_curves(hist: pd.DataFrame, keys: list[tuple[str, str]], task: str, tit
             x = a["step"].to_numpy(dtype=float) + dx[arm]
             s = st[arm]
             line, = ax.plot(x, a["mean"], color=s.colour, marker=s.marker,
-                            linestyle=s.linestyle, ms=4, label=f"{arm} ({n_runs} runs)")
+                            linestyle=s.linestyle, ms=4,
+                            label=f"{arm} ({n_runs} run{'' if n_runs == 1 else 's'})")
             handles.setdefault(arm, line)
             if n_runs >= 2 and len(x) >= 2 and (a["sd"] > 0).any():
                 drawn.append(ax.fill_between(x, a["mean"] - a["sd"], a["mean"] + a["sd"],
@@ -216,6 +215,8 @@ def epoch_curves(hist: pd.DataFrame, keys: list[tuple[str, str]], task: str, tit
         ax.set_title(f"{task}: {label}" + (f"\n{title}" if len(keys) == 1 else ""),
                      fontsize=10)
         ax.grid(alpha=0.3)
+        if bounded:
+            keep_in_range(ax, hist.loc[hist["key"] == key, "value"].to_numpy(dtype=float))
     legend = list(handles.values())
     if drawn:
         legend.append(proxy(Patch(color="0.5", alpha=0.25, label="band: ± 1 SD over runs "

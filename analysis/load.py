@@ -132,6 +132,12 @@ class Study:
         return self.parent_tags.get(Tags.METRIC, "auc")
 
     @property
+    def mode(self) -> str:
+        """The study's metric direction (parent tag ``ks.mode``): ``max`` unless it says
+        ``min``; every 'best' of the analysis is chosen in this direction."""
+        return "min" if self.parent_tags.get(Tags.MODE, "").strip().lower() == "min" else "max"
+
+    @property
     def searched(self) -> list[str]:
         """Names of the searched params (parent tag ``ks.searched``), empty when unknown."""
         raw = self.parent_tags.get(Tags.SEARCHED, "")

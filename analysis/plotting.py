@@ -126,6 +126,22 @@ def legend_outside(fig: Figure, ax, title: str | None = None, handles=None) -> N
                    title_fontsize=8, alignment="left")
 
 
+UNIT = (0.0, 1.0)
+"""The range of every task metric (AUC, accuracy, balanced accuracy, F1, C-index)."""
+
+
+def keep_in_range(ax, values: np.ndarray, bounds: tuple[float, float] = UNIT) -> bool:
+    """A bounded metric's axis stays within its range: when every drawn value lies within
+    ``bounds``, the y limits (margins, bands) are cut to them. True when cut."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size or v.min() < bounds[0] or v.max() > bounds[1]:
+        return False
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(max(lo, bounds[0]), min(hi, bounds[1]))
+    return True
+
+
 def record_legend(fig: Figure, handles: list, labels: list[str]) -> None:
     """Remember each legend entry's handle (``legend_problems``)."""
     fig.ks_legend = [*getattr(fig, "ks_legend", []), *zip(labels, handles, strict=True)]
@@ -133,4 +149,4 @@ def record_legend(fig: Figure, handles: list, labels: list[str]) -> None:
 
 
 __all__ = ["FigureResult", "Style", "styles", "colours", "offsets", "proxy", "legend_problems",
-           "new_figure", "save", "legend_outside", "record_legend"]
+           "new_figure", "save", "legend_outside", "record_legend", "keep_in_range", "UNIT"]

@@ -113,7 +113,7 @@ def _estimate(r: Analysis, task: str) -> list[str]:
     metric = r.study.metric_for(task)
     base = set(r.baselines.loc[r.baselines["task"] == task, "baseline"]) \
         if not r.baselines.empty else set()
-    best = answer.best_baseline(r.comparison, task, metric, base) if base else None
+    best = answer.best_baseline(r.comparison, task, metric, base, r.study.mode) if base else None
     nested = r.nested.get(task)
     if nested is not None and len(nested):
         v = nested["value"].astype(float)

@@ -12,6 +12,8 @@ import pandas as pd
 from analysis import evaluation as ev
 from analysis import fmt, multi, recorded, stats  # noqa: F401
 from analysis.document import Doc
+from analysis.plotting import FigureResult
+from analysis.search_figures import MIN_FOLDS_BAND
 from analysis.task_figures import BASIS_DEPENDENT, BASIS_NOTE, TELEMETRY_PANELS
 
 if TYPE_CHECKING:
@@ -195,23 +197,35 @@ _SECTIONS = [
 ]
 
 
+def sensitivity_text(fig: FigureResult) -> str:
+    """What the sensitivity figure draws, with its own numbers (panels, folds, stopped)."""
+    panels = fig.stats.get("panels", [])
+    text = (f"One panel per searched parameter ({len(panels)}: {', '.join(panels)}), all on "
+            "the same metric axis. Dots: the final metric of each completed trial; line or "
+            "marker: the mean per bin (one bin per distinct value when there are at most 8, "
+            "else quantile bins; a categorical parameter: per value)")
+    n_folds = fig.stats.get("n_folds", 0)
+    if fig.stats.get("band"):
+        text += "; band: 95% percentile-bootstrap interval of the bin mean, resampling folds"
+    elif n_folds:
+        text += (f"; no band: a bootstrap over {n_folds} folds is little more than the folds "
+                 f"themselves (a band needs at least {MIN_FOLDS_BAND})")
+    else:
+        text += "; no band (no per-fold values)"
+    n_stop = fig.stats.get("n_stopped", 0)
+    if n_stop:
+        text += (f". Hollow: the {n_stop} trial(s) stopped early by the scheduler, at their "
+                 f"last value, not in the means (fewer epochs)")
+    return text + "."
+
+
 def figure_sections(doc: Doc, r: Analysis) -> None:
     for task in r.study.tasks:
         for suffix, title, text in _SECTIONS[:1]:
             _fig(doc, r, f"{task}{suffix}", f"{title} — {task}", text)
-        for key, fig in r.figures.items():
-            if key.startswith(f"{task}_sensitivity_"):
-                p = key[len(f"{task}_sensitivity_"):]
-                text = ("Final metric of each completed trial (filled) against the parameter, "
-                        "with the mean per bin (one bin per distinct value when there are at "
-                        "most 8, else quantile bins)")
-                text += ("; band: 95% percentile-bootstrap interval of the bin mean, resampling "
-                         "folds" if fig.stats.get("band") else "; no band (no per-fold values)")
-                n_stop = len(fig.stats.get("stopped", []))
-                if n_stop:
-                    text += (f". Hollow: {n_stop} trial(s) stopped early by the scheduler at "
-                             f"their last value, not in the binned mean (fewer epochs)")
-                _fig(doc, r, key, f"Sensitivity to {p} — {task}", text + ".")
+        fig = r.figures.get(f"{task}_sensitivity")
+        if fig is not None:
+            _fig(doc, r, f"{task}_sensitivity", f"Sensitivity — {task}", sensitivity_text(fig))
         for suffix, title, text in _SECTIONS[1:4]:
             _fig(doc, r, f"{task}{suffix}", f"{title} — {task}", text)
         for suffix, label in TELEMETRY_PANELS.items():

@@ -360,6 +360,12 @@ def failed_trials(trials: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={"superseded": "retried"}).reset_index(drop=True)
 
 
+def best_label(values: pd.Series, mode: str = "max") -> object:
+    """The index label of the best value in the study's direction (``mode``: max or min)."""
+    v = values.astype(float)
+    return v.idxmin() if mode == "min" else v.idxmax()
+
+
 def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high) t-interval of the mean; low/high NaN for fewer than
     ``MIN_PAIRS_INTERVAL`` values (an interval from 2 values spans most of the scale)."""

@@ -80,30 +80,60 @@ def task_figures(result: Analysis, task: str, fold_metric: str, candidate: str, 
     finished = stats.full_budget(t, task)
     stopped = stats.stopped_early(t, task)
     _per_fold(result, task, fold_metric, candidate, progress)
-    searched = [p for p in recorded.searched_params(result.study)
-                if p not in figs.NOT_HYPERPARAMS]  # a searched seed is not a hyper-parameter
-    params = figs.varying_numeric(pd.concat([finished, stopped]), tuple(searched))
-    for p in params:
-        progress(f"{task}: sensitivity to {p}")
-        result.figures[f"{task}_sensitivity_{p}"] = figs.sensitivity(
-            t, study.folds, metric, task, p, out / f"{task}_sensitivity_{p}.png", seed=seed)
-    if not params:
-        result.skipped.append(f"{task}: sensitivity curves skipped: no searched numeric "
-                              f"parameter ({', '.join(searched) or 'none recorded'}) took 3 or "
-                              f"more values")
+    _sensitivity(result, study, task, metric, pd.concat([finished, stopped]), seed, progress)
     if not is_search(study, task):
         result.skipped.append(f"{task}: optimisation history not drawn: a grid study (the order "
                               f"of its trials carries no information)")
     elif len(finished) + len(stopped) >= 2:
         progress(f"{task}: optimisation history")
         result.figures[f"{task}_history"] = figs.history(t, metric, task,
-                                                         out / f"{task}_history.png")
+                                                         out / f"{task}_history.png",
+                                                         mode=study.mode)
     else:
         result.skipped.append(f"{task}: optimisation history skipped: fewer than 2 finished "
                               f"trials")
     _importance(result, study, task, metric, len(finished), seed, progress)
     _km(result, task, progress)
     _curves(result, study, task, metric, progress)
+
+
+def _sensitivity(result: Analysis, study: Study, task: str, metric: str, drawn: pd.DataFrame,
+                 seed: int, progress: Callable[[str], None]) -> None:
+    """One figure, one panel per parameter the study searched (as it recorded them: the
+    parent's ``study.search.*`` params or tag ``ks.searched``), numeric or categorical, that
+    some completed or stopped trial carries. A parameter that is what the methods are (each
+    method one value of it, e.g. a grid over ``coordination``) is compared in the per-fold
+    figure and the paired table instead."""
+    searched = [p for p in recorded.searched_params(result.study)
+                if p not in figs.NOT_HYPERPARAMS]  # a searched seed is not a hyper-parameter
+    carried = [p for p in searched
+               if param_column(p) in drawn and drawn[param_column(p)].notna().any()]
+    arms = [p for p in carried if _names_the_arms(drawn, p)]
+    params = [p for p in carried if p not in arms]
+    absent = [p for p in searched if p not in carried]
+    if absent:
+        result.skipped.append(f"{task}: sensitivity: no finished trial carries the searched "
+                              f"parameter(s) {', '.join(absent)}")
+    if arms:
+        result.skipped.append(f"{task}: sensitivity: {', '.join(arms)} not drawn there: each "
+                              f"method ran with one value of it (it is what the methods are), "
+                              f"so the per-fold figure and the paired table compare it")
+    if not params:
+        result.skipped.append(f"{task}: sensitivity figure skipped: "
+                              + ("the study recorded no searched parameter" if not searched
+                                 else "no finished trial carries a searched parameter"))
+        return
+    progress(f"{task}: sensitivity to {', '.join(params)}")
+    result.figures[f"{task}_sensitivity"] = figs.sensitivity(
+        study.trials, study.folds, metric, task, params, result.out_dir /
+        f"{task}_sensitivity.png", seed=seed)
+
+
+def _names_the_arms(trials: pd.DataFrame, param: str) -> bool:
+    """Whether ``param`` is what tells the arms apart: one value per arm, several arms."""
+    values = trials[["arm", param_column(param)]].dropna()
+    per_arm = values.groupby("arm")[param_column(param)].nunique()
+    return len(per_arm) > 1 and bool((per_arm == 1).all())
 
 
 def _per_fold(result: Analysis, task: str, fold_metric: str, candidate: str,
@@ -190,7 +220,7 @@ def _curves(result: Analysis, study: Study, task: str, metric: str,
         result.figures[f"{task}_learning"] = figs.epoch_curves(
             curves, [(val_metric(metric), f"validation {metric} (mean over folds)")], task,
             "completed runs; each epoch: mean over folds",
-            result.out_dir / f"{task}_learning_curves.png")
+            result.out_dir / f"{task}_learning_curves.png", bounded=True)
 
 
 # --- Kaplan–Meier -----------------------------------------------------------------------------

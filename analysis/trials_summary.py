@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Study, param_name
-from analysis.stats import USABLE_STATUSES, full_budget
+from analysis.stats import USABLE_STATUSES, best_label, full_budget
 from study.record import Roles, Status
 
 
@@ -36,17 +36,18 @@ def summary_table(study: Study) -> pd.DataFrame:
                      "running": int((g["status"] == "RUNNING").sum()),
                      "mean": v.mean() if len(v) else np.nan,
                      "sd": v.std(ddof=1) if len(v) > 1 else np.nan,
-                     "best": v.max() if len(v) else np.nan})
+                     "best": v.loc[best_label(v, study.mode)] if len(v) else np.nan})
     return pd.DataFrame(rows)
 
 
 def best_trial(study: Study, task: str | None = None) -> pd.Series | None:
-    """The completed trial with the highest final metric (stopped-early trials never win)."""
+    """The completed trial with the best final metric in the study's direction (stopped-early
+    trials never win)."""
     t = study.trials
     if "role" in t:  # baselines and nested evaluation's outer runs are not the search's trials
         t = t[t["role"] == Roles.TRIAL]
     ok = full_budget(t, task)
-    return None if ok.empty else ok.loc[ok["final"].astype(float).idxmax()]
+    return None if ok.empty else ok.loc[best_label(ok["final"], study.mode)]
 
 
 def format_summary(study: Study) -> str:

@@ -18,7 +18,7 @@ Coverage: whether each replicate's 95% credible interval holds the true differen
 ``null``; for a planted effect the mean difference over all replicates (the effect this model
 and budget realise in the world; the world fixes its direction, not its size at a given model).
 
-What runs: the library trainer (``ksmodel.train.FoldTrainer``, the step every study trial runs)
+What runs: the library trainer (``ksmodel.trainer.FoldTrainer``, the step every study trial runs)
 on the folds a study would make (``ksmodel.splits.make_splits``, ``repeats`` included) and the
 platform's baselines (``ksmodel.baselines``), not ``python -m study.run``: a real study starts
 Ray and an MLflow store per replicate (tens of seconds each on a shared 2-core machine), more
@@ -65,7 +65,7 @@ class Arm:
     name: str
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
-    head: str = "logits"  # what the task loss reads (ksmodel.train.HEADS)
+    head: str = "logits"  # what the task loss reads (ksmodel.step.HEADS)
     probes: tuple[str, ...] = ()  # per-stream logits also scored on the validation part
 
 
@@ -104,7 +104,7 @@ def _train_arm(arm: Arm, data: Any, folds: list[int], epochs: int | None = None,
     """Per-fold validation AUC of the arm (and of its stream probes) at its last epoch. Its
     training seed is ``seed_base`` + the arm's own offset (``train["seed"]``, default 0)."""
     from ksmodel.config import TrainConfig
-    from ksmodel.train import FoldTrainer, build_model_config, prepare_fold
+    from ksmodel.trainer import FoldTrainer, build_model_config, prepare_fold
 
     model_cfg = build_model_config(data.cohort, "diagnosis", **{**SMALL_MODEL, **arm.model})
     bags = data.bags if model_cfg.modality != "genomics" else None

@@ -133,7 +133,7 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
     key = val_metric(cfg.metric)
     took = f" in {seconds:.0f} s" if seconds is not None else ""
     print(f"\n{cfg.name}: {len(summary)} trials{took}: {counts_text(summary, cfg)}")
-    print(trial_table(summary, key))
+    print(trial_table(summary, key, mode=cfg.mode))
     done = summary[summary["status"] == Status.COMPLETED]
     if done.empty:
         print("no trial completed; see the errors above and in MLflow", file=sys.stderr)
@@ -141,7 +141,7 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
         write_state(out, finished=True)
         print(next_steps(client.tracking_uri, experiment_id, cfg.name))
         return 1
-    best = done.loc[done[key].idxmax()]
+    best = best_row(done, key, cfg.mode)
     best_params = {k.removeprefix(SUMMARY_PARAM): _plain(v) for k, v in best.items()
                    if k.startswith(SUMMARY_PARAM) and pd.notna(v)}
     params, variant = expand_variant(best_params, cfg.variants)  # a variant's own overrides
@@ -168,6 +168,12 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
     return 0
 
 
+def best_row(trials: pd.DataFrame, key: str, mode: str) -> pd.Series:
+    """The trial with the best ``key`` in the study's direction (``mode`` max or min)."""
+    values = trials[key].astype(float)
+    return trials.loc[values.idxmin() if mode == "min" else values.idxmax()]
+
+
 def counts_text(summary: pd.DataFrame, cfg: StudyConfig) -> str:
     """``1 completed, 3 stopped early by ASHA, 0 failed``: stopped trials are counted only
     where the scheduler stops trials (or one was stopped), trials never run only if any."""
@@ -186,11 +192,13 @@ TABLE_ROWS = 20
 """Trials the terminal table shows (the best ones); summary.csv has them all."""
 
 
-def trial_table(summary: pd.DataFrame, key: str, rows: int = TABLE_ROWS) -> str:
-    """The terminal's table of the trials, best first, at most ``rows`` and 119 columns; the
-    error column only when a trial failed (its start; all of it in summary.csv and MLflow)."""
+def trial_table(summary: pd.DataFrame, key: str, rows: int = TABLE_ROWS, *,
+                mode: str = "max") -> str:
+    """The terminal's table of the trials, best first (in the study's direction ``mode``), at
+    most ``rows`` and 119 columns; the error column only when a trial failed (its start; all of
+    it in summary.csv and MLflow)."""
     cols = [c for c in summary.columns if c not in (RUN_ID, NODE)]
-    shown = summary[cols].sort_values(key, ascending=False, na_position="last")
+    shown = summary[cols].sort_values(key, ascending=mode == "min", na_position="last")
     if not shown["error"].astype(str).str.len().any():
         shown = shown.drop(columns="error")
     else:
@@ -267,4 +275,5 @@ def _plain(value: Any) -> Any:
 
 
 __all__ = ["summarise", "finish_study", "finish_guarded", "load_results", "reconcile_results",
-           "next_steps", "mlflow_hint", "counts_text", "trial_table", "shell_lines", "UI_PORT"]
+           "next_steps", "mlflow_hint", "counts_text", "trial_table", "shell_lines", "UI_PORT",
+           "best_row"]

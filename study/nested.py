@@ -266,7 +266,8 @@ def choose(grid: Any, cfg: StudyConfig, outer_fold: int) -> Choice | None:
             and r.metrics.get(key) is not None]
     if not done:
         return None
-    best = max(done, key=lambda r: float(r.metrics[key]))
+    pick = min if cfg.mode == "min" else max  # the study's direction
+    best = pick(done, key=lambda r: float(r.metrics[key]))
     trial_id = best.metrics.get(TRIAL_ID) or Path(best.path).name.split("_")[2]
     return Choice(outer_fold, str(trial_id), best.metrics.get(RUN_ID), dict(best.config or {}),
                   float(best.metrics[key]), len(done))

@@ -186,7 +186,9 @@ def best_metric(metric: str) -> str:
 
 def inner_metric(metric: str) -> str:
     """Outer run: the chosen configuration's inner cross-validation score, i.e. the best of the
-    search on that outer training part (optimistic). Parent run: its mean over outer folds."""
+    search on that outer training part, scored on the folds it was chosen on (optimistic only
+    where it is above ``nested_<metric>``; the study and report state the difference either
+    way). Parent run: its mean over outer folds."""
     return f"inner_{metric}"
 
 
@@ -252,8 +254,10 @@ EXPLAINED: dict[str, str] = {
                    "over folds; fold_<k>/fit_seconds per fold",
     "best_<m>": "parent run: final metric of the best completed trial",
     "inner_<m>": "nested evaluation, outer run: the chosen configuration's inner cross-validation "
-                 "score (best of the search on that outer training part; optimistic); parent "
-                 "run: its mean over outer folds",
+                 "score (best of the search on that outer training part, scored on the folds "
+                 "it was chosen on); parent run: its mean over outer folds. Above nested_<m>: "
+                 "best-of-search was optimistic by the difference; below it: no optimism "
+                 "showed (the study and the report state the difference)",
     "nested_<m>": "nested evaluation, parent run: mean over outer folds of the refit "
                   "configuration's score on its outer fold (the unbiased estimate)",
 }

@@ -22,7 +22,9 @@ study.record, as in the runner.
 
 from __future__ import annotations
 
+import atexit
 import math
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -50,6 +52,33 @@ DEFAULT_PARAMS = {"alpha": 0.5, "lam": 0.1, "tau_cos": 0.0, "tau_rho": 0.0, "lr"
                   "modality": "both", "epochs": 4}
 
 
+_TEMPLATE: list[Path] = []
+
+
+def fresh_store(tracking_uri: str) -> str:
+    """Give a new ``sqlite:///`` store its schema by copying a store migrated once per process
+    (MLflow's migrations cost 1-2 s per new file on an idle 2-core machine; a copy ~10 ms). The
+    copy is the real MLflow schema, opened by MLflow as any existing store. An existing file
+    and other URIs are left alone. Returns ``tracking_uri``."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return tracking_uri
+    db = Path(urlparse(tracking_uri).path)
+    if db.exists():
+        return tracking_uri
+    if not _TEMPLATE:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        root = Path(tempfile.mkdtemp(prefix="ks-template-store-"))
+        atexit.register(shutil.rmtree, root, True)
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        MlflowClient(uri).search_experiments()  # what a first open does: the migrations
+        SqlAlchemyStore._engine_map.pop(uri).dispose()  # no connection to the template stays
+        _TEMPLATE.append(root / "mlflow.db")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_TEMPLATE[0], db)
+    return tracking_uri
+
+
 def artifact_root_for(tracking_uri: str) -> str | None:
     """``<dir of mlflow.db>/mlartifacts`` for a sqlite URI (the study layout), else None."""
     if tracking_uri.startswith("sqlite:///"):
@@ -68,7 +97,7 @@ def log_study(tracking_uri: str, name: str, table: Iterable[Mapping] | pd.DataFr
     (e.g. ``study.epochs``, ``cohort.n_cases``) and tags (e.g. ``ks.sampler``) of the parent;
     a row's ``tags`` adds tags to its trial run (e.g. ``ks.variant``)."""
     rows = table.to_dict("records") if isinstance(table, pd.DataFrame) else list(table)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=fresh_store(tracking_uri))
     exp = client.get_experiment_by_name(name)
     exp_id = exp.experiment_id if exp else client.create_experiment(
         name, artifact_location=artifact_root_for(tracking_uri))

@@ -284,7 +284,8 @@ def test_report_lists_missing_and_failed_and_is_logged(store, ablation_report):
     assert "not logged" in un["reason"].item()
     assert len(miss) == 6  # nothing else is missing
     # parts that do not apply are skipped and said so
-    assert "sensitivity curves skipped" in report and "Kaplan–Meier skipped" in report
+    assert "sensitivity figure skipped" in report and "Kaplan–Meier skipped" in report
+    assert "coordination not drawn there: each method ran with one value of it" in report
     # seed / seeds vary but are not hyper-parameters: only 'coordination' is left for fANOVA
     assert "parameter importance skipped" in report
     # one figure per question: each telemetry key has its own
@@ -343,14 +344,19 @@ def test_search_study_sensitivity_history_importance(reports):
     r = reports["search"]
     assert r.comparison.empty
     assert any("only one method" in s for s in r.skipped)
-    # one figure per parameter; tau_* constant, lr not a sensitivity param
-    # one figure per searched parameter (ks.searched: alpha, lam, lr), lr included
-    assert {k for k in r.figures if "_sensitivity_" in k} == {
-        "grade_sensitivity_alpha", "grade_sensitivity_lam", "grade_sensitivity_lr"}
-    a = r.figures["grade_sensitivity_alpha"].data
+    # one figure, one panel per searched parameter (ks.searched: alpha, lam, lr)
+    assert [k for k in r.figures if "_sensitivity" in k] == ["grade_sensitivity"]
+    sens = r.figures["grade_sensitivity"]
+    assert sens.stats["panels"] == ["alpha", "lam", "lr"]
+    assert len([ax for ax in sens.figure.axes if ax.get_visible()]) == 3
+    a = sens.data[sens.data["param"] == "alpha"]
     assert a["n"].sum() == 15  # trial 5 was stopped early: drawn hollow, not binned
-    stopped = r.figures["grade_sensitivity_alpha"].stats["stopped"]
-    assert stopped["x"].tolist() == pytest.approx([SEARCH_ALPHA[5]])
+    stopped = sens.stats["stopped"]
+    assert stopped.loc[stopped["param"] == "alpha", "x"].tolist() == pytest.approx(
+        [SEARCH_ALPHA[5]])
+    # 5 folds: no bootstrap band anywhere, and the legend does not promise one
+    assert not sens.stats["band"] and sens.data["band_low"].isna().all()
+    assert "no band: 5 folds" in sens.stats["legend"][0]
     completed = np.arange(16) != 5
     first = a.sort_values("x_low").iloc[0]
     lo, hi = first["x_low"], first["x_high"]
@@ -447,7 +453,7 @@ def test_stopped_trials_never_mix_with_completed_ones(tmp_path):
     assert len(stopped) == 6 and (stopped["x"] == 0.6).all()
     legend = " ".join(fig.stats["legend"])
     assert "6 stopped early by ASHA after ≤ 2 epochs (last value; not in the mean)" in legend
-    assert "95% bootstrap interval of the bin mean (folds resampled, B=2000)" in legend
+    assert "bootstrap" not in legend and "no band: 5 folds" in legend  # 5 folds: no band
 
     table = summary.summary_table(study).iloc[0]
     completed = np.array([final[id(r)] for r in done])
@@ -470,18 +476,29 @@ def test_stopped_trials_never_mix_with_completed_ones(tmp_path):
 
 
 def test_sensitivity_band_is_the_documented_fold_bootstrap(tmp_path):
+    """A band from 6 folds is the documented fold bootstrap; from 5 folds none is drawn."""
     rows = _budget_rows()
-    study = make_study(rows)
+    rng = np.random.default_rng(8)
+    six = [{**r, "folds": {**r["folds"], 5: r["folds"][4] + 0.003 * rng.standard_normal()}}
+           if r.get("status") is None else r for r in rows]
+    study = make_study(six, n_folds=6)
     fig = figures.sensitivity(study.trials, study.folds, "auc", "grade", "alpha",
                               tmp_path / "s.png", n_boot=500, seed=3)
+    assert fig.stats["band"] and figures.legend_problems(fig.figure) == []
     row = fig.data.set_index("x_low").loc[0.2]
-    v = np.array([[r["folds"][f] for f in FOLDS] for r in rows
+    v = np.array([[r["folds"][f] for f in range(6)] for r in six
                   if r.get("status") is None and r["params"]["alpha"] == 0.2])
-    idx = np.random.default_rng(3).integers(0, 5, size=(500, 5))
+    idx = np.random.default_rng(3).integers(0, 6, size=(500, 6))
     stat = v[:, idx].mean(axis=2).mean(axis=0)
     assert [row["band_low"], row["band_high"]] == pytest.approx(
         list(np.quantile(stat, [0.025, 0.975])), abs=1e-12)
     assert row["band_low"] < row["mean"] < row["band_high"]
+    # the same trials over 5 folds: points and means only, no band, no interval
+    five = make_study(rows)
+    fig = figures.sensitivity(five.trials, five.folds, "auc", "grade", "alpha",
+                              tmp_path / "five.png", n_boot=500, seed=3)
+    assert not fig.stats["band"] and fig.data["band_low"].isna().all()
+    assert fig.stats["n_folds"] == 5 and figures.legend_problems(fig.figure) == []
     # without per-fold values there is no band, and the legend says so
     bare = make_study([{**r, "folds": {}, "final": 0.8} for r in rows
                        if r.get("status") is None])
@@ -616,3 +633,128 @@ def test_nested_hook_is_shown_when_the_study_ran_nested(tmp_path, monkeypatch):
     md = (r.out_dir / "report.md").read_text()
     assert "**Nested estimate (unbiased)**" in md and "| 1 | 0.6543 |" in md
     assert "Best-of-search is optimistically biased" in md
+
+
+# --- issue 23: every searched parameter, bounded axes, the study's direction ----------------
+
+#: A search over rules' own parameters (cagrad_c, ogm_*), lr, a flag and a category; AUC near 1.
+PANEL_SEARCH = {"lr": "loguniform [1e-05, 0.01]", "cagrad_c": "float [0.1, 0.9]",
+                "ogm_alpha": "float [0.1, 1.0]", "ogm_noise": "float [0.0, 1.0]",
+                "teacher": "categorical [True, False]",
+                "coord_target": "categorical [classifier_rows, shared_trunk]"}
+
+
+def _panel_rows() -> list[dict]:
+    rng = np.random.default_rng(23)
+    rows = []
+    for i in range(8):
+        final = 0.985 + 0.012 * rng.random()  # near the top of the AUC range
+        rows.append({"method": "cgcoord", "seed": 0, "trial_id": f"p{i}",
+                     "status": "STOPPED_EARLY" if i == 7 else "COMPLETED",
+                     "final": 0.9 if i == 7 else None, "epochs_run": 1 if i == 7 else 4,
+                     "params": {"lr": float(10 ** rng.uniform(-5, -2)),
+                                "cagrad_c": float(rng.uniform(0.1, 0.9)),
+                                "ogm_alpha": float(rng.uniform(0.1, 1.0)),
+                                "ogm_noise": float(rng.uniform(0.0, 1.0)),
+                                "teacher": bool(i % 2), "coord_target": ("classifier_rows",
+                                                                         "shared_trunk")[i % 2]},
+                     "history": {"val_auc": [0.9, final]},
+                     "folds": {f: min(1.0, final + 0.002 * (f - 2)) for f in FOLDS}})
+    return rows
+
+
+def _panel_study(**tags: str):
+    study = make_study(_panel_rows(), parent_tags={"ks.sampler": "tpe", **tags})
+    study.parent_params = {f"study.search.{k}": v for k, v in PANEL_SEARCH.items()}
+    return study
+
+
+def test_sensitivity_has_one_panel_per_searched_parameter(tmp_path):
+    """Issue 23: every searched parameter (read from the study's study.search.* params), numeric
+    or categorical, one panel each; no band from 5 folds; AUC axes within [0, 1]."""
+    from analysis.report_sections import sensitivity_text
+    from analysis.task_figures import _sensitivity
+
+    study = _panel_study()
+    r = analyse.Analysis(out_dir=tmp_path, study=study)
+    _sensitivity(r, study, "grade", "auc", study.trials, 0, _quiet)
+    fig = r.figures["grade_sensitivity"]
+    assert fig.stats["panels"] == sorted(PANEL_SEARCH)
+    assert len([ax for ax in fig.figure.axes if ax.get_visible()]) == len(PANEL_SEARCH)
+    # every panel holds the 7 completed trials (binned) and the stopped trial (hollow)
+    data = fig.data.groupby("param")["n"].sum()
+    assert (data == 7).all() and set(data.index) == set(PANEL_SEARCH)
+    assert set(fig.data.loc[fig.data["param"] == "teacher", "level"]) == {"True", "False"}
+    assert len(fig.stats["stopped"]) == len(PANEL_SEARCH) and fig.stats["n_stopped"] == 1
+    assert not fig.stats["band"] and figures.legend_problems(fig.figure) == []
+    lo, hi = fig.stats["ylim"]
+    assert lo >= 0 and hi <= 1  # matplotlib's margin took it above 1
+    assert sensitivity_text(fig).startswith(
+        "One panel per searched parameter (6: cagrad_c, coord_target, lr, ogm_alpha, "
+        "ogm_noise, teacher)")
+    assert "no band: a bootstrap over 5 folds" in sensitivity_text(fig)
+    # every figure of a metric keeps AUC within its range
+    hist = figures.history(study.trials, "auc", "grade", tmp_path / "h.png")
+    pf = figures.per_fold(study.folds, "auc", "grade", ["cgcoord"], tmp_path / "p.png")
+    curves = pd.DataFrame({"run_id": np.repeat(["a", "b"], 3), "arm": "cgcoord",
+                           "key": "val_auc", "step": [1, 2, 3] * 2,
+                           "value": [0.97, 0.99, 1.0, 0.95, 0.98, 1.0]})
+    learning = figures.epoch_curves(curves, [("val_auc", "AUC")], "grade", "t",
+                                    tmp_path / "c.png", bounded=True)  # validation curves
+    assert learning.stats["bands"] == 1
+    for what in (hist, pf, learning):
+        lo, hi = what.figure.axes[0].get_ylim()
+        assert lo >= 0 and hi <= 1 and figures.legend_problems(what.figure) == []
+
+
+def test_a_search_with_one_completed_trial_is_still_best_of_search(tmp_path):
+    """Three trials stopped by ASHA, one completed (the smoke study): the model's rows are a
+    search's best trial (optimistic), not 'every completed trial of a grid'."""
+    from analysis import evaluation as ev
+
+    trial = {"columns": {"role": "trial"}}
+    rows = [{**r, **trial, "status": "STOPPED_EARLY", "final": 0.5} for r in SEARCH_ROWS[:3]]
+    rows.append({**SEARCH_ROWS[3], **trial})
+    rows.append({"method": "logreg_pca", "seed": 0,
+                 "folds": {f: 0.7 for f in FOLDS}, "columns": {"role": "baseline"}})
+    study = ev.ensure_roles(make_study(rows, parent_tags={"ks.sampler": "tpe"}))
+    assert ev.searched_arms(study, "grade", "auc") == ["cgcoord"]
+    _, what = ev.model_rows(study, "grade", "auc")
+    assert what.startswith("the best completed trial of the search")
+    grid = ev.ensure_roles(make_study(rows, parent_tags={"ks.sampler": "grid"}))
+    assert ev.model_rows(grid, "grade", "auc")[1] == ev.GRID_ROWS
+
+
+def test_best_follows_the_studys_direction(tmp_path):
+    """ks.mode = min: the best trial, the best method and the history's best-so-far line are
+    the lowest values (they were the highest whatever the mode)."""
+    study = make_study(SEARCH_ROWS, parent_tags={"ks.sampler": "tpe", "ks.mode": "min"})
+    completed = np.arange(16) != 5
+    lowest = int(np.argmin(np.where(completed, SEARCH_FINAL, np.inf)))
+    assert study.mode == "min"
+    assert summary.best_trial(study, "grade")["final"] == pytest.approx(SEARCH_FINAL[lowest])
+    b = analyse.best_configuration(study, "grade", "auc")
+    assert b.value == pytest.approx(SEARCH_FINAL[lowest])
+    hist = figures.history(study.trials, "auc", "grade", tmp_path / "h.png", mode="min").data
+    best = pd.Series(np.where(completed, SEARCH_FINAL, np.nan)).cummin().ffill()
+    np.testing.assert_allclose(hist["best_so_far"], best)
+    grid = make_study(_ablation_table(), parent_tags={"ks.sampler": "grid", "ks.mode": "min"})
+    means = {m: np.nanmean(ABL[m][[0, 1]]) for m in METHODS}  # pcgrad seed 2 failed
+    assert analyse.best_configuration(grid, "grade", "auc").label == "uniform" \
+        == min(means, key=means.get)
+    assert make_study(SEARCH_ROWS).mode == "max"  # no tag: maximised
+
+
+def test_study_end_picks_the_best_trial_in_the_studys_direction():
+    """study/finish.py: best_config.yaml's trial and the terminal table's order follow the
+    study's mode (idxmax whatever the mode before)."""
+    from study.finish import best_row, trial_table
+
+    rows = pd.DataFrame({"trial_id": ["a", "b", "c"], "status": "COMPLETED",
+                         "param.lr": [1e-3, 1e-4, 1e-2], "val_loss": [0.3, 0.1, 0.5],
+                         "epochs": 4, "error": "", "mlflow_run_id": "x", "node_id": "y"})
+    assert best_row(rows, "val_loss", "min")["trial_id"] == "b"
+    assert best_row(rows, "val_loss", "max")["trial_id"] == "c"
+    first = trial_table(rows, "val_loss", mode="min").splitlines()[1]
+    assert first.strip().startswith("b")
+    assert trial_table(rows, "val_loss").splitlines()[1].strip().startswith("c")

@@ -6,8 +6,6 @@ in MLflow and in the report's paired table."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -29,7 +27,7 @@ from study.record import FIT_SECONDS, SEEDLESS, Roles, Status, Tags
 from study.space import SpaceError, parse_study
 from study.spec import TrialContext
 from tests.analysis_fixtures import log_study
-from tests.study_helpers import SMOKE, T, run_study, study_env, write_space
+from tests.study_helpers import SMOKE, T, run_study, study_main, write_space
 
 TASK = "diagnosis"
 
@@ -84,12 +82,12 @@ def test_covariates_are_checked_against_the_cohort(data, tmp_path) -> None:
         check_covariates(_cfg(tmp_path, covariates=["diagnosis"]), data)
 
 
-def test_cli_refuses_an_unknown_covariate_before_ray_starts(tmp_path) -> None:
+def test_cli_refuses_an_unknown_covariate_before_ray_starts(tmp_path, capsys) -> None:
+    import ray
+
     space = write_space(tmp_path / "s.yaml", covariates=["age", "smoker"])
-    proc = subprocess.run([sys.executable, "-m", "study.run", "--space", str(space), "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1], env=study_env())
-    assert proc.returncode == 2
+    proc = study_main(capsys, "--space", str(space), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and not ray.is_initialized()
     assert "column 'smoker' is not in the clinical table" in proc.stderr
     assert str(space) in proc.stderr and "Traceback" not in proc.stderr
     assert "ray" not in proc.stdout.lower()  # nothing was started

@@ -1,12 +1,13 @@
 """The command lines as a new user meets them: help texts, refused arguments and refused starts.
 
-Every check runs the real command in a subprocess (what a user types), except the help-keys
-registry comparison, which reads the same registries the study-file parser uses.
+Where the process is the point (what a command imports, its exit status and stderr as a shell
+sees them) a check runs the real command in a subprocess; a refused command's error line and the
+help texts are checked on `main` in this process (the same parser and checks, without 5-15 s of
+imports per command).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from study.progress import WIDTH, duration, fit, short
 from study.record import EXPLAINED
-from tests.study_helpers import ROOT, SMOKE, study_env
+from tests.study_helpers import ROOT, SMOKE, study_env, study_main
 
 ABLATION = ROOT / "search_spaces" / "ablation.yaml"
 
@@ -112,28 +113,10 @@ def test_bad_set_exits_2_with_one_error_line(bad: str, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+def in_process(capsys: pytest.CaptureFixture[str]) -> Any:
     """`study.run.main` in this process (a refused command imports nothing heavy): its one
     error line. The environment and log levels it sets for a study are put back."""
-    import logging
-
-    from study.quiet import AUTH_LOGGER, QUIET_LOGGERS
-    from study.run import main
-
-    monkeypatch.setattr(os, "environ", dict(os.environ))
-    loggers = [logging.getLogger(n) for n in (*QUIET_LOGGERS, AUTH_LOGGER)]
-    levels = [lg.level for lg in loggers]
-
-    def run(*args: str) -> str:
-        try:
-            code = main(list(args))
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
-        out = capsys.readouterr()
-        return _one_error_line(subprocess.CompletedProcess(args, code, out.out, out.err))
-
-    return run
+    return lambda *args: _one_error_line(study_main(capsys, *args))
 
 
 @pytest.mark.parametrize(("args", "says"), [
@@ -228,33 +211,36 @@ def test_seeds_error_says_how_to_change_the_seeds(tmp_path: Path) -> None:
 
 # --- refused starts leave nothing behind ---------------------------------------------------
 
-def test_refused_start_leaves_no_new_folder(tmp_path: Path) -> None:
+def test_refused_start_leaves_no_new_folder(tmp_path: Path, in_process: Any) -> None:
     empty = tmp_path / "not-a-cohort"
     empty.mkdir()
     out = tmp_path / "study"
-    line = _one_error_line(_study("--space", str(SMOKE), "--out", str(out),
-                                  "--cohort", str(empty)))
+    line = in_process("--space", str(SMOKE), "--out", str(out), "--cohort", str(empty))
     assert "clinical" in line
     assert not out.exists()  # no config.yaml, no split file, no folder
 
 
-def test_refused_start_keeps_what_was_there(tmp_path: Path) -> None:
+def test_refused_start_keeps_what_was_there(tmp_path: Path, in_process: Any) -> None:
     empty = tmp_path / "not-a-cohort"
     empty.mkdir()
     out = tmp_path / "study"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    _one_error_line(_study("--space", str(SMOKE), "--out", str(out), "--cohort", str(empty)))
+    in_process("--space", str(SMOKE), "--out", str(out), "--cohort", str(empty))
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert (out / "notes.txt").read_text() == "mine"
 
 
 # --- ksmodel.train --help ---------------------------------------------------------------------
 
-def test_train_help_explains_task_fold_epochs_split_seed() -> None:
-    proc = _run("-m", "ksmodel.train", "--help")
-    assert proc.returncode == 0, proc.stderr
-    text = " ".join(proc.stdout.split())
+def test_train_help_explains_task_fold_epochs_split_seed(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from ksmodel.train import main
+
+    with pytest.raises(SystemExit) as done:  # what `python -m ksmodel.train --help` prints
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
     for option, words in {"--task": "what to predict", "--fold": "validation part",
                           "--epochs": "training epochs", "--split-seed": "fold assignment"}.items():
         assert option in text and words in text, option

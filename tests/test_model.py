@@ -24,6 +24,8 @@ from ksmodel.model.deform_attention import reference_size
 from tests import step_reference
 from tests.reference_attention import ReferenceDeformableAttention
 
+pytestmark = pytest.mark.usefixtures("machine_threads")  # the threaded paths are tested here
+
 SMALL = dict(feature_dim=384, n_tumour_genes=5, n_tme_genes=7, n_outputs=4, dim=32, gene_hidden=16,
              grid=(10, 13), heads=2, head_dim=8, offset_groups=2, rpb_hidden=8)
 

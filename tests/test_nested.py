@@ -5,6 +5,7 @@ report, and (slow) a whole nested study through `python -m study.run`."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from pathlib import Path
 
@@ -251,6 +252,25 @@ def test_report_shows_the_nested_estimate_beside_best_of_search(tmp_path) -> Non
     methods = r.methods.set_index("arm")
     assert methods.loc["cgcoord", "n_values"] == 3
     assert methods.loc["cgcoord", "mean"] == pytest.approx(0.65)
+    # the per-fold figure draws the outer folds' values (not an inner trial's), and the best
+    # inner trial says which outer fold's search chose it
+    per_fold = r.figures["grade_per_fold"].data
+    np.testing.assert_allclose(per_fold.sort_values("fold")["cgcoord"], [0.60, 0.65, 0.70])
+    assert "from the inner search of outer fold 2" in md
+    # inner 0.81 above nested 0.65: optimistic, by the difference
+    assert "The inner scores are optimistic here, by +0.1600" in md
+
+
+def test_inner_metric_is_called_optimistic_only_above_the_nested_estimate() -> None:
+    """study/record.py's words for inner_<m> (the README's table and the MLflow view) follow the
+    numbers: optimism is named only for an inner score above nested_<m>."""
+    from study.record import EXPLAINED
+
+    words = EXPLAINED["inner_<m>"]
+    for sentence in re.split(r"[;.] ", words):
+        if "optimis" in sentence:
+            assert "Above nested_<m>" in sentence or "below it" in sentence, sentence
+    assert "below it: no optimism showed" in words
 
 
 def check_nested_terminal(stdout: str, stderr: str, out: Path) -> None:
@@ -370,8 +390,13 @@ def test_nested_search_below_the_start_up_trials_says_so_and_differs_per_outer_f
     out = tmp_path / "nested"
     proc = run_study(out, space=space, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    notes = [line for line in proc.stdout.splitlines() if "the search is random" in line]
-    assert len(notes) == 1 and "num_samples 2 in each outer fold" in notes[0]
+    printed = proc.stdout.splitlines()
+    at = [i for i, line in enumerate(printed) if line.startswith("note: the search is random")]
+    assert len(at) == 1, proc.stdout
+    note = [printed[at[0]]]  # wrapped at 119 columns: its continuation lines are indented
+    note += itertools.takewhile(lambda line: line.startswith("  "), printed[at[0] + 1:])
+    notes = [" ".join(line.strip() for line in note)]
+    assert "num_samples 2 in each outer fold" in notes[0]
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["nested_tiny"], max_results=100)
     parent = runs[runs[T.ROLE] == Roles.STUDY].iloc[0]

@@ -129,9 +129,10 @@ def test_configuration_reads_what_the_runs_recorded(search_store):
 
 def test_sensitivity_for_every_searched_parameter_and_basis_note(search_store):
     r, md = search_store["report"], search_store["md"]
-    sens = {k for k in r.figures if "_sensitivity_" in k}
-    # the parent's study.search.* names: lr and cagrad_c (the old fixed list had neither)
-    assert sens == {"grade_sensitivity_lr", "grade_sensitivity_cagrad_c"}
+    # one figure, a panel per name of the parent's study.search.*: cagrad_c and lr (the old
+    # fixed list had neither)
+    assert r.figures["grade_sensitivity"].stats["panels"] == ["cagrad_c", "lr"]
+    assert "One panel per searched parameter (2: cagrad_c, lr)" in md
     tele = md[md.index("## Telemetry: gradient-conflict rate"):]
     assert "Basis-dependent: on classifier_rows the sign" in tele.split("\n## ")[0]
 

@@ -16,6 +16,7 @@ from ray import tune
 from study.record import Tags
 from study.search import STARTUP_TRIALS, announce_search, make_search, search_note
 from study.space import load_study, parse_study
+from tests.analysis_fixtures import fresh_store
 
 PLANTED = {"alpha": 0.73, "lam": 0.21}
 
@@ -55,11 +56,26 @@ def local_ray():
     ray.shutdown()
 
 
-def test_seeded_tpe_proposes_the_same_first_configurations(local_ray, tmp_path: Path) -> None:
-    a = _run(_space(tmp_path, "tpe", 7), 4, tmp_path / "a")
-    b = _run(_space(tmp_path, "tpe", 7), 4, tmp_path / "b")
-    c = _run(_space(tmp_path, "tpe", 8), 4, tmp_path / "c")
+def _ask(space: Path, n: int) -> list[dict]:
+    """The first ``n`` configurations of the search the runner builds, driven as Ray Tune
+    drives a searcher (search properties, then suggest / on_trial_complete per trial), at
+    max_concurrent = n: all proposed before any result, as in a Tuner run of n trials. (The
+    Tuner run itself: the slow test below and every study.)"""
+    search_alg, param_space, _ = make_search(load_study(space))
+    search_alg.set_search_properties("val_auc", "max", param_space)
+    proposed = {f"t{i}": search_alg.suggest(f"t{i}") for i in range(n)}
+    for trial_id, config in proposed.items():
+        search_alg.on_trial_complete(trial_id, {"val_auc": 1.0 - sum(
+            (config[k] - PLANTED[k]) ** 2 for k in PLANTED)})
+    return list(proposed.values())
+
+
+def test_seeded_tpe_proposes_the_same_first_configurations(tmp_path: Path) -> None:
+    a = _ask(_space(tmp_path, "tpe", 7), 4)
+    b = _ask(_space(tmp_path, "tpe", 7), 4)
+    c = _ask(_space(tmp_path, "tpe", 8), 4)
     key = lambda rows: sorted((r["alpha"], r["lam"]) for r in rows)  # noqa: E731
+    assert len(a) == 4 and all(0.0 <= r["alpha"] <= 1.0 and 0.0 <= r["lam"] <= 1.0 for r in a)
     assert key(a) == key(b)
     assert key(a) != key(c)
 
@@ -106,7 +122,7 @@ def test_the_sampler_gets_the_start_up_trials_the_note_rests_on(tmp_path: Path) 
 
 
 def test_announce_search_prints_the_note_and_tags_the_parent(tmp_path: Path, capsys) -> None:
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(fresh_store(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     parent = client.create_run(client.create_experiment("n")).info.run_id
     note = announce_search(client, parent, _cfg(tmp_path, num_samples=8))
     printed = capsys.readouterr().out.splitlines()  # the note, wrapped at 119 columns

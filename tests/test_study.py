@@ -21,6 +21,7 @@ from tests.study_helpers import (
     hold_lock,
     run_study,
     runs,
+    study_main,
     unexpected_stderr,
     write_space,
 )
@@ -107,9 +108,10 @@ def test_every_trial_saw_identical_folds(smoke: Path) -> None:
         assert (pred.set_index("case_id")["fold"] == splits.loc[pred["case_id"]].values).all()
 
 
-def test_existing_study_folder_is_not_overwritten(smoke: Path) -> None:
+def test_existing_study_folder_is_not_overwritten(
+        smoke: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = (smoke / "summary.csv").read_bytes()
-    proc = run_study(smoke, timeout=120)
+    proc = study_main(capsys, "--space", str(SMOKE), "--out", str(smoke), "--num-cpus", "2")
     assert proc.returncode == 2
     assert "--resume" in proc.stderr and str(smoke) in proc.stderr
     assert (smoke / "summary.csv").read_bytes() == before
@@ -174,7 +176,9 @@ def test_multi_node_cluster_study(tmp_path: Path) -> None:
         cluster.shutdown()
 
 
-def test_mismatched_synthetic_cohort_is_a_clear_error(tmp_path: Path) -> None:
+def test_mismatched_synthetic_cohort_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """A cached synthetic cohort whose files no longer match its key is reported, not used."""
     from ksmodel.config import SyntheticConfig
     from ksmodel.data import CACHE_ENV
@@ -185,7 +189,9 @@ def test_mismatched_synthetic_cohort_is_a_clear_error(tmp_path: Path) -> None:
     wanted = load_study(SMOKE).synthetic
     other = SyntheticConfig(patients=40, patches=20, dim=8, seed=1)
     ensure_synthetic(cache / "synthetic" / wanted.key(), other, quiet=True)
-    proc = run_study(tmp_path / "study", timeout=120, env={CACHE_ENV: str(cache)})
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    proc = study_main(capsys, "--space", str(SMOKE), "--out", str(tmp_path / "study"),
+                      "--num-cpus", "2")
     assert proc.returncode == 2  # smoke.yaml asks for 80 patients, dim 32
     assert "other parameters" in proc.stderr and "patients" in proc.stderr
     assert "Traceback" not in proc.stderr
