@@ -26,12 +26,12 @@ import scikit_posthocs as sp
 from scipy import stats as sps
 
 from analysis.stats import KEY, duplicated_arms, usable
-from study.record import telemetry_metric
+from study.record import LAYER_COS, REL_CHANGE, telemetry_metric
 
 #: Per-epoch telemetry keys (step = epoch): relative change of the coordinated gradient
 #: |g' - g| / |g| and the cosine between the two streams' whole-layer gradients, each averaged
 #: over the epoch's steps (and folds).
-UPDATE_KEYS = (telemetry_metric("rel_change"), telemetry_metric("layer_cos"))
+UPDATE_KEYS = (telemetry_metric(REL_CHANGE), telemetry_metric(LAYER_COS))
 UPDATE_LABELS = {UPDATE_KEYS[0]: "relative change of the update |g′ − g| / |g|",
                  UPDATE_KEYS[1]: "cosine of the two streams' whole-layer gradients"}
 MIN_BLOCKS = 2

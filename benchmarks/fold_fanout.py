@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from study.results import TIME_TOTAL
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"lockstep_1cpu": ("lockstep", 1), "lockstep_allcpu": ("lockstep", None),
          "tasks_1cpu_per_fold": ("tasks", 1)}
@@ -56,7 +58,7 @@ def run(name: str, mode: str, cpu: int, args: argparse.Namespace, tmp: Path) -> 
     rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
     epochs = [r["time_this_iter_s"] for r in rows]
     return {"mode": name, "first_epoch_s": epochs[0], "epoch_s": statistics.median(epochs[1:]),
-            "trial_wall_s": rows[-1]["time_total_s"], "study_wall_s": time.time() - start,
+            "trial_wall_s": rows[-1][TIME_TOTAL], "study_wall_s": time.time() - start,
             "val_auc": rows[-1]["val_auc"], "load_avg_1m": os.getloadavg()[0]}
 
 

@@ -47,13 +47,14 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one l
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from ksmodel.telemetry import TELEMETRY_KEYS  # noqa: E402
 from study import record  # noqa: E402
-from study.tracking import TrialLogger, ensure_experiment, start_parent_run  # noqa: E402
+from study.store import ensure_experiment  # noqa: E402
+from study.tracking import TrialLogger, start_parent_run  # noqa: E402
 
-# the coordinator's telemetry keys (ksmodel.coordination.coordinator.TELEMETRY_KEYS; not imported
-# here because that pulls torch into each of the 32 trial processes)
-TELEMETRY = ("cos_mean", "conflict_rate", "projected_tumour", "projected_tme", "proj_norm",
-             "skipped")
+# the coordinator's first telemetry keys (ksmodel.telemetry: standard library, no torch in each
+# of the 32 trial processes)
+TELEMETRY = TELEMETRY_KEYS[:6]
 FOLD_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1", "loss", "ece", "brier")
 
 

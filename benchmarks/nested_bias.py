@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from study.record import Roles, Tags, best_metric, inner_metric, nested_metric  # noqa: E402
+from study.store import default_tracking_uri  # noqa: E402
 
 METRIC = "auc"
 
@@ -72,7 +73,7 @@ def run(space: Path, out: Path, cpus: int, timeout: float) -> float:
 
 
 def parent_metrics(out: Path, name: str) -> dict[str, float]:
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    client = MlflowClient(default_tracking_uri(out))
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id],
                               filter_string=f"tags.`{Tags.ROLE}` = '{Roles.STUDY}'")

@@ -23,6 +23,10 @@ import mlflow
 import pandas as pd
 import yaml
 
+from study.record import Roles, Status, Tags
+from study.results import RUN_ID, SETUP_SECONDS, TRAIN_SECONDS
+from study.store import default_tracking_uri
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,21 +43,20 @@ def study_file(path: Path, trials: int, epochs: int) -> Path:
 
 
 def trial_table(out: Path) -> pd.DataFrame:
-    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    mlflow.set_tracking_uri(default_tracking_uri(out))
     runs = mlflow.search_runs(experiment_names=["overhead"])
-    runs = runs[(runs["tags.ks.role"] == "trial") & (runs["tags.ks.status"] == "COMPLETED")]
+    runs = runs[(runs[f"tags.{Tags.ROLE}"] == Roles.TRIAL)
+                & (runs[f"tags.{Tags.STATUS}"] == Status.COMPLETED)]
     ray_results = []
     for result in (out / "ray" / "overhead").glob("*/result.json"):
         last = [json.loads(line) for line in result.read_text().splitlines() if line.strip()][-1]
-        ray_results.append({"mlflow_run_id": last["mlflow_run_id"],
-                            "train_seconds": last["train_seconds"],
-                            "setup_seconds": last["setup_seconds"]})
+        ray_results.append({k: last[k] for k in (RUN_ID, TRAIN_SECONDS, SETUP_SECONDS)})
     timing = pd.DataFrame(ray_results)
-    table = runs.merge(timing, left_on="run_id", right_on="mlflow_run_id")
+    table = runs.merge(timing, left_on="run_id", right_on=RUN_ID)
     table["wall_seconds"] = (table["end_time"] - table["start_time"]).dt.total_seconds()
-    table["overhead_seconds"] = table["wall_seconds"] - table["train_seconds"]
+    table["overhead_seconds"] = table["wall_seconds"] - table[TRAIN_SECONDS]
     table["overhead_share"] = table["overhead_seconds"] / table["wall_seconds"]
-    return table[["tags.ks.trial_id", "wall_seconds", "train_seconds", "setup_seconds",
+    return table[[f"tags.{Tags.TRIAL_ID}", "wall_seconds", TRAIN_SECONDS, SETUP_SECONDS,
                   "overhead_seconds", "overhead_share"]]
 
 
@@ -85,7 +88,7 @@ def main() -> int:
         "mean_overhead_share": table["overhead_share"].mean(),
         "max_overhead_share": table["overhead_share"].max(),
         "study_wall_seconds": study_wall,
-        "study_overhead_share": 1 - table["train_seconds"].sum() / concurrency / study_wall,
+        "study_overhead_share": 1 - table[TRAIN_SECONDS].sum() / concurrency / study_wall,
         "scheduling_and_startup_seconds": study_wall - ideal,
         "feature_files": files,
         "bag_reads_per_study": files, "bag_reads_per_trial": 0,

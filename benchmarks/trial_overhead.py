@@ -43,6 +43,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from study.results import ENTERED_AT, READY_AT, REPORTED_AT, TRAIN_SECONDS
+
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = 2
 
@@ -82,15 +84,13 @@ def run_point(tree: Path, n: int, tmp: Path) -> dict[str, float]:
         raise RuntimeError(f"study failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     results = ray_results(out / "ray" / "trial_overhead")
     point = {"n": n, "wall_s": wall, "trials": len(results),
-             "train_s": float(results["train_seconds"].mean())}
-    if "trial_entered_at" in results:  # in-trial timestamps (trials of this tree report them)
-        point["in_trial_s"] = float((results["reported_at"]
-                                     - results["trial_entered_at"]).mean())
-        point["setup_s"] = float((results["trial_ready_at"]
-                                  - results["trial_entered_at"]).mean())
+             "train_s": float(results[TRAIN_SECONDS].mean())}
+    if ENTERED_AT in results:  # in-trial timestamps (trials of this tree report them)
+        point["in_trial_s"] = float((results[REPORTED_AT] - results[ENTERED_AT]).mean())
+        point["setup_s"] = float((results[READY_AT] - results[ENTERED_AT]).mean())
         # between two trials on one worker: the last report of one to the start of the next
-        ordered = results.sort_values(["pid", "trial_entered_at"])
-        gaps = ordered["trial_entered_at"] - ordered.groupby("pid")["reported_at"].shift()
+        ordered = results.sort_values(["pid", ENTERED_AT])
+        gaps = ordered[ENTERED_AT] - ordered.groupby("pid")[REPORTED_AT].shift()
         point["between_trials_s"] = float(gaps.mean())
         point["workers"] = int(results["pid"].nunique())
     return point

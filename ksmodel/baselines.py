@@ -67,10 +67,8 @@ from ksmodel.cohort import Cohort
 from ksmodel.errors import CohortError, ConfigError
 from ksmodel.errors import few as _few
 from ksmodel.splits import ExpressionScaler, check_folds, fold_case_ids
-from ksmodel.tasks import Task, get_task
+from ksmodel.tasks import CLASSIFICATION, KINDS, SURVIVAL, Task, get_task
 
-SURVIVAL, CLASSIFICATION = "survival", "classification"
-KINDS = (CLASSIFICATION, SURVIVAL)
 DEFAULT_COMPONENTS = 10
 DEFAULT_PENALIZER = {"cox_clinical": 0.0, "cox_pca": 0.1}
 DEFAULT_C = 1.0
@@ -106,7 +104,7 @@ class Baseline:
     and how it is fit (``model``)."""
 
     name: str
-    kind: str  # "survival" | "classification"
+    kind: str  # a task kind (ksmodel.tasks.KINDS)
     inputs: str
     model: str  # cox | logreg (fixed settings) | coxnet | logregcv | rsf | rf (tuned)
     description: str
@@ -183,7 +181,7 @@ class BaselineResult:
 
 
 def baselines_for(task_kind: str) -> list[str]:
-    """Names of the baselines that apply to a task kind ("classification" or "survival")."""
+    """Names of the baselines that apply to a task kind (one of ksmodel.tasks.KINDS)."""
     if task_kind not in KINDS:
         raise ConfigError(f"task kind must be one of {', '.join(KINDS)}, got {task_kind!r}")
     return [name for name, b in BASELINES.items() if b.kind == task_kind]

@@ -18,16 +18,18 @@ from typing import Any
 
 import yaml
 
-from ksmodel.coordination.registry import effective_params, get_rule, hyper_params
+from ksmodel.coordination.registry import (
+    CLASSIFIER_ROWS,
+    COORD_TARGETS,
+    SHARED_TRUNK,
+    effective_params,
+    get_rule,
+    hyper_params,
+)
 from ksmodel.errors import ConfigError
-from ksmodel.tasks import get_task
+from ksmodel.tasks import DEFAULT_TASK, get_task
 
 MODALITIES = ("both", "genomics", "histology")
-COORD_TARGETS = ("classifier_rows", "shared_trunk")
-"""Where gradient coordination acts (README, "Gradient coordination"): ``classifier_rows`` - the
-published rule, each class row of the classifier split into its tumour and TME columns;
-``shared_trunk`` - the rows (units) of the patch projection both streams share, split into what
-reaches it through each stream (needs ``shared_projection``)."""
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -113,7 +115,7 @@ class TrainConfig:
     registry); after validation it holds every one the rule uses, defaults included.
     """
 
-    task: str = "diagnosis"
+    task: str = DEFAULT_TASK
     epochs: int = 20
     batch_size: int = 16
     lr: float = 5e-4
@@ -122,7 +124,7 @@ class TrainConfig:
     lam: float = 0.1  # consistency weight lambda (0 disables it)
     coordination: str = "cgcoord"
     coord_params: Mapping[str, float] = field(default_factory=dict)
-    coord_target: str = "classifier_rows"  # classifier_rows | shared_trunk (see COORD_TARGETS)
+    coord_target: str = CLASSIFIER_ROWS  # where coordination acts (COORD_TARGETS)
     patience: int = 0  # early-stopping patience in epochs (0 = no early stopping)
     seed: int = 0
     log1p: bool = True  # log1p expression before the z-score (off for already-logged data)
@@ -168,7 +170,7 @@ def parameter_keys() -> frozenset[str]:
 
 
 def _check_target(target: Any, shared_projection: Any) -> None:
-    _check(target != "shared_trunk" or shared_projection is True, "coord_target",
+    _check(target != SHARED_TRUNK or shared_projection is True, "coord_target",
            "shared_trunk coordinates the patch projection both subspace streams share: set "
            "shared_projection: true as well (README, 'Gradient coordination')")
 

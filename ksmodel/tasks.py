@@ -37,6 +37,11 @@ class FoldTargets:
     bin_edges: np.ndarray | None = None
 
 
+CLASSIFICATION, SURVIVAL = "classification", "survival"
+KINDS = (CLASSIFICATION, SURVIVAL)
+"""Task kinds (``Task.kind``): what a task predicts, so what models and baselines apply."""
+
+
 @dataclass(frozen=True)
 class Task(ABC):
     name: str
@@ -125,7 +130,7 @@ class ClassificationTask(Task):
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", "auc")
         object.__setattr__(self, "metrics", ("auc", "accuracy", "balanced_accuracy", "f1"))
-        object.__setattr__(self, "kind", "classification")
+        object.__setattr__(self, "kind", CLASSIFICATION)
         object.__setattr__(self, "strata_name", f"{self.name} class")
 
     @property
@@ -204,7 +209,7 @@ class SurvivalTask(Task):
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", "cindex")
         object.__setattr__(self, "metrics", ("cindex",))
-        object.__setattr__(self, "kind", "survival")
+        object.__setattr__(self, "kind", SURVIVAL)
         object.__setattr__(self, "strata_name", "event")
 
     def validate(self, cases: pd.DataFrame, source: str) -> dict[str, np.ndarray]:
@@ -290,6 +295,9 @@ TASKS: dict[str, Task] = {t.name: t for t in (
 )}
 """Task name -> Task. The first entry is the default task."""
 
+DEFAULT_TASK: str = next(iter(TASKS))
+"""The task a training config and ``python -m ksmodel.train`` use unless told."""
+
 LABEL_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(c for t in TASKS.values()
                                                      for c in t.label_columns))
 """Every clinical column some task reads its label from."""
@@ -309,4 +317,4 @@ def get_tasks(names: Sequence[str] | None) -> list[Task]:
 
 
 __all__ = ["Task", "ClassificationTask", "SurvivalTask", "FoldTargets", "TASKS", "LABEL_COLUMNS",
-           "get_task", "get_tasks"]
+           "CLASSIFICATION", "SURVIVAL", "KINDS", "DEFAULT_TASK", "get_task", "get_tasks"]

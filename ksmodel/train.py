@@ -17,7 +17,7 @@ from ksmodel.config import ModelConfig, SyntheticConfig, TrainConfig, parse_over
 from ksmodel.errors import CohortError, ConfigError
 from ksmodel.fold_state import STATE_VERSION, EpochResult
 from ksmodel.step import Batch, NonFiniteLossError, Objective, StepResult, train_step
-from ksmodel.tasks import TASKS
+from ksmodel.tasks import DEFAULT_TASK, TASKS
 from ksmodel.trainer import (
     FoldData,
     FoldResult,
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ksmodel.train",
         description="Train and evaluate KS-Fusion on one cross-validation fold of a cohort: "
                     "train on the other folds, report the validation metrics of this one.",
-        epilog="Example: python -m ksmodel.train --task diagnosis --fold 0 --epochs 15 "
+        epilog=f"Example: python -m ksmodel.train --task {DEFAULT_TASK} --fold 0 --epochs 15 "
                "--set coordination=pcgrad --metrics-json m.json\n"
                "Cohort format: docs/cohort-format.md. Parameter keys: docs/study-files.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cohort folder (docs/cohort-format.md), or 'synthetic' for the "
                              "project's default synthetic cohort (generated once and cached, the "
                              "same one `cohort: synthetic` studies use; default)")
-    parser.add_argument("--task", default="diagnosis", choices=list(TASKS),
-                        help=f"what to predict - {tasks} (default: diagnosis)")
+    parser.add_argument("--task", default=DEFAULT_TASK, choices=list(TASKS),
+                        help=f"what to predict - {tasks} (default: {DEFAULT_TASK})")
     parser.add_argument("--fold", type=int, default=0,
                         help="which fold is the validation part, 0..k-1 (default 0)")
     parser.add_argument("--folds", type=int, default=5,

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ksmodel.cohort import Cohort
 from ksmodel.config import ModelConfig, TrainConfig, check_target
-from ksmodel.coordination.coordinator import TELEMETRY_KEYS, Coordinator
+from ksmodel.coordination.coordinator import Coordinator
 from ksmodel.errors import ConfigError
 from ksmodel.fold_state import (
     STATE_VERSION,
@@ -40,6 +40,7 @@ from ksmodel.model import KSFusion
 from ksmodel.splits import ExpressionScaler, fold_case_ids
 from ksmodel.step import HEADS, Batch, NonFiniteLossError, Objective, train_step
 from ksmodel.tasks import FoldTargets, Task, get_task
+from ksmodel.telemetry import TELEMETRY_KEYS
 
 
 @dataclass

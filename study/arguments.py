@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,11 @@ ONCE_SUFFIX = "-once"
 
 class ArgumentMistake(ValueError):
     """A command-line mistake; the message is the whole explanation (one line)."""
+
+
+def print_error(exc: BaseException | str) -> None:
+    """One ``error:`` line (a YAML parser's multi-line message included), no traceback."""
+    print("error: " + " ".join(str(exc).split()), file=sys.stderr)
 
 
 def close(word: str, choices: Iterable[str], n: int = 3) -> list[str]:

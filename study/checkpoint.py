@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ray import tune
 
-from ksmodel.train import FoldTrainer
+from ksmodel.trainer import FoldTrainer
 
 STATE_FILE = "trial_state.pt"
 VERSION = 1
@@ -61,8 +62,6 @@ def due(epoch: int, every: int, finished: bool) -> bool:
 def written(state: TrialState) -> Iterator[Any]:
     """A ``tune.Checkpoint`` of ``state`` in a temporary folder, for ``tune.report`` (which
     copies it into the study's storage before it returns)."""
-    from ray import tune
-
     payload = {"version": VERSION, "epoch": state.epoch, "trial_id": state.trial_id,
                "config": json.dumps(state.config, default=_plain), "folds": state.folds,
                "epochs": state.epochs, "train_seconds": state.train_seconds}
@@ -73,8 +72,6 @@ def written(state: TrialState) -> Iterator[Any]:
 
 def latest() -> TrialState | None:
     """The checkpoint Ray restored this trial from, if any."""
-    from ray import tune
-
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
@@ -93,10 +90,12 @@ def adopt_hyperparameters(trainer: FoldTrainer) -> None:
     trainer's own lr and weight decay (alpha and lam live in its objective, built from its own
     config). The cosine schedule keeps its position; its curve is rescaled to the new lr."""
     cfg = trainer.train_cfg
-    old = trainer.sched.base_lrs[0]
+    state = trainer.sched.state_dict()  # the schedule's own record, through its public API
+    old = state["base_lrs"][0]
     if old != cfg.lr:
-        trainer.sched.base_lrs = [cfg.lr for _ in trainer.sched.base_lrs]
-        trainer.sched._last_lr = [lr * cfg.lr / old for lr in trainer.sched._last_lr]
+        state["base_lrs"] = [cfg.lr for _ in state["base_lrs"]]
+        state["_last_lr"] = [lr * cfg.lr / old for lr in state["_last_lr"]]
+        trainer.sched.load_state_dict(state)
     for group in trainer.opt.param_groups:
         if old != cfg.lr:
             group["lr"] = group["lr"] * cfg.lr / old

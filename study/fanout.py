@@ -24,11 +24,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import ray
 import torch
+from ray import tune
 
-from ksmodel.config import TrainConfig
-from ksmodel.train import EpochResult, FoldData, FoldTrainer, prepare_fold, resolve_device
+from ksmodel.config import ModelConfig, TrainConfig
+from ksmodel.trainer import EpochResult, FoldData, FoldTrainer, prepare_fold, resolve_device
 from study.checkpoint import adopt_hyperparameters
+from study.spec import RunSpec, TrialContext
 
 MODES = ("lockstep", "tasks")
 
@@ -78,23 +81,22 @@ def shared_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def _fold_data(ctx: Any, fold: int, device: torch.device, log1p: bool) -> FoldData:
+def _fold_data(ctx: TrialContext, fold: int, device: torch.device, log1p: bool) -> FoldData:
     bags = shared_tensor(ctx.bags).to(device) if ctx.bags is not None else None
     return prepare_fold(ctx.cohort, bags, ctx.splits, fold, ctx.task, log1p=log1p)
 
 
 class LocalFolds:
-    """Every (seed, fold) in this process, advanced one after the other (lock-step)."""
+    """Every (seed, fold) of ``spec`` in this process, advanced one after the other
+    (lock-step)."""
 
-    def __init__(self, ctx: Any, model_cfg: Any, train_kw: dict[str, Any],
-                 seeds: list[int]) -> None:
-        base = TrainConfig(**train_kw)
-        device = resolve_device(base.device)
+    def __init__(self, ctx: TrialContext, spec: RunSpec) -> None:
+        device = resolve_device(spec.train.device)
         bags = shared_tensor(ctx.bags).to(device) if ctx.bags is not None else None
-        folds = {f: prepare_fold(ctx.cohort, bags, ctx.splits, f, ctx.task, log1p=base.log1p)
-                 for f in ctx.folds}
-        self.trainers = [FoldTrainer(folds[f], model_cfg, TrainConfig(**{**train_kw, "seed": s}),
-                                     device) for s in seeds for f in ctx.folds]
+        folds = {f: prepare_fold(ctx.cohort, bags, ctx.splits, f, spec.task,
+                                 log1p=spec.train.log1p) for f in spec.folds}
+        self.trainers = [FoldTrainer(folds[f], spec.model, train, device)
+                         for train in spec.trains for f in spec.folds]
 
     def step(self) -> list[FoldStep]:
         return [_step(t) for t in self.trainers]
@@ -118,8 +120,8 @@ class LocalFolds:
 class _FoldWorker:
     """One (seed, fold) of a fanned-out trial (a Ray actor; see ``FannedOutFolds``)."""
 
-    def __init__(self, ctx: Any, model_cfg: Any, train_cfg: TrainConfig, fold: int,
-                 threads: int) -> None:
+    def __init__(self, ctx: TrialContext, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 fold: int, threads: int) -> None:
         torch.set_num_threads(threads)
         device = resolve_device(train_cfg.device)
         self.trainer = FoldTrainer(_fold_data(ctx, fold, device, train_cfg.log1p), model_cfg,
@@ -144,11 +146,9 @@ class _FoldWorker:
 _SHARED: dict[str, Any] = {}  # study (parent run id) -> the context in the object store
 
 
-def _context_ref(ctx: Any) -> Any:
+def _context_ref(ctx: TrialContext) -> ray.ObjectRef:
     """The trial context in the object store, put once per worker process and study (a reused
     Ray worker runs many trials): the actors read the cohort and bags from there, zero-copy."""
-    import ray
-
     key = ctx.parent_run_id
     if key not in _SHARED:
         _SHARED.clear()
@@ -157,51 +157,38 @@ def _context_ref(ctx: Any) -> Any:
 
 
 class FannedOutFolds:
-    """Every (seed, fold) in its own Ray actor, all stepped at once."""
+    """Every (seed, fold) of ``spec`` in its own Ray actor, all stepped at once. The actors
+    receive the spec's configs as they are (pickled, not re-built)."""
 
-    def __init__(self, ctx: Any, model_cfg: Any, train_kw: dict[str, Any],
-                 seeds: list[int]) -> None:
-        import ray
-
+    def __init__(self, ctx: TrialContext, spec: RunSpec) -> None:
         worker = ray.remote(_FoldWorker).options(num_cpus=ctx.cpus, num_gpus=ctx.gpus,
                                                  max_restarts=0)
         ref = _context_ref(ctx)
         threads = max(1, int(ctx.cpus))
-        self.actors = [worker.remote(ref, model_cfg, TrainConfig(**{**train_kw, "seed": s}), f,
-                                     threads) for s in seeds for f in ctx.folds]
+        self.actors = [worker.remote(ref, spec.model, train, f, threads)
+                       for train in spec.trains for f in spec.folds]
 
     def step(self) -> list[FoldStep]:
-        import ray
-
         return ray.get([a.step.remote() for a in self.actors])
 
     def states(self) -> list[dict[str, Any]]:
-        import ray
-
         return ray.get([a.state.remote() for a in self.actors])
 
     def restore(self, states: list[dict[str, Any]]) -> list[FoldStep]:
-        import ray
-
         return ray.get([a.restore.remote(s) for a, s in zip(self.actors, states, strict=True)])
 
     def finals(self) -> list[FoldFinal]:
-        import ray
-
         return ray.get([a.final.remote() for a in self.actors])
 
     def close(self) -> None:
-        import ray
-
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
 
 
-def make_folds(ctx: Any, model_cfg: Any, train_kw: dict[str, Any],
-               seeds: list[int]) -> LocalFolds | FannedOutFolds:
-    return (FannedOutFolds if ctx.fold_parallel == "tasks" else LocalFolds)(
-        ctx, model_cfg, train_kw, seeds)
+def make_folds(ctx: TrialContext, spec: RunSpec) -> LocalFolds | FannedOutFolds:
+    """Where ``spec``'s folds train: the study's ``fold_parallel`` decides."""
+    return (FannedOutFolds if ctx.fold_parallel == "tasks" else LocalFolds)(ctx, spec)
 
 
 def trial_resources(fold_parallel: str, cpu: float, gpu: float, n_folds: int) -> Any:
@@ -210,8 +197,6 @@ def trial_resources(fold_parallel: str, cpu: float, gpu: float, n_folds: int) ->
     (every seed's folds: ``n_folds`` = seeds x folds)."""
     if fold_parallel != "tasks":
         return {"cpu": cpu, "gpu": gpu}
-    from ray import tune
-
     bundle = {"CPU": cpu, **({"GPU": gpu} if gpu else {})}
     return tune.PlacementGroupFactory([{}] + [dict(bundle) for _ in range(n_folds)])
 

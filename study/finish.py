@@ -22,7 +22,16 @@ from analysis.answer import terminal_lines  # standard library only at import
 from study.folder import write_state
 from study.progress import can_stop, short, stopper
 from study.quiet import WIDTH
-from study.record import Artifacts, Status, Tags, best_metric, val_metric
+from study.record import (
+    SUMMARY_PARAM,
+    Artifacts,
+    Status,
+    Tags,
+    best_metric,
+    summary_param,
+    val_metric,
+)
+from study.results import COMPLETED, ITERATION, NODE, RUN_ID, TRIAL_ID
 from study.space import StudyConfig
 from study.variants import expand as expand_variant
 
@@ -33,25 +42,24 @@ NOT_RUN = "NOT_RUN"
 def summarise(grid: Any, cfg: StudyConfig) -> pd.DataFrame:
     """One row per trial: id, status, searched params, final metric."""
     from study.faults import error_text
-    from study.trial import COMPLETED, NODE, RUN_ID
 
     key = val_metric(cfg.metric)
     rows = []
     for result in grid:
         metrics = result.metrics or {}
-        iters = metrics.get("training_iteration", 0) or 0
+        iters = metrics.get(ITERATION, 0) or 0
         if result.error is not None:
             status = Status.FAILED
         elif metrics.get(COMPLETED):
             status = Status.COMPLETED
         else:
             status = Status.STOPPED_EARLY if iters else NOT_RUN
-        trial_id = metrics.get("trial_id") or Path(result.path).name.split("_")[2]
+        trial_id = metrics.get(TRIAL_ID) or Path(result.path).name.split("_")[2]
         rows.append({"trial_id": trial_id, "status": status,
-                     **{f"param.{k}": v for k, v in (result.config or {}).items()},
+                     **{summary_param(k): v for k, v in (result.config or {}).items()},
                      key: metrics.get(key), "epochs": iters,
-                     "mlflow_run_id": metrics.get(RUN_ID),
-                     "node_id": metrics.get(NODE),
+                     RUN_ID: metrics.get(RUN_ID),
+                     NODE: metrics.get(NODE),
                      "error": error_text(result.error, 200)})
     return pd.DataFrame(rows)
 
@@ -134,8 +142,8 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
         print(next_steps(client.tracking_uri, experiment_id, cfg.name))
         return 1
     best = best_row(done, key, cfg.mode)
-    best_params = {k.removeprefix("param."): _plain(v) for k, v in best.items()
-                   if k.startswith("param.") and pd.notna(v)}
+    best_params = {k.removeprefix(SUMMARY_PARAM): _plain(v) for k, v in best.items()
+                   if k.startswith(SUMMARY_PARAM) and pd.notna(v)}
     params, variant = expand_variant(best_params, cfg.variants)  # a variant's own overrides
     best_cfg = {"study": cfg.name, "trial_id": best["trial_id"], cfg.metric: float(best[key]),
                 **({"variant": variant} if variant else {}), "params": {**cfg.fixed, **params}}
@@ -156,7 +164,7 @@ def finish_study(grid: Any, cfg: StudyConfig, out: Path, client: Any, parent: st
     for line in terminal_lines(client.tracking_uri, cfg.name, parent):  # vs each baseline
         print(line)
     print(next_steps(client.tracking_uri, experiment_id, cfg.name,
-                     _plain(best.get("mlflow_run_id"))))
+                     _plain(best.get(RUN_ID))))
     return 0
 
 
@@ -189,14 +197,14 @@ def trial_table(summary: pd.DataFrame, key: str, rows: int = TABLE_ROWS, *,
     """The terminal's table of the trials, best first (in the study's direction ``mode``), at
     most ``rows`` and 119 columns; the error column only when a trial failed (its start; all of
     it in summary.csv and MLflow)."""
-    cols = [c for c in summary.columns if c not in ("mlflow_run_id", "node_id")]
+    cols = [c for c in summary.columns if c not in (RUN_ID, NODE)]
     shown = summary[cols].sort_values(key, ascending=mode == "min", na_position="last")
     if not shown["error"].astype(str).str.len().any():
         shown = shown.drop(columns="error")
     else:
         shown["error"] = shown["error"].astype(str).map(
             lambda e: e if len(e) <= 40 else e[:39] + "…")
-    shown = shown.rename(columns=lambda c: c.removeprefix("param."))
+    shown = shown.rename(columns=lambda c: c.removeprefix(SUMMARY_PARAM))
     with pd.option_context("display.width", WIDTH, "display.max_columns", 20,
                            "display.max_colwidth", 40):
         text = shown.head(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}")

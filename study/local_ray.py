@@ -28,6 +28,12 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK = "127.0.0.1"
 
 
+def stop_like_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM (a batch system's stop) before the trials start: Ctrl-C's way out. Once Tune
+    runs, its graceful stop takes the signal over (study/trial_callback.py)."""
+    raise KeyboardInterrupt
+
+
 def prefer_loopback() -> None:
     """Make a local Ray take 127.0.0.1 as its node address (before ``ray`` is imported; a
     value already set in the environment is kept)."""

@@ -41,25 +41,35 @@ import argparse
 import sys
 import textwrap
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import ray
+import torch
 import yaml
+from ray import tune
 
 from analysis.answer import terminal_lines  # standard library only at import
 from ksmodel.cohort import Cohort
+from ksmodel.config import TrainConfig
 from ksmodel.data import RunData
 from ksmodel.errors import CohortError
 from ksmodel.errors import few as _few
 from ksmodel.splits import fold_case_ids
 from ksmodel.tasks import get_task
+from study.baseline_runs import baseline_values
+from study.configuration_run import complete, open_run, run_params, run_tags
+from study.fanout import LocalFolds
+from study.finish import next_steps, summarise
 from study.folder import StudyError
+from study.progress import StudyProgress, fit
+from study.quiet import WIDTH
 from study.record import (
     EPOCHS_RUN,
+    SUMMARY_PARAM,
     TRAIN_LOSS,
     Artifacts,
     Params,
@@ -71,9 +81,16 @@ from study.record import (
     nested_metric,
     outer_trial_id,
     run_name,
+    summary_param,
     val_metric,
 )
+from study.results import COMPLETED, RUN_ID, TRIAL_ID
+from study.search import make_search, make_tuner
 from study.space import StudyConfig
+from study.spec import TrialContext
+from study.tracking import completed_run, log_frame, retry
+from study.trial import run_trial
+from study.trial_callback import TrialStatusCallback
 
 INNER_COLUMNS = ["outer_fold", "case_id", "fold"]
 
@@ -103,7 +120,7 @@ def make_inner_splits(cohort: Cohort, task: str, outer: pd.DataFrame, k: int,
                       split_seed: int) -> pd.DataFrame:
     """Stratified k-fold split of every outer training part: DataFrame[outer_fold, case_id,
     fold]. Outer fold f's own cases are in none of outer fold f's inner folds."""
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold  # heavy; only this function splits
 
     strata = _strata(cohort, task)
     what = get_task(task).strata_name
@@ -208,11 +225,6 @@ def _search(cfg: StudyConfig, ctx: Any, outer_fold: int, storage: str,
     """One outer fold's search: a Tuner of its own (see the module docstring for why). Its
     progress lines are a cv study's (study/progress.py), labelled with the outer fold;
     ``shown`` carries the clock and time estimate across the searches (`_progress`)."""
-    from ray import tune
-
-    from study.search import make_search, make_tuner
-    from study.tracking import TrialStatusCallback
-    from study.trial import run_trial
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": cfg.resources["cpu"], "gpu": cfg.resources["gpu"]})
@@ -235,7 +247,6 @@ def _progress(cfg: StudyConfig, args: argparse.Namespace, outer_fold: int,
     """The progress lines of outer fold ``outer_fold``'s search: one clock from the first
     search on (``shown['start']``), the seconds per trial-epoch measured so far shared, and
     the trials of the searches still to come in the time estimate."""
-    from study.progress import StudyProgress
 
     search_alg, _, num_samples = search
     trials = num_samples if search_alg is not None else cfg.grid_size()
@@ -249,7 +260,6 @@ def _progress(cfg: StudyConfig, args: argparse.Namespace, outer_fold: int,
 def choose(grid: Any, cfg: StudyConfig, outer_fold: int) -> Choice | None:
     """The completed trial with the best inner score (the rule of ``best_config.yaml``: trials
     stopped early by the scheduler never win, they ran fewer epochs)."""
-    from study.trial import COMPLETED, RUN_ID
 
     key = val_metric(cfg.metric)
     done = [r for r in grid if r.error is None and (r.metrics or {}).get(COMPLETED)
@@ -258,7 +268,7 @@ def choose(grid: Any, cfg: StudyConfig, outer_fold: int) -> Choice | None:
         return None
     pick = min if cfg.mode == "min" else max  # the study's direction
     best = pick(done, key=lambda r: float(r.metrics[key]))
-    trial_id = best.metrics.get("trial_id") or Path(best.path).name.split("_")[2]
+    trial_id = best.metrics.get(TRIAL_ID) or Path(best.path).name.split("_")[2]
     return Choice(outer_fold, str(trial_id), best.metrics.get(RUN_ID), dict(best.config or {}),
                   float(best.metrics[key]), len(done))
 
@@ -269,8 +279,6 @@ def refit_plan(client: Any, choice: Choice, cfg: StudyConfig,
     study's epochs (last epoch, as the search scored it). Patience > 0: the median over the
     chosen trial's inner folds of the epoch early stopping selected there (first maximum of the
     fold's validation curve), never an epoch picked on the outer fold."""
-    from ksmodel.config import TrainConfig
-
     patience = int({**cfg.fixed, **choice.config}.get("patience", TrainConfig.patience))
     if patience == 0:
         return cfg.epochs, "last epoch (patience 0), the study's epochs"
@@ -293,61 +301,32 @@ def refit_plan(client: Any, choice: Choice, cfg: StudyConfig,
 
 # --- the refit (a Ray task) ------------------------------------------------------------------
 
-def refit_outer(ctx: Any, outer_fold: int, config: dict[str, Any], epochs: int,
+def refit_outer(ctx: TrialContext, outer_fold: int, config: dict[str, Any], epochs: int,
                 info: dict[str, Any]) -> dict[str, Any]:
     """Retrain ``config`` on outer fold ``outer_fold``'s whole training part for ``epochs``
     epochs (per training seed) and score its last epoch once on the outer fold; log the outer
     run. ``ctx`` is the study's TrialContext (splits = the outer folds)."""
-    import ray
-    import torch
-
-    from ksmodel.config import TrainConfig, split_params
-    from ksmodel.train import FoldTrainer, build_model_config, prepare_fold, resolve_device
-    from study.tracking import TrialLogger, retry
-    from study.trial import method_name, trial_params
-
     start = time.perf_counter()
-    params = {**ctx.fixed, **config, "task": ctx.task, "epochs": ctx.epochs}
-    seeds = [params["seed"]] if "seed" in params else list(ctx.seeds)
-    logged = {**trial_params(params, ctx.cohort), Params.SEEDS: ",".join(map(str, seeds)),
-              Params.OUTER_FOLD: outer_fold, Params.INNER_FOLDS: info["inner_folds"],
-              Params.REFIT_EPOCHS: epochs, Params.REFIT_RULE: info["rule"],
-              Params.SAMPLER_SEED: info["sampler_seed"]}
-    tags = {Tags.ROLE: Roles.OUTER, Tags.METHOD: method_name(params), Tags.TASK: ctx.task,
-            Tags.METRIC: ctx.metric, Tags.NODE_ID: ray.get_runtime_context().get_node_id(),
-            Tags.FOLDS: str(outer_fold), Tags.SEED: seeds[0] if len(seeds) == 1 else "mean",
-            Tags.OUTER_FOLD: str(outer_fold), Tags.CHOSEN_TRIAL: info["trial_id"], **ctx.tags}
-    logger = TrialLogger(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id,
-                         outer_trial_id(outer_fold), logged, tags)
-    retry(lambda: logger.client.set_tag(logger.run_id, "mlflow.runName",
+    # the outer fold never selects an epoch: patience 0 trained, the chosen value recorded
+    spec = ctx.spec(config, folds=(outer_fold,), train_overrides={"patience": 0})
+    params = run_params(spec, **{Params.OUTER_FOLD: outer_fold,
+                                 Params.INNER_FOLDS: info["inner_folds"],
+                                 Params.REFIT_EPOCHS: epochs, Params.REFIT_RULE: info["rule"],
+                                 Params.SAMPLER_SEED: info["sampler_seed"]})
+    tags = run_tags(spec, ctx, ray.get_runtime_context().get_node_id(),
+                    **{Tags.ROLE: Roles.OUTER, Tags.OUTER_FOLD: str(outer_fold),
+                       Tags.CHOSEN_TRIAL: info["trial_id"]})
+    logger = open_run(spec, ctx, outer_trial_id(outer_fold), params, tags)
+    retry(lambda: logger.client.set_tag(logger.run_id, Tags.RUN_NAME,
                                         run_name(Roles.OUTER, str(outer_fold))))
     try:
         torch.set_num_threads(max(1, int(ctx.cpus)))
-        model_kw, train_kw = split_params({k: v for k, v in params.items() if k != "seed"})
-        train_kw["patience"] = 0  # the outer fold never selects an epoch
-        model_cfg = build_model_config(ctx.cohort, ctx.task, **model_kw)
-        device = resolve_device(TrainConfig(**train_kw).device)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            bags = torch.from_numpy(ctx.bags).to(device) if ctx.bags is not None else None
-        fold = prepare_fold(ctx.cohort, bags, ctx.splits, outer_fold, ctx.task,
-                            log1p=TrainConfig(**train_kw).log1p)
-        trainers = [FoldTrainer(fold, model_cfg, TrainConfig(**{**train_kw, "seed": s}), device)
-                    for s in seeds]
+        folds = LocalFolds(ctx, spec)
         for epoch in range(1, epochs + 1):
-            losses = [t.fit_epoch().train_loss for t in trainers]
+            losses = [s.trained.train_loss for s in folds.step()]
             logger.log_epoch(epoch, {TRAIN_LOSS: float(np.mean(losses))})
-        final: dict[str, float] = {}
-        for name in trainers[0].result.metrics:
-            value = float(np.mean([t.result.metrics[name] for t in trainers]))
-            final[final_metric(name)] = value
-            final[fold_metric(outer_fold, final_metric(name))] = value
-        final[EPOCHS_RUN] = float(epochs)
-        final[inner_metric(ctx.metric)] = float(info["inner_value"])
-        predictions = pd.concat([t.predictions().assign(seed=t.train_cfg.seed)
-                                 for t in trainers], ignore_index=True)
-        logger.complete(final, predictions,
-                        {Tags.WALL_SECONDS: round(time.perf_counter() - start, 2)})
+        final = complete(logger, folds.finals(), time.perf_counter() - start,
+                         {inner_metric(ctx.metric): float(info["inner_value"])})
     except Exception as exc:
         logger.fail(exc)
         raise
@@ -355,8 +334,6 @@ def refit_outer(ctx: Any, outer_fold: int, config: dict[str, Any], epochs: int,
 
 
 def _done_refit(client: Any, experiment_id: str, outer_fold: int) -> dict[str, Any] | None:
-    from study.tracking import completed_run
-
     run = completed_run(client, experiment_id, outer_trial_id(outer_fold))
     if run is None:
         return None
@@ -367,10 +344,6 @@ def _refits(cfg: StudyConfig, ctx: Any, client: Any, choices: dict[int, Choice],
             inner: pd.DataFrame) -> dict[int, dict[str, Any]]:
     """Every chosen configuration retrained and scored on its outer fold, in parallel as Ray
     tasks with a trial's resources; outer folds already refit (resume) are read back."""
-    import ray
-
-    from study.quiet import WIDTH
-
     remote = ray.remote(refit_outer).options(
         num_cpus=cfg.resources["cpu"], num_gpus=cfg.resources["gpu"],
         max_retries=cfg.max_failures, retry_exceptions=False)
@@ -412,14 +385,9 @@ def run_nested(cfg: StudyConfig, out: Path, ctx: Any, args: argparse.Namespace, 
     """Search every outer fold on its inner folds, refit the choices, score them on the outer
     folds, write summary.csv / nested.csv / best_config.yaml and close the parent run. Exit
     status 1 when an outer fold has no estimate (no completed inner trial, or its refit failed)."""
-    from study.finish import summarise
-    from study.tracking import log_frame, retry
-
     inner = pd.read_parquet(out / Artifacts.INNER_SPLITS)
     inner["case_id"] = inner["case_id"].astype(str)
     retry(lambda: client.log_artifact(parent, str(out / Artifacts.INNER_SPLITS)))
-    from study.progress import fit
-
     start = time.time()
     shown = {"start": time.monotonic(), "epoch_seconds": []}  # the progress lines' clock
     choices: dict[int, Choice] = {}
@@ -454,11 +422,6 @@ def run_nested(cfg: StudyConfig, out: Path, ctx: Any, args: argparse.Namespace, 
 def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[int],
             choices: dict[int, Choice], results: dict[int, dict[str, Any]],
             seconds: float) -> int:
-    from study.baseline_runs import baseline_values
-    from study.finish import next_steps
-    from study.quiet import WIDTH
-    from study.tracking import log_frame, retry
-
     m = cfg.metric
     experiment_id = retry(lambda: client.get_run(parent)).info.experiment_id
     hints = next_steps(client.tracking_uri, experiment_id, cfg.name)
@@ -473,7 +436,7 @@ def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[i
                                "refit_epochs": r.get(EPOCHS_RUN, np.nan),
                                "run_id": r.get("run_id")}
         if c:
-            row.update({f"param.{p}": _plain(c.config[p]) for p in cfg.searched
+            row.update({summary_param(p): _plain(c.config[p]) for p in cfg.searched
                         if p in c.config})
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -482,7 +445,7 @@ def _finish(cfg: StudyConfig, out: Path, client: Any, parent: str, folds: list[i
     estimated = table[table[m].notna()]
     print(f"\n{cfg.name}: nested evaluation over {len(folds)} outer folds in {seconds:.0f} s")
     with pd.option_context("display.width", WIDTH, "display.max_columns", 20):
-        print(table.drop(columns=["run_id"]).rename(columns=lambda c: c.removeprefix("param."))
+        print(table.drop(columns=["run_id"]).rename(columns=lambda c: c.removeprefix(SUMMARY_PARAM))
               .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if estimated.empty:
         print("no outer fold has an estimate; see the errors above and in MLflow",

@@ -25,11 +25,8 @@ from typing import Any, TextIO
 from ray import tune
 
 from study.quiet import WIDTH
-from study.reconcile import REPLAYED
 from study.record import TRAIN_LOSS, parse_fold_metric, val_metric
-
-COMPLETED = "completed"
-"""Result key a trial sets on its last epoch (study/trial.py reports it)."""
+from study.results import COMPLETED, ITERATION, REPLAYED
 
 LEVELS = ("quiet", "normal", "verbose")
 STOPPERS = {"asha": "ASHA", "pbt": "PBT"}
@@ -206,7 +203,7 @@ class StudyProgress(tune.Callback):
         if t.last_at is not None and not result.get(REPLAYED):
             self.epoch_seconds.append(now - t.last_at)
         t.last_at = now
-        t.epochs = int(result.get("training_iteration", t.epochs + 1))
+        t.epochs = int(result.get(ITERATION, t.epochs + 1))
         value = result.get(self.key)
         t.value = float(value) if value is not None else None
         if t.value is not None and math.isfinite(t.value) and self._better(t.value):

@@ -22,12 +22,8 @@ from typing import Any
 from mlflow.entities import Metric, RunTag
 
 from study.record import TELEMETRY_PREFIX, TRAIN_LOSS, Tags, parse_fold_metric, val_metric
-
-# Keys of the results a trial reports to Ray that the reconciliation reads (trial.py writes them)
-EPOCH = "epoch"
-RUN_ID = "mlflow_run_id"
-REPLAYED = "replayed"
-LOGGED_AT = "mlflow_timestamp_ms"  # the timestamp the trial gave this epoch's MLflow metrics
+from study.results import EPOCH, LOGGED_AT, REPLAYED, RUN_ID
+from study.tracking import log_batched, retry
 
 
 def epoch_metric_names(result: Mapping[str, Any], metric: str) -> list[str]:
@@ -57,8 +53,6 @@ def missing_epochs(client: Any, run_id: str, reported: Iterable[Mapping[str, Any
 
     An epoch is logged as one batch (one transaction), so its selection metric stands for the
     whole epoch; the whole epoch is filled (rows already there are kept once by MLflow)."""
-    from study.tracking import retry
-
     key = val_metric(metric)
     rows = [r for r in reported if _number(r.get(EPOCH)) is not None and not r.get(REPLAYED)
             and r.get(RUN_ID) == run_id and _number(r.get(key)) is not None]
@@ -83,8 +77,6 @@ def missing_epochs(client: Any, run_id: str, reported: Iterable[Mapping[str, Any
 def reconcile_run(client: Any, run_id: str, reported: Iterable[Mapping[str, Any]],
                   metric: str) -> list[int]:
     """Fill the run's missing epochs from the reported results; the filled epochs (sorted)."""
-    from study.tracking import log_batched, retry
-
     fill = missing_epochs(client, run_id, list(reported), metric)
     if not fill:
         return []
@@ -112,5 +104,5 @@ def reconcile_reported(client: Any, reported: Iterable[Mapping[str, Any]],
     return filled
 
 
-__all__ = ["EPOCH", "RUN_ID", "REPLAYED", "LOGGED_AT", "epoch_metric_names", "missing_epochs",
+__all__ = ["epoch_metric_names", "missing_epochs",
            "reconcile_run", "reconcile_reported"]

@@ -1,7 +1,8 @@
 """The MLflow record of a study: every run name, tag, param, metric and artifact name, in one place.
 
 ``study/`` writes this record, ``analysis/`` reads it back and the tests check it; all import the
-names from here (standard library only, so the analysis does not pull in Ray or torch).
+names from here (standard library only, with the telemetry names of ksmodel/telemetry.py, so
+the analysis does not pull in Ray or torch).
 
 Layout: one MLflow experiment per study (named after it); one parent run (``ks.role`` = study)
 holding the study config and report; one child run per trial (``ks.role`` = trial) with the
@@ -25,6 +26,8 @@ Metric names (the README's "What you see in MLflow" table explains each to users
 from __future__ import annotations
 
 import re
+
+from ksmodel.telemetry import LAYER_COS, REL_CHANGE, TELEMETRY_KEYS  # standard library only
 
 
 class Roles:
@@ -50,6 +53,7 @@ class Status:
 
 class Tags:
     PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
+    RUN_NAME = "mlflow.runName"  # MLflow's own run-name tag
     ROLE = "ks.role"
     STUDY = "ks.study"
     STATUS = "ks.status"
@@ -143,6 +147,15 @@ class Artifacts:
     SUMMARY = "summary.csv"
     BEST_CONFIG = "best_config.yaml"
     REPORT_DIR = "report"
+
+
+SUMMARY_PARAM = "param."
+"""summary.csv / nested.csv: the column prefix of a trial's searched values (``param.alpha``)."""
+
+
+def summary_param(name: str) -> str:
+    """The summary.csv column of the searched parameter ``name``."""
+    return f"{SUMMARY_PARAM}{name}"
 
 
 TRAIN_LOSS = "train_loss"
@@ -251,7 +264,9 @@ EXPLAINED: dict[str, str] = {
 """Every metric name a user sees in the MLflow UI, in words."""
 
 
-__all__ = ["Roles", "Status", "Tags", "Params", "Artifacts", "TRAIN_LOSS", "EPOCHS_RUN",
+__all__ = ["LAYER_COS", "REL_CHANGE", "TELEMETRY_KEYS", "Roles", "Status", "Tags", "Params",
+           "Artifacts", "SUMMARY_PARAM", "summary_param",
+           "TRAIN_LOSS", "EPOCHS_RUN",
            "FIT_SECONDS",
            "TELEMETRY_PREFIX", "SEEDLESS", "EVALUATIONS", "STUDY_PARAM", "COHORT_PARAM",
            "run_name", "val_metric", "final_metric", "best_metric", "inner_metric",

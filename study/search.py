@@ -13,9 +13,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+
 from study.quiet import say
 from study.record import Tags, val_metric
+from study.results import ITERATION
 from study.space import ParamSpec, StudyConfig
+from study.tracking import retry
 from study.variants import VARIANT_KEY
 
 STARTUP_TRIALS = {"tpe": 10, "cmaes": 1}
@@ -39,8 +48,6 @@ def search_note(cfg: StudyConfig) -> str | None:
 
 def announce_search(client: Any, parent: str, cfg: StudyConfig) -> str | None:
     """Print ``search_note`` (one line, at study start) and tag the parent run with it."""
-    from study.tracking import retry
-
     note = search_note(cfg)
     if note is not None:
         say(f"note: {note}")
@@ -50,8 +57,6 @@ def announce_search(client: Any, parent: str, cfg: StudyConfig) -> str | None:
 
 def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
     """(search_alg, param_space, num_samples) for the Tuner."""
-    from ray import tune
-
     if cfg.sampler == "grid":
         space = {p.name: tune.grid_search(p.grid_values()) for p in cfg.search}
         if cfg.variants:  # each trial: one variant at one seed, paired with the reference
@@ -59,14 +64,9 @@ def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
                      "seed": tune.grid_search(list(cfg.seeds)), **space}
         return None, space, 1
     if cfg.scheduler.type == "pbt":  # sampler random (grid returned above)
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
         space = {p.name: _ray_domain(p) for p in cfg.search}
         return (BasicVariantGenerator(max_concurrent=cfg.max_concurrent,
                                       random_state=cfg.sampler_seed), space, cfg.num_samples)
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     seed = cfg.sampler_seed
     sampler = {"tpe": lambda: optuna.samplers.TPESampler(
@@ -82,8 +82,6 @@ def make_search(cfg: StudyConfig) -> tuple[Any, dict[str, Any], int]:
 def _ray_domain(p: ParamSpec) -> Any:
     """A searched parameter as a Ray Tune sampling domain (PBT's population and its
     resampling)."""
-    from ray import tune
-
     if p.type == "float":
         return tune.uniform(p.low, p.high)
     if p.type == "loguniform":
@@ -111,20 +109,16 @@ def make_scheduler(cfg: StudyConfig) -> Any:
     if cfg.scheduler.type == "none":
         return None
     if cfg.scheduler.type == "pbt":
-        from ray.tune.schedulers import PopulationBasedTraining
-
         s = cfg.scheduler
         mutations = {p.name: list(p.values) if p.type == "categorical" else _ray_domain(p)
                      for p in cfg.search}
         return PopulationBasedTraining(
-            time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
+            time_attr=ITERATION, perturbation_interval=s.perturbation_interval,
             hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
             resample_probability=s.resample_probability,
             custom_explore_fn=ClipToSearch({p.name: (p.low, p.high) for p in cfg.search
                                             if p.type != "categorical"}))
-    from ray.tune.schedulers import ASHAScheduler
-
-    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
+    return ASHAScheduler(time_attr=ITERATION, max_t=cfg.epochs,
                          grace_period=min(cfg.scheduler.grace_period, cfg.epochs),
                          reduction_factor=cfg.scheduler.reduction_factor)
 
@@ -133,8 +127,6 @@ def make_tuner(trainable: Any, cfg: StudyConfig, search: tuple[Any, dict[str, An
                run_config: Any, *, resume: bool, retry_failed: bool) -> Any:
     """The study's Tuner: restored from ``run_config``'s folder on ``--resume`` (failed trials
     retried with ``--retry-failed``), else new with ``search`` (``make_search``'s result)."""
-    from ray import tune
-
     search_alg, param_space, num_samples = search
     path = f"{run_config.storage_path.rstrip('/')}/{run_config.name}"
     if resume and tune.Tuner.can_restore(path):

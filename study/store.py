@@ -6,15 +6,18 @@ sees a partial schema and starts migrating too; the two migrations collide and t
 So the store is built under another name in the same folder - schema, the study's experiment -
 its connections closed, and only then renamed to ``mlflow.db`` (an atomic rename on one file
 system): from the instant ``mlflow.db`` exists it is complete. The study's folder lock is held
-meanwhile, so no second study builds one at the same time.
+meanwhile, so no second study builds one at the same time. The study's experiment is made here
+too (once, on the driver: parallel creation races).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 DB_NAME = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"  # the embedded store's artifacts, beside it in the study folder
 SQLITE = "sqlite:///"
 
 
@@ -25,9 +28,29 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len(SQLITE):])
 
 
+def default_tracking_uri(out: Path) -> str:
+    """The embedded store of a study folder (``--tracking-uri`` absent)."""
+    return f"{SQLITE}{(out / DB_NAME).resolve()}"
+
+
+def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str:
+    """Get or create the study's experiment once, on the driver (parallel creation races)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # noqa: BLE001 - lost a race with another driver: read it back
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 def _close_engine(uri: str) -> None:
     """Close MLflow's cached SQLAlchemy engine for ``uri`` (no connection outlives the build)."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # ~1 s; only here
 
     engine = SqlAlchemyStore._engine_map.pop(uri, None)
     if engine is not None:
@@ -42,9 +65,7 @@ def ensure_store(tracking_uri: str, experiment: str, artifact_root: Path | None)
     db = sqlite_path(tracking_uri)
     if db is None or db.exists():
         return
-    from mlflow.tracking import MlflowClient
-
-    from study.tracking import ensure_experiment
+    from mlflow.tracking import MlflowClient  # ~1 s: only building a store needs it here
 
     db.parent.mkdir(parents=True, exist_ok=True)
     tmp = db.with_name(f".{db.name}.{os.getpid()}.building")
@@ -58,4 +79,5 @@ def ensure_store(tracking_uri: str, experiment: str, artifact_root: Path | None)
     os.replace(tmp, db)
 
 
-__all__ = ["DB_NAME", "ensure_store", "sqlite_path"]
+__all__ = ["ARTIFACT_DIR", "DB_NAME", "default_tracking_uri", "ensure_experiment", "ensure_store",
+           "sqlite_path"]

@@ -1,9 +1,11 @@
-"""The MLflow layout of a study: one experiment, a parent run, one child run per trial.
+"""MLflow I/O of a study: one experiment, a parent run, one child run per trial (the names are
+study/record.py's).
 
 Trials log their own child run (from whichever node they run on) so metrics and artifacts are
-written where they are produced; the driver's `TrialStatusCallback` only closes runs that a
-trial could not close itself (stopped by ASHA, killed with its node, interrupted). Epoch logs go
-through one background thread as one `log_batch` per epoch, so training never waits on MLflow.
+written where they are produced; the driver's `TrialStatusCallback` (study/trial_callback.py)
+only closes runs that a trial could not close itself (stopped by ASHA, killed with its node,
+interrupted). Epoch logs go through one background thread as one `log_batch` per epoch, so
+training never waits on MLflow.
 
 No epoch is lost on the way out: the logger drains and checks its queue when the trial
 completes, fails, is stopped by the scheduler (which ends the trial inside ``tune.report``) or its
@@ -21,12 +23,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import io
-import signal
 import sys
 import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -35,10 +37,9 @@ from typing import Any, TypeVar
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from ray import tune
 
-from study.faults import Fault, StudyFault, error_text, find_fault, text_fault
-from study.reconcile import RUN_ID, reconcile_reported
+from study.curves import curves_png
+from study.faults import error_text, find_fault
 from study.record import Artifacts, Roles, Status, Tags, parse_fold_metric, run_name
 from study.store import sqlite_path
 
@@ -71,25 +72,6 @@ def mlflow_client(tracking_uri: str) -> MlflowClient:
         return _CLIENTS[tracking_uri]
 
 
-def default_tracking_uri(out: Path) -> str:
-    return f"sqlite:///{(out / 'mlflow.db').resolve()}"
-
-
-def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """Get or create the study's experiment once, on the driver (parallel creation races)."""
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # noqa: BLE001 - lost a race with another driver: read it back
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
-
-
 def start_parent_run(client: MlflowClient, experiment_id: str, name: str,
                      tags: dict[str, str], artifacts: list[Path],
                      on_created: Callable[[str], None] | None = None) -> str:
@@ -118,7 +100,7 @@ def _metrics(values: dict[str, float], step: int, stamp: int | None = None) -> l
     return [Metric(k, float(v), stamp, step) for k, v in values.items()]
 
 
-def _tags(tags: dict[str, Any]) -> list[RunTag]:
+def as_tags(tags: dict[str, Any]) -> list[RunTag]:
     return [RunTag(k, str(v)) for k, v in tags.items()]
 
 
@@ -259,7 +241,7 @@ class TrialLogger:
             retry(lambda: self.client.log_artifact(self.run_id, str(csv)))
         self.log_curves()
         log_batched(self.client, self.run_id, metrics=_metrics(final, 0),
-                    tags=_tags({**tags, Tags.STATUS: Status.COMPLETED}))
+                    tags=as_tags({**tags, Tags.STATUS: Status.COMPLETED}))
         retry(lambda: self.client.set_terminated(self.run_id, "FINISHED"))
         self._close()
 
@@ -295,7 +277,7 @@ class TrialLogger:
             status, end, cause = Status.FAILED, "FAILED", error_text(exc, 5000)
         text = "".join(traceback.format_exception(exc))
         steps = [("the queued epochs", lambda: self.drain(timeout=30)),
-                 ("the status tags", lambda: log_batched(self.client, self.run_id, tags=_tags(
+                 ("the status tags", lambda: log_batched(self.client, self.run_id, tags=as_tags(
                      {Tags.STATUS: status, Tags.ERROR: cause[:5000]}))),
                  (Artifacts.ERROR, lambda: retry(lambda: self.client.log_text(
                      self.run_id, text, Artifacts.ERROR), attempts=2)),
@@ -325,7 +307,7 @@ def _study_roots(tracking_uri: str, artifact_uri: str | None) -> list[Path]:
 
 def _trial_dir_roots() -> list[Path]:
     """The study's Ray results folder, seen from inside a trial (none outside one)."""
-    import warnings
+    from ray import tune  # only a trial's logger asks: the driver's MLflow I/O needs no Ray
 
     try:
         with warnings.catch_warnings():  # outside a trial Ray warns and returns None
@@ -334,214 +316,6 @@ def _trial_dir_roots() -> list[Path]:
     except Exception:  # noqa: BLE001 - not in a Ray trial, or a remote storage URI
         return []
     return [Path(trial_dir).parent] if trial_dir else []
-
-
-def trial_error(trial: Any) -> BaseException | str | None:
-    """What a trial raised, as Ray kept it: the exception (pickled beside the trial's results)
-    or, when it could not be pickled, the text of its last failure."""
-    from ray import cloudpickle
-
-    path = getattr(trial, "pickled_error_file", None)
-    if path and Path(path).is_file():
-        try:
-            with open(path, "rb") as f:
-                return cloudpickle.load(f)
-        except Exception:  # noqa: BLE001 - fall back to the text
-            pass
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).is_file():
-        with contextlib.suppress(OSError):
-            return Path(path).read_text(errors="replace").rsplit("Failure # ", 1)[-1][-20000:]
-    return None
-
-
-def _died(exc: BaseException | str | None) -> bool:
-    from ray.exceptions import RayActorError
-
-    return isinstance(exc, RayActorError) or exc is None
-
-
-class TrialStatusCallback(tune.Callback):
-    """Driver side: close the child runs that their trial could not close itself, and refill
-    any epoch a trial reported to Ray but whose MLflow batch was lost (study/reconcile.py).
-
-    The refill waits `settle_s` after the trial ended (a stopped trial is still writing its
-    last batch when Ray calls back) and runs for every remaining trial when the experiment
-    ends (its workers are gone by then).
-
-    A trial's error is read from what Ray kept of it. A fault on the study's own files
-    (``roots``: its folders; ``store``: the SQLite file) - in a trial's error or in one of this
-    callback's own writes - stops the study: `fault` is set and `StudyFault` ends Ray Tune at
-    once, so the state it saved the moment before (the faulted trials still running) is what
-    --resume continues. Any other failure of a write here is a warning: the study's finish
-    closes what is left open."""
-
-    def __init__(self, tracking_uri: str, experiment_id: str, metric: str,
-                 settle_s: float = 5.0, roots: tuple[Path, ...] = (),
-                 store: str | None = None) -> None:
-        self.tracking_uri, self.experiment_id, self.metric = tracking_uri, experiment_id, metric
-        self.settle_s = settle_s
-        self.roots, self.store = roots, store
-        self.reported: dict[str, list[dict[str, Any]]] = {}
-        self._ended: list[tuple[float, str]] = []
-        self.filled: dict[str, list[int]] = {}
-        self.interrupted = False  # a stop signal ended the experiment before its end
-        self.unfinished = 0  # trials not ended at the last step
-        self.fault: Fault | None = None  # the fault that stopped the study
-        self._previous_sigterm: Any = None
-
-    def setup(self, **info: Any) -> None:
-        """Route SIGTERM, like Ctrl-C, to Tune's graceful stop (it saves the experiment state
-        for --resume) and remember that the experiment was interrupted. Tune installs its
-        Ctrl-C handler just before calling this; a second signal stops at once."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        tune_handler = signal.getsignal(signal.SIGINT)
-
-        def stop(signum: int, frame: Any) -> None:
-            if self.interrupted or not callable(tune_handler):
-                raise KeyboardInterrupt
-            self.interrupted = True
-            tune_handler(signal.SIGINT, frame)
-
-        signal.signal(signal.SIGINT, stop)
-        self._previous_sigterm = signal.signal(signal.SIGTERM, stop)
-
-    @property
-    def client(self) -> MlflowClient:
-        return mlflow_client(self.tracking_uri)
-
-    def _stop(self, fault: Fault) -> None:
-        if self.fault is None:
-            self.fault = fault
-        raise StudyFault(self.fault)
-
-    def _write(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run one MLflow call of this callback: a fault stops the study, anything else is a
-        warning (None returned)."""
-        try:
-            return fn()
-        except StudyFault:
-            raise
-        except Exception as exc:  # noqa: BLE001 - classified: a fault, or a warning
-            fault = find_fault(exc, self.roots, self.store)
-            if fault is not None:
-                self._stop(fault)
-            print(f"warning: could not write {what} to MLflow: {error_text(exc)}", flush=True)
-            return None
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
-        from study.reconcile import EPOCH, LOGGED_AT, REPLAYED, epoch_metric_names
-
-        keep = {RUN_ID, EPOCH, LOGGED_AT, REPLAYED, *epoch_metric_names(result, self.metric)}
-        self.reported.setdefault(trial.trial_id, []).append(
-            {k: v for k, v in result.items() if k in keep})
-
-    def _latest_run(self, trial: Any, by_result: bool) -> Any | None:
-        run_id = (trial.last_result or {}).get(RUN_ID) if by_result else None
-        if run_id:
-            return retry(lambda: self.client.get_run(run_id))
-        runs = trial_runs(self.client, self.experiment_id, trial.trial_id)
-        return runs[-1] if runs else None
-
-    def _open_run(self, trial: Any, by_result: bool) -> Any | None:
-        run = self._latest_run(trial, by_result)
-        return run if run is not None and run.info.status == "RUNNING" else None
-
-    def _reconcile(self, trial_id: str) -> None:
-        rows = self.reported.pop(trial_id, [])
-        filled = self._write(f"trial {trial_id}'s missing epochs",
-                             lambda: reconcile_reported(self.client, rows, self.metric))
-        self.filled.update(filled or {})
-
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        self.unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
-        now = time.monotonic()
-        while self._ended and self._ended[0][0] <= now:
-            self._reconcile(self._ended.pop(0)[1])
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended.append((time.monotonic() + self.settle_s, trial.trial_id))
-        run = self._write("a stopped trial's status",
-                          lambda: self._open_run(trial, by_result=True))
-        if run is None:
-            return
-        done = trial.last_result.get("training_iteration", 0)
-        self._log_curves(run.info.run_id, self.reported.get(trial.trial_id, []))
-        self._write(f"run {run.info.run_id}'s status", lambda: (
-            log_batched(self.client, run.info.run_id, tags=_tags(
-                {Tags.STATUS: Status.STOPPED_EARLY, Tags.STOPPED_AT: done})),
-            retry(lambda: self.client.set_terminated(run.info.run_id, "FINISHED"))))
-
-    def _log_curves(self, run_id: str, rows: list[dict[str, Any]]) -> None:
-        """A trial stopped by the scheduler gets its validation-curve PNG from here, from the
-        epochs it reported to Ray: its own process may be ended before it can draw one."""
-        from study.reconcile import EPOCH
-
-        curves: dict[str, dict[int, float]] = {}
-        for row in rows:
-            for name, value in row.items():
-                fold = parse_fold_metric(name)
-                if row.get(EPOCH) is not None and (fold[1] if fold else name).startswith("val_"):
-                    curves.setdefault(name, {})[int(row[EPOCH])] = float(value)
-        if not curves:
-            return
-
-        def log() -> None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = curves_png(curves, Path(tmp) / Artifacts.CURVES)
-                retry(lambda: self.client.log_artifact(run_id, str(path)), attempts=2)
-
-        self._write(f"run {run_id}'s validation-curve image", log)
-
-    def _ended_by_error(self, trial: Any) -> None:
-        """A trial's attempt ended with an error (retried or not): a fault stops the study;
-        a failure is recorded in its run when the trial could not do so itself."""
-        exc = trial_error(trial)
-        fault = (find_fault(exc, self.roots, self.store) if isinstance(exc, BaseException)
-                 else text_fault(exc or "", self.roots, self.store))
-        if fault is not None:  # the trial's own record may say FAILED: the cause was ours
-            run = self._write("a trial's status", lambda: self._latest_run(trial, False))
-            if run is not None and run.data.tags.get(Tags.STATUS) in (Status.RUNNING,
-                                                                      Status.FAILED):
-                self._write(f"run {run.info.run_id}'s status", lambda: (
-                    log_batched(self.client, run.info.run_id, tags=_tags(
-                        {Tags.STATUS: Status.INTERRUPTED, Tags.ERROR: fault.describe()})),
-                    retry(lambda: self.client.set_terminated(run.info.run_id, "KILLED"))))
-            self._stop(fault)
-        run = self._write("a trial's status", lambda: self._open_run(trial, by_result=False))
-        if run is None:
-            return
-        message = error_text(exc, 5000)
-        if _died(exc):
-            message = "trial process died (node lost or killed)" + (f": {message}" if message
-                                                                      else "")
-        self._write(f"run {run.info.run_id}'s status", lambda: (
-            log_batched(self.client, run.info.run_id, tags=_tags(
-                {Tags.STATUS: Status.FAILED, Tags.ERROR: message})),
-            retry(lambda: self.client.set_terminated(run.info.run_id, "FAILED"))))
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended.append((time.monotonic() + self.settle_s, trial.trial_id))
-        self._ended_by_error(trial)
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Ray retries the trial (max_failures): unless a fault ended it - then nothing is
-        retried, the study stops - the retry's own run closes this attempt's."""
-        exc = trial_error(trial)
-        fault = (find_fault(exc, self.roots, self.store) if isinstance(exc, BaseException)
-                 else text_fault(exc or "", self.roots, self.store))
-        if fault is not None:
-            self._ended_by_error(trial)
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Workers are stopped: refill every trial not yet checked."""
-        if self._previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-        for trial_id in [t for _, t in self._ended] + list(self.reported):
-            self._reconcile(trial_id)
-        self._ended.clear()
 
 
 def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id: str,
@@ -557,7 +331,7 @@ def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id:
         if run.data.tags.get(Tags.STATUS) == Status.COMPLETED:
             close_completed(client, run)
             continue
-        log_batched(client, run.info.run_id, tags=_tags(
+        log_batched(client, run.info.run_id, tags=as_tags(
             {Tags.STATUS: Status.INTERRUPTED, **({Tags.ERROR: error[:5000]} if error else {})}))
         retry(lambda r=run: client.set_terminated(r.info.run_id, "KILLED"))
     return len(children)
@@ -571,39 +345,9 @@ def close_open_runs(client: MlflowClient, experiment_id: str, parent_run_id: str
     runs were closed."""
     closed = close_open_children(client, experiment_id, parent_run_id, children_error)
     if error:
-        log_batched(client, parent_run_id, tags=_tags({Tags.ERROR: error[:5000]}))
+        log_batched(client, parent_run_id, tags=as_tags({Tags.ERROR: error[:5000]}))
     retry(lambda: client.set_terminated(parent_run_id, parent_status))
     return closed
-
-
-def curves_png(curves: dict[str, dict[int, float]], path: Path) -> Path:
-    """Per-fold validation metric by epoch (thin lines, one per fold) and the fold mean (thick
-    black): what the trial reported, readable at the size of MLflow's artifact preview."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.0, 3.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    folds = sorted((parse_fold_metric(k), k) for k in curves if parse_fold_metric(k))
-    means = [k for k in curves if not parse_fold_metric(k)]
-    for (fold, _), name in folds:
-        xs = sorted(curves[name])
-        ax.plot(xs, [curves[name][x] for x in xs], marker=".", lw=1, alpha=0.8,
-                label=f"fold {fold}")
-    for name in means:
-        xs = sorted(curves[name])
-        ax.plot(xs, [curves[name][x] for x in xs], color="black", lw=2.2, marker="o",
-                label="mean over folds")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(means[0] if means else "validation metric")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left",
-              bbox_to_anchor=(1.01, 0.5), frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
 
 
 def log_frame(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str) -> None:
@@ -612,7 +356,6 @@ def log_frame(client: MlflowClient, run_id: str, frame: pd.DataFrame, name: str)
     retry(lambda: client.log_text(run_id, buf.getvalue(), name))
 
 
-__all__ = ["TrialLogger", "TrialStatusCallback", "LoggingError", "ensure_experiment", "curves_png",
-           "default_tracking_uri", "completed_run", "close_completed", "close_open_children",
+__all__ = ["TrialLogger", "LoggingError", "completed_run", "close_completed", "close_open_children",
            "close_open_runs",
            "start_parent_run", "log_batched", "log_frame", "mlflow_client", "now_ms", "retry"]

@@ -25,7 +25,7 @@ from study.baseline_runs import check_covariates, log_baseline, run_baselines
 from study.parent import study_params, study_tags
 from study.record import FIT_SECONDS, SEEDLESS, Roles, Status, Tags
 from study.space import SpaceError, parse_study
-from study.trial import trial_params
+from study.spec import TrialContext
 from tests.analysis_fixtures import log_study
 from tests.study_helpers import SMOKE, T, run_study, study_main, write_space
 
@@ -202,7 +202,10 @@ def test_parent_params_record_the_study_and_the_cohort(data, tmp_path) -> None:
 
 
 def test_trial_params_hold_every_default(data) -> None:
-    params = trial_params({"task": TASK, "epochs": 3, "alpha": 0.3}, data.cohort)
+    ctx = TrialContext(task=TASK, epochs=3, folds=data.folds, seeds=(0,), fixed={},
+                       cohort=data.cohort, splits=data.splits, bags=None, tracking_uri="",
+                       experiment_id="", parent_run_id="")
+    params = ctx.spec({"alpha": 0.3}).params
     assert params["alpha"] == 0.3
     assert params["lr"] == TrainConfig.lr and params["weight_decay"] == TrainConfig.weight_decay
     assert params["dropout"] == ModelConfig.dropout and params["tau_cos"] == 0.0

@@ -17,8 +17,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ksmodel.train import FoldTrainer, train_fold
-from study.reconcile import RUN_ID
 from study.record import Tags
+from study.results import RUN_ID
 from tests.study_helpers import ROOT, T, run_study, runs, study_env, write_space
 from tests.test_train import _trainer
 

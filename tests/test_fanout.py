@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from ksmodel.train import build_model_config
 from study.fanout import trial_resources
 from study.space import SpaceError, load_study
 from tests.study_helpers import SMOKE, T, run_study, runs, write_space
@@ -72,26 +71,26 @@ def test_fanned_out_folds_continue_a_lock_step_checkpoint(small_cohort: Path) ->
 
     from ksmodel.data import load_run_data
     from study.fanout import FannedOutFolds, LocalFolds
-    from study.trial import TrialContext
+    from study.spec import TrialContext
     from tests.test_train import SMALL
 
     data = load_run_data(small_cohort, "diagnosis", grid=SMALL["grid"], folds=2)
-    ctx = TrialContext(task="diagnosis", metric="auc", epochs=4, folds=data.folds, seeds=(0,),
-                       fixed={}, cohort=data.cohort, splits=data.splits,
+    ctx = TrialContext(task="diagnosis", epochs=4, folds=data.folds, seeds=(0,),
+                       fixed={**SMALL, "dropout": 0.25, "lam": 0.1, "batch_size": 8},
+                       cohort=data.cohort, splits=data.splits,
                        bags=data.bags.numpy(), tracking_uri="", experiment_id="",
                        parent_run_id="fanout-test", fold_parallel="tasks")
-    model_cfg = build_model_config(data.cohort, "diagnosis", **SMALL, dropout=0.25)
-    train_kw = {"task": "diagnosis", "epochs": 4, "lam": 0.1, "batch_size": 8}
+    spec = ctx.spec({"seed": 3})
     torch.set_num_threads(1)
-    whole = LocalFolds(ctx, model_cfg, train_kw, [3])
+    whole = LocalFolds(ctx, spec)
     for _ in range(4):
         expected = whole.step()
-    half = LocalFolds(ctx, model_cfg, train_kw, [3])
+    half = LocalFolds(ctx, spec)
     half.step(), half.step()
     states = half.states()
     ray.init(num_cpus=2, include_dashboard=False, address="local")
     try:
-        fanned = FannedOutFolds(ctx, model_cfg, train_kw, [3])
+        fanned = FannedOutFolds(ctx, spec)
         restored = fanned.restore(states)
         assert [s.epoch for s in restored] == [2, 2]
         fanned.step()

@@ -210,7 +210,8 @@ def _store(tmp_path: Path, template: Path, artifacts: Path) -> tuple[str, str]:
     """A copy of the template store with an experiment whose artifacts go to ``artifacts``."""
     import shutil
 
-    from study.tracking import ensure_experiment, mlflow_client
+    from study.store import ensure_experiment
+    from study.tracking import mlflow_client
 
     shutil.copy(template, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -250,7 +251,8 @@ def test_the_driver_stops_at_a_trials_fault_and_records_a_failure_as_it_was(
 
     from study.faults import StudyFault
     from study.record import Status, Tags
-    from study.tracking import TrialLogger, TrialStatusCallback, mlflow_client
+    from study.tracking import TrialLogger, mlflow_client
+    from study.trial_callback import TrialStatusCallback
 
     uri, exp = _store(tmp_path, empty_store, tmp_path / "art")
     client = mlflow_client(uri)

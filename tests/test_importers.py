@@ -307,7 +307,7 @@ def test_cli(tmp_path, capsys):
 
 def test_real_cohort_study_file_uses_the_published_folds(imported, tmp_path):
     """search_spaces/tcga_gbmlgg_survival.yaml + an imported cohort pass the runner's checks."""
-    from study.run import load_data
+    from study.launch import load_data
     from study.space import load_study
 
     out, _ = imported

@@ -18,8 +18,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.lock import StudyBusyError, StudyLock, lock_path, read_holder, stale_note
-from study.reconcile import EPOCH, LOGGED_AT, RUN_ID, reconcile_reported
+from study.reconcile import reconcile_reported
 from study.record import Roles, Status, Tags
+from study.results import EPOCH, LOGGED_AT, RUN_ID
 from tests.analysis_fixtures import fresh_store
 from tests.study_helpers import (
     ROOT,
@@ -208,7 +209,8 @@ SIGTERMED_TRIAL = """
 import os, signal, sys, time
 from pathlib import Path
 from study.store import ensure_store
-from study.tracking import TrialLogger, ensure_experiment, mlflow_client
+from study.store import ensure_experiment
+from study.tracking import TrialLogger, mlflow_client
 uri = sys.argv[1]
 ensure_store(uri, "e", Path(sys.argv[2]))
 exp = ensure_experiment(mlflow_client(uri), "e", None)

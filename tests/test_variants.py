@@ -15,8 +15,8 @@ import yaml
 
 from analysis import claims, compare
 from analysis.load import load_study as load_recorded
+from study.launch import _modalities, parent_tags
 from study.record import Tags
-from study.run import _modalities, parent_tags
 from study.search import make_search
 from study.space import SpaceError, dump_study, load_study
 from study.variants import VARIANT_KEY, expand

@@ -7,7 +7,7 @@ rule maps the blocks of all rows at once and the target writes the result back. 
 on the streams' own encoders as well (OGM-GE) return factors the coordinator applies to each
 stream's weight tensors.
 
-Telemetry per step (floats, names in ``TELEMETRY_KEYS``):
+Telemetry per step (floats, names in ``ksmodel.telemetry``):
 
 * per row: ``cos_mean`` (mean cosine of the two blocks), ``cos_p01`` / ``cos_p99`` (its 1st and
   99th percentile over rows), ``conflict_rate`` (rows with cos < 0, one criterion for every rule
@@ -28,13 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ksmodel.coordination.registry import Rule, effective_params, get_rule
+from ksmodel.coordination.registry import CLASSIFIER_ROWS, Rule, effective_params, get_rule
 from ksmodel.coordination.rules import EPS, Blocks, RuleResult
 from ksmodel.coordination.targets import STREAMS, get_target
-
-TELEMETRY_KEYS = ("cos_mean", "conflict_rate", "projected_tumour", "projected_tme", "proj_norm",
-                  "skipped", "layer_cos", "rel_change", "cos_p01", "cos_p99", "scale_tumour",
-                  "scale_tme")
+from ksmodel.telemetry import SKIPPED, TELEMETRY_KEYS
 
 
 class Coordinator:
@@ -42,7 +39,7 @@ class Coordinator:
     blocks; ``coord.step(model, out, targets, task)`` on a model after backward."""
 
     def __init__(self, rule: str | Rule, params: Mapping[str, Any] | None = None,
-                 target: str = "classifier_rows") -> None:
+                 target: str = CLASSIFIER_ROWS) -> None:
         self.rule = rule if isinstance(rule, Rule) else get_rule(rule)
         self.params = effective_params(self.rule.name, dict(params or {}))
         self.target = get_target(target)
@@ -147,13 +144,13 @@ def _telemetry(b: Blocks, res: RuleResult, skipped: bool, summed: bool) -> dict[
         quantiles[1], (new_tt / tt.clamp_min(EPS)).sqrt(), (new_mm / mm.clamp_min(EPS)).sqrt(),
     ]).float()
     values = stats.tolist()  # one device sync
-    keys = [k for k in TELEMETRY_KEYS if k != "skipped"]
+    keys = [k for k in TELEMETRY_KEYS if k != SKIPPED]
     telemetry = dict(zip(keys, values, strict=True))
     telemetry["skipped"] = float(skipped)
     return {k: telemetry[k] for k in TELEMETRY_KEYS}
 
 
-def make_coordinator(name: str, target: str = "classifier_rows", **params: Any) -> Coordinator:
+def make_coordinator(name: str, target: str = CLASSIFIER_ROWS, **params: Any) -> Coordinator:
     """A coordinator for rule ``name`` on ``target`` with its hyper-parameters (defaults from
     the registry)."""
     return Coordinator(name, params, target)

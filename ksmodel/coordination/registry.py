@@ -17,6 +17,13 @@ from typing import Any
 
 from ksmodel.errors import ConfigError
 
+CLASSIFIER_ROWS, SHARED_TRUNK = "classifier_rows", "shared_trunk"
+COORD_TARGETS = (CLASSIFIER_ROWS, SHARED_TRUNK)
+"""Where gradient coordination acts (README, "Gradient coordination"): ``classifier_rows`` - the
+published rule, each class row of the classifier split into its tumour and TME columns;
+``shared_trunk`` - the rows (units) of the patch projection both streams share, split into what
+reaches it through each stream (needs ``shared_projection``). Implemented in ``targets.py``."""
+
 
 @dataclass(frozen=True)
 class HyperParam:
@@ -145,4 +152,5 @@ def effective_params(rule: str, given: Mapping[str, Any]) -> dict[str, float]:
     return {**get_rule(rule).defaults(), **checked}
 
 
-__all__ = ["HyperParam", "Rule", "RULES", "get_rule", "hyper_params", "effective_params"]
+__all__ = ["CLASSIFIER_ROWS", "COORD_TARGETS", "SHARED_TRUNK", "HyperParam", "Rule", "RULES",
+           "get_rule", "hyper_params", "effective_params"]

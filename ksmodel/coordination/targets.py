@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ksmodel.coordination.registry import CLASSIFIER_ROWS, COORD_TARGETS, SHARED_TRUNK
 from ksmodel.errors import ConfigError
 
 STREAMS = ("tumour", "tme")
@@ -29,7 +30,7 @@ STREAMS = ("tumour", "tme")
 class ClassifierRows:
     """The classifier's weight gradient [C, 2d], tumour columns then TME columns."""
 
-    name = "classifier_rows"
+    name = CLASSIFIER_ROWS
     summed = False  # the blocks sit side by side in one parameter gradient
 
     def blocks(self, model: nn.Module, out: Any) -> tuple[Tensor, Tensor]:
@@ -51,7 +52,7 @@ class SharedTrunk:
     """The shared patch projection's gradient, split by the stream it came through:
     [d, D + 1] per stream (unit j: its weight row and its bias)."""
 
-    name = "shared_trunk"
+    name = SHARED_TRUNK
     summed = True  # the blocks add up to the parameter gradient
 
     def blocks(self, model: nn.Module, out: Any) -> tuple[Tensor, Tensor]:
@@ -77,6 +78,7 @@ class SharedTrunk:
 
 
 TARGETS = {t.name: t for t in (ClassifierRows(), SharedTrunk())}
+assert tuple(TARGETS) == COORD_TARGETS  # one implementation per name of the registry
 
 
 def get_target(name: str) -> ClassifierRows | SharedTrunk:

@@ -62,6 +62,7 @@ import pandas as pd
 from ksmodel.cohort import clean_ids
 from ksmodel.errors import CohortError, data_rows, shown
 from ksmodel.errors import few as _few
+from ksmodel.tasks import LABEL_COLUMNS
 
 DAYS_PER_MONTH = 30.44
 """Mean Gregorian month (365.25 / 12 = 30.4375, rounded as is customary)."""
@@ -479,7 +480,7 @@ def _labels(df: pd.DataFrame, idh_col: str, table: Path, notes: list[str]) -> _L
     clinical["idh_mutant"] = idh.astype(np.int64)
     clinical["survival_months"] = months
     clinical["slide_file"] = df["slide_file"]
-    for col in ("diagnosis", "grade", "survival_days", "event"):
+    for col in LABEL_COLUMNS:  # every column a task reads its label from
         n_values = clinical.groupby("case_id")[col].nunique()
         if (n_values > 1).any():
             case = n_values.index[n_values.to_numpy() > 1][0]
