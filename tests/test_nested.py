@@ -293,7 +293,8 @@ def check_nested_terminal(stdout: str, stderr: str, out: Path) -> None:
     # the study's own lines and the progress lines only: nothing else between them
     own = ("cohort ", "synthetic cohort", "MLflow", "  ", "then open", "baselines on",
            "baseline ", "outer fold ", "nested_smoke: nested evaluation", " outer_fold ",
-           "nested estimate", "best-of-search", "Report", "the best trial")
+           "nested estimate", "best-of-search", "Report", "the best trial", "note: ",
+           "Verdict (")
     other = [line for line in lines if line.strip() and not PROGRESS.match(line)
              and not line.startswith(own) and not re.match(r"^\s+\d ", line)]
     assert not other, other
