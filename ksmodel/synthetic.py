@@ -395,13 +395,15 @@ def _clear(out: Path, overwrite: bool) -> None:
 
 
 def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str = "parquet",
-             overwrite: bool = False, quiet: bool = False, **changes: Any) -> Path:
+             overwrite: bool = False, quiet: bool = False, shown_as: str | Path | None = None,
+             **changes: Any) -> Path:
     """Write a synthetic cohort to ``out`` and return its path.
 
     ``params`` defaults to ``SyntheticConfig()``; keyword ``changes`` (patients=..., seed=...)
     are applied on top. ``patches``: (min, max) patches per patient, uniform; an int N means mean
     N, i.e. (ceil(N/2), 3N/2). A patient with two slides splits its patches between them.
-    ``fmt``: "parquet" or "csv" for the clinical and expression tables.
+    ``fmt``: "parquet" or "csv" for the clinical and expression tables. ``shown_as``: the folder
+    named in the printed summary (where the cohort ends up, when ``out`` is a staging folder).
     """
     params = replace(params or SyntheticConfig(), **changes)
     patients, patches, dim, seed = params.patients, params.patches, params.dim, params.seed
@@ -510,7 +512,9 @@ def generate(out: str | Path, params: SyntheticConfig | None = None, *, fmt: str
     seconds = time.perf_counter() - start
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     counts = np.bincount(t["diag"], minlength=4)
-    say(f"synthetic cohort ({params.scenario}) -> {out}")
+    header = f"synthetic cohort ({params.scenario}) ->"
+    shown = str(shown_as or out)  # a long path on a line of its own (lines <= 119 columns)
+    say(f"{header} {shown}" if len(header) + 1 + len(shown) <= 119 else f"{header}\n  {shown}")
     lines = ["  diagnosis:"]  # at most 119 columns, a class never split over two lines
     for d, c in enumerate(counts):
         part = f" {c} x {DIAGNOSES[d]};"
@@ -538,7 +542,7 @@ def ensure_synthetic(out: str | Path, params: SyntheticConfig | None = None,
     if not (out / "cohort.json").is_file():
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        generate(tmp, params, quiet=quiet)
+        generate(tmp, params, quiet=quiet, shown_as=out)
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(tmp, out)

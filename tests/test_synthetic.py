@@ -17,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from ksmodel.cohort import Cohort, load_bags, load_cohort
+from ksmodel.config import SyntheticConfig
 from ksmodel.splits import ExpressionScaler, fold_case_ids, make_splits
 from ksmodel.synthetic import generate, main
 
@@ -389,3 +390,20 @@ def test_cli_scenario(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "c" / "cohort.json").read_text())["scenario"] == "null"
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "d"), "--scenario", "nul"])
+
+
+def test_a_cached_cohort_is_announced_by_its_final_folder_within_119_columns(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The summary names where the cohort ends up (not its staging folder), and a path too long
+    for one line gets a line of its own."""
+    from ksmodel.synthetic import ensure_synthetic  # noqa: PLC0415
+
+    short = tmp_path / "synthetic" / "638a062109b6f66e"
+    out = tmp_path / ("d" * max(1, 105 - len(str(short)))) / "synthetic" / "638a062109b6f66e"
+    assert 81 <= len(str(out)) <= 117  # its own line fits, not after the header
+    ensure_synthetic(out, SyntheticConfig(patients=20, patches=4, dim=8, seed=0))
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 119, max(lines, key=len)
+    at = lines.index("synthetic cohort (histology_needed) ->")
+    assert lines[at + 1] == f"  {out}"
+    assert ".tmp-" not in "\n".join(lines)
