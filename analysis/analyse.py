@@ -25,8 +25,10 @@ from mlflow import MlflowClient
 from analysis import claims as claims_mod
 from analysis import evaluation as ev
 from analysis import multi, recorded, stats
+from analysis.evaluation import is_search, selection_rule
 from analysis.figures import NOT_HYPERPARAMS, FigureResult, cd_diagram
 from analysis.load import Study, load_study, param_column
+from analysis.report import write_report
 from analysis.stats import Design
 from analysis.task_figures import task_figures
 from analysis.trials_summary import best_trial
@@ -94,35 +96,6 @@ Report = Analysis  # the name earlier callers use
 
 
 # --- what the study recorded ---------------------------------------------------------------
-
-def selection_rule(trials: pd.DataFrame, task: str | None = None) -> str:
-    """How each fold's value was selected, from the trials' ``patience`` param: 0 -> the last
-    epoch, p > 0 -> the best epoch with early stopping after p epochs without improvement."""
-    t = trials if task is None else trials[trials["task"] == task]
-    t = t[~t["superseded"].astype(bool)]
-    col = t.get(param_column("patience"))
-    if col is None or col.dropna().empty:
-        return f"{recorded.NOT_RECORDED} (no trial logged the param `patience`)"
-    values = pd.to_numeric(col, errors="coerce").dropna().astype(int)
-    counts = values.value_counts().sort_index()
-
-    def rule(p: int) -> str:
-        return "last epoch" if p == 0 else f"best epoch, early stopping with patience {p}"
-
-    if len(counts) == 1:
-        return rule(int(counts.index[0]))
-    return "; ".join(f"{rule(int(p))} ({n} trials)" for p, n in counts.items())
-
-
-def is_search(study: Study, task: str) -> bool:
-    """A search (trial order and 'best trial' mean something) rather than a grid: the parent tag
-    ``ks.sampler`` when recorded, else whether some method has several trials per seed."""
-    sampler = study.parent_tags.get(Tags.SAMPLER)
-    if sampler:
-        return sampler.strip().lower() != "grid"
-    t = study.trials[(study.trials["task"] == task) & ~study.trials["superseded"].astype(bool)]
-    return bool(t.duplicated(["arm", "seed"]).any())
-
 
 def nested_estimate(study: Study, task: str, metric: str) -> pd.DataFrame | None:
     """Nested evaluation's outer-fold table (analysis/evaluation.py), None when not nested."""
@@ -229,8 +202,6 @@ def analyse(study: Study, out: Path | str, *, candidate: str = "cgcoord",
             log_to_mlflow: bool = True, rope: float | None = None,
             progress: Callable[[str], None] = _stderr) -> Analysis:
     """``run_compare`` on a study already read (or built in memory)."""
-    from analysis.report import write_report  # the document builder needs the Analysis
-
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     ev.ensure_roles(study)

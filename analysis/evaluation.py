@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Study, param_column
+from analysis.recorded import NOT_RECORDED
 from analysis.stats import best_label, duplicated_arms, full_budget
 from study.record import Params, Roles, Status, Tags, inner_metric
 
@@ -165,6 +166,38 @@ def _outer_info(study: Study, run_id: str, metric: str) -> tuple[str, float]:
             float(run.data.metrics.get(inner_metric(metric), np.nan)))
 
 
+
+
+def selection_rule(trials: pd.DataFrame, task: str | None = None) -> str:
+    """How each fold's value was selected, from the trials' ``patience`` param: 0 -> the last
+    epoch, p > 0 -> the best epoch with early stopping after p epochs without improvement."""
+    t = trials if task is None else trials[trials["task"] == task]
+    t = t[~t["superseded"].astype(bool)]
+    col = t.get(param_column("patience"))
+    if col is None or col.dropna().empty:
+        return f"{NOT_RECORDED} (no trial logged the param `patience`)"
+    values = pd.to_numeric(col, errors="coerce").dropna().astype(int)
+    counts = values.value_counts().sort_index()
+
+    def rule(p: int) -> str:
+        return "last epoch" if p == 0 else f"best epoch, early stopping with patience {p}"
+
+    if len(counts) == 1:
+        return rule(int(counts.index[0]))
+    return "; ".join(f"{rule(int(p))} ({n} trials)" for p, n in counts.items())
+
+
+def is_search(study: Study, task: str) -> bool:
+    """A search (trial order and 'best trial' mean something) rather than a grid: the parent tag
+    ``ks.sampler`` when recorded, else whether some method has several trials per seed."""
+    sampler = study.parent_tags.get(Tags.SAMPLER)
+    if sampler:
+        return sampler.strip().lower() != "grid"
+    t = study.trials[(study.trials["task"] == task) & ~study.trials["superseded"].astype(bool)]
+    return bool(t.duplicated(["arm", "seed"]).any())
+
+
 __all__ = ["ensure_roles", "is_nested", "role_view", "model_rows", "comparison_folds",
            "pick_candidate", "nested_table", "searched_arms", "NESTED_ROWS", "SEARCH_ROWS",
-           "GRID_ROWS"]
+           "GRID_ROWS",
+           "selection_rule", "is_search"]

@@ -272,7 +272,6 @@ def _baselines(doc: Doc, r: Analysis) -> None:
 
 
 def _methods(doc: Doc, r: Analysis) -> None:
-    from analysis.analyse import is_search
 
     doc.heading("Per-method results")
     doc.para("Mean, SD (ddof = 1) and median over every (seed, fold) value of completed trials; "
@@ -281,7 +280,7 @@ def _methods(doc: Doc, r: Analysis) -> None:
              "`methods.csv`."
              + (" In a search a method's row pools every configuration it was tried with; the "
                 "chosen one is under _Best configuration_." if any(
-                    is_search(r.study, task) for task in r.study.tasks) else ""))
+                    ev.is_search(r.study, task) for task in r.study.tasks) else ""))
     if not r.methods.empty:
         cols = ["task", "metric", "arm", "trials", "completed", "stopped_early", "failed",
                 "n_values", "mean", "sd", "median", "min", "max"]
@@ -290,7 +289,6 @@ def _methods(doc: Doc, r: Analysis) -> None:
 
 
 def _configuration(doc: Doc, r: Analysis) -> None:
-    from analysis.analyse import selection_rule
 
     s = r.study
     doc.heading("Study configuration")
@@ -304,7 +302,7 @@ def _configuration(doc: Doc, r: Analysis) -> None:
              "`ks.*`); where the parent did not record an item the trials' own param is shown "
              "and said so; items nobody recorded say so, so a reduced run cannot pass for a "
              "full one.")
-    doc.table(recorded.study_rows(s, {task: selection_rule(s.trials, task) for task in s.tasks}))
+    doc.table(recorded.study_rows(s, {task: ev.selection_rule(s.trials, task) for task in s.tasks}))
     doc.heading("Files")
     doc.para("`report.md`, `report.html` (the same report, self-contained), `comparison.csv` "
              "(one row per comparison), `methods.csv` (one row per task, metric and method), "

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 
 def best_section(doc: Doc, r: Analysis) -> None:
-    from analysis.analyse import selection_rule
 
     doc.heading("Best configuration")
     nested = bool(r.nested) or ev.is_nested(r.study)
@@ -38,7 +37,7 @@ def best_section(doc: Doc, r: Analysis) -> None:
         if b.outer_fold is not None:
             what += (f", from the inner search of outer fold {b.outer_fold} (its inner folds "
                      f"split outer fold {b.outer_fold}'s training part)")
-        sel = selection_rule(r.study.trials, task)
+        sel = ev.selection_rule(r.study.trials, task)
         sel = (f"each fold's value is taken at the {sel}"
                if not sel.startswith(recorded.NOT_RECORDED)
                else "how each fold's epoch was selected is not recorded (no trial logged "

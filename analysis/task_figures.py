@@ -53,9 +53,8 @@ def coord_target(study: Study) -> str | None:
 
 
 def _selection_short(trials: pd.DataFrame, task: str) -> str:
-    from analysis.analyse import selection_rule
 
-    rule = selection_rule(trials, task)
+    rule = ev.selection_rule(trials, task)
     if rule == "last epoch":
         return "last epoch"
     if rule.startswith("best epoch") and ";" not in rule:
@@ -72,7 +71,6 @@ def task_figures(result: Analysis, task: str, fold_metric: str, candidate: str, 
                  progress: Callable[[str], None]) -> None:
     """Figures of one task. Per-fold values use ``fold_metric``; trial-level figures use the
     trial's final value, which is of the task's selection metric."""
-    from analysis.analyse import is_search
 
     study, out = ev.role_view(result.study), result.out_dir  # the search's trials
     metric = study.metric_for(task)
@@ -81,7 +79,7 @@ def task_figures(result: Analysis, task: str, fold_metric: str, candidate: str, 
     stopped = stats.stopped_early(t, task)
     _per_fold(result, task, fold_metric, candidate, progress)
     _sensitivity(result, study, task, metric, pd.concat([finished, stopped]), seed, progress)
-    if not is_search(study, task):
+    if not ev.is_search(study, task):
         result.skipped.append(f"{task}: optimisation history not drawn: a grid study (the order "
                               f"of its trials carries no information)")
     elif len(finished) + len(stopped) >= 2:
