@@ -338,16 +338,19 @@ def _slow(name: str, *values: object) -> object:
     _slow("rsf_clinical_genes", "survival", ["age", "idh_mutant"], 0.70),
     _slow("logreg_clinical", "diagnosis", ["age", "idh_mutant"], 0.80),
     _slow("logreg_pca", "diagnosis", [], 0.90),
-    _slow("logregcv_table", "diagnosis", [], 0.90),
-    _slow("logregcv_genes", "diagnosis", [], 0.90),
-    _slow("logregcv_clinical_genes", "diagnosis", ["age", "idh_mutant"], 0.90),
+    _slow("logregcv_table", "diagnosis", [], 0.85),
+    _slow("logregcv_genes", "diagnosis", [], 0.85),
+    _slow("logregcv_clinical_genes", "diagnosis", ["age", "idh_mutant"], 0.85),
     _slow("rf_clinical_genes", "diagnosis", ["age", "idh_mutant"], 0.90),
 ])
 def test_known_answer_on_the_synthetic_cohort(default_tables: Cohort, name: str, task: str,
                                               covariates: list[str], low: float) -> None:
     """IDH status and age carry the diagnosis' prognosis; the tumour genes carry the diagnosis.
     Measured (5 folds, seed 0): cox_clinical 0.733, cox_pca 0.785, logreg_clinical 0.869,
-    logreg_pca 0.967 (README, "Evaluation modes and baselines", has the tuned ones)."""
+    logreg_pca 0.967 (README, "Evaluation modes and baselines", has the tuned ones). On the
+    histology_needed world part of the diagnosis lives only in the patches, so the tuned
+    expression-only models stop below 0.9: logregcv_table 0.880, logregcv_genes 0.883,
+    logregcv_clinical_genes 0.898 (their bar is 0.85)."""
     splits = make_splits(default_tables, task, k=5, seed=0)
     results = run_baseline(name, default_tables, splits, task, covariates)
     metric = "cindex" if task == "survival" else "auc"
