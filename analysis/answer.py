@@ -22,20 +22,19 @@ if TYPE_CHECKING:
 WIDTH = 120
 
 
-def _num(v: object, digits: int = 3) -> str:
+def _num(v: object, digits: int = 3, sign: str = "") -> str:
+    """``v`` with ``digits`` decimals (``sign="+"``: always signed); ``–`` when not a finite
+    number. (analysis.fmt has the report's rules; this module imports the standard library
+    only, for the study's terminal.)"""
     try:
         x = float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return "–"
-    return f"{x:.{digits}f}" if math.isfinite(x) else "–"
+    return f"{x:{sign}.{digits}f}" if math.isfinite(x) else "–"
 
 
 def _signed(v: object, digits: int = 3) -> str:
-    try:
-        x = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return "–"
-    return f"{x:+.{digits}f}" if math.isfinite(x) else "–"
+    return _num(v, digits, sign="+")
 
 
 def verdict_phrase(word: str, a: str, b: str, rope: float) -> str:

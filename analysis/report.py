@@ -8,7 +8,7 @@ report.md and a self-contained report.html (analysis/document.py).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -137,24 +137,36 @@ def _estimate(r: Analysis, task: str) -> list[str]:
     return [line]
 
 
+def _verdict_columns(c: pd.DataFrame, difference: str, a: str, b: str) -> dict[str, Any]:
+    """The correlated t-test's columns of a comparison table: the difference with its credible
+    interval, the verdict, the three probabilities (``a`` / ``b`` better) and the ROPE."""
+    return {
+        f"{difference} (95% credible interval)": [
+            fmt.effect(m, lo, hi, level="95% CrI") for m, lo, hi in
+            zip(c["mean_diff"], c["cred_low"], c["cred_high"], strict=True)],
+        "verdict": c["verdict"].map(lambda v: f"**{v}**"),
+        f"P({a} better)": c["p_better"].map(prob_text),
+        "P(equivalent)": c["p_equivalent"].map(prob_text),
+        f"P({b} better)": c["p_worse"].map(prob_text),
+        "ROPE": c["rope"].map(lambda v: f"±{v:g}")}
+
+
+def _test_columns(c: pd.DataFrame) -> dict[str, Any]:
+    """The frequentist lines: the corrected resampled t-test and Wilcoxon with Holm."""
+    return {
+        "corrected t-test p": c["p_corrected"].map(fmt.pvalue),
+        "Wilcoxon p (Holm)": [f"{fmt.pvalue(w)} ({fmt.pvalue(h)})" if np.isfinite(w) else "–"
+                              for w, h in zip(c["wilcoxon_p"], c["holm_p"], strict=True)]}
+
+
 def _pairs_table(c: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "task": c["task"], "metric": c["metric"], "method": c["method"],
         "baseline": c["baseline"], "pairs": c["n_pairs"],
         "mean (method)": c["mean_method"].map(fmt.value),
         "mean (baseline)": c["mean_baseline"].map(fmt.value),
-        "difference (95% credible interval)": [
-            fmt.effect(m, lo, hi, level="95% CrI") for m, lo, hi in
-            zip(c["mean_diff"], c["cred_low"], c["cred_high"], strict=True)],
-        "verdict": c["verdict"].map(lambda v: f"**{v}**"),
-        "P(method better)": c["p_better"].map(prob_text),
-        "P(equivalent)": c["p_equivalent"].map(prob_text),
-        "P(baseline better)": c["p_worse"].map(prob_text),
-        "ROPE": c["rope"].map(lambda v: f"±{v:g}"),
-        "design": c["design"],
-        "corrected t-test p": c["p_corrected"].map(fmt.pvalue),
-        "Wilcoxon p (Holm)": [f"{fmt.pvalue(w)} ({fmt.pvalue(h)})" if np.isfinite(w) else "–"
-                              for w, h in zip(c["wilcoxon_p"], c["holm_p"], strict=True)],
+        **_verdict_columns(c, "difference", "method", "baseline"),
+        "design": c["design"], **_test_columns(c),
         "bootstrap 95% CI": [fmt.interval(lo, hi) for lo, hi in
                              zip(c["ci_low"], c["ci_high"], strict=True)],
         "win rate": c["win_rate"].map(lambda v: fmt.value(v, decimals=2)),
@@ -166,17 +178,8 @@ def _claims_table(c: pd.DataFrame) -> pd.DataFrame:
     shown = {"setting": setting} if (setting != "").any() else {}
     return pd.DataFrame({
         **shown, "claim": c["claim"], "variant": c["variant"], "pairs": c["n_pairs"],
-        "reference − variant (95% credible interval)": [
-            fmt.effect(m, lo, hi, level="95% CrI") for m, lo, hi in
-            zip(c["mean_diff"], c["cred_low"], c["cred_high"], strict=True)],
-        "verdict": c["verdict"].map(lambda v: f"**{v}**"),
-        "P(reference better)": c["p_better"].map(prob_text),
-        "P(equivalent)": c["p_equivalent"].map(prob_text),
-        "P(variant better)": c["p_worse"].map(prob_text),
-        "ROPE": c["rope"].map(lambda v: f"±{v:g}"),
-        "corrected t-test p": c["p_corrected"].map(fmt.pvalue),
-        "Wilcoxon p (Holm)": [f"{fmt.pvalue(w)} ({fmt.pvalue(h)})" if np.isfinite(w) else "–"
-                              for w, h in zip(c["wilcoxon_p"], c["holm_p"], strict=True)],
+        **_verdict_columns(c, "reference − variant", "reference", "variant"),
+        **_test_columns(c),
         "win rate": c["win_rate"].map(lambda v: fmt.value(v, decimals=2))})
 
 
