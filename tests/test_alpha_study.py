@@ -15,6 +15,7 @@ ALPHA = ROOT / "search_spaces" / "alpha.yaml"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_alpha_study_end_to_end(tmp_path: Path) -> None:
     cfg = load_study(ALPHA)
     out = tmp_path / "alpha"

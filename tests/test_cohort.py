@@ -386,3 +386,18 @@ def test_arrange_on_grid_keeps_neighbours_near() -> None:
     placed = coords[order].reshape(6, 8, 2)
     assert (np.diff(placed[:, :, 0], axis=1) >= 0).all()  # x increases along a row
     assert (placed[:-1, :, 1].max(axis=1) <= placed[1:, :, 1].min(axis=1)).all()  # rows by y
+
+
+def test_the_installed_pandas_reads_hex_ids(tmp_path: Path) -> None:
+    """pandas 2.3.3's C parser segfaults on hex strings that look like a huge exponent (MLflow run
+    ids, cohort ids); pyproject excludes it. Read in a child so a bad install fails one test."""
+    import subprocess
+    import sys
+
+    csv = tmp_path / "ids.csv"
+    csv.write_text("run_id,val_auc\n2e06918610327a,0.7\n81e3104049863b72,0.8\n")
+    code = f"import pandas as pd; print(pd.read_csv({str(csv)!r})['run_id'].tolist())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, f"pandas crashed reading hex ids (rc {proc.returncode})"
+    assert "2e06918610327a" in proc.stdout

@@ -338,15 +338,24 @@ def test_reader_polling_the_store_from_its_first_instant(tmp_path: Path) -> None
             while db.exists() and time.time() < end and proc.poll() is None:
                 looks.append(_read_store_named(db, "smoke"))
 
-        reader = threading.Thread(target=poll)
+        reader = threading.Thread(target=poll, daemon=True)
         reader.start()
         _, err = proc.communicate(timeout=600)
-        reader.join()
+        reader.join(timeout=120)  # one look once hung a CI run for its whole budget: say where
+        assert not reader.is_alive(), "a store read never returned:\n" + _stack(reader)
         assert proc.returncode == 0, err[-3000:]
         assert looks, "the reader never saw the store"
         assert looks[0] == (True, None), looks[0]  # complete, with the experiment, at first sight
         assert not [e for _, e in looks if e and ("alembic" in e or "no such table" in e)]
         _assert_one_intact_study(out, 1)
+
+
+def _stack(thread: threading.Thread) -> str:
+    import sys
+    import traceback
+
+    frame = sys._current_frames().get(thread.ident)
+    return "".join(traceback.format_stack(frame)) if frame else "(no frame)"
 
 
 def _read_store_named(db: Path, name: str) -> tuple[bool, str | None]:
