@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -391,9 +393,6 @@ def test_arrange_on_grid_keeps_neighbours_near() -> None:
 def test_the_installed_pandas_reads_hex_ids(tmp_path: Path) -> None:
     """pandas 2.3.3's C parser segfaults on hex strings that look like a huge exponent (MLflow run
     ids, cohort ids); pyproject excludes it. Read in a child so a bad install fails one test."""
-    import subprocess
-    import sys
-
     csv = tmp_path / "ids.csv"
     csv.write_text("run_id,val_auc\n2e06918610327a,0.7\n81e3104049863b72,0.8\n")
     code = f"import pandas as pd; print(pd.read_csv({str(csv)!r})['run_id'].tolist())"

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import pandas as pd
@@ -341,7 +342,7 @@ def test_reader_polling_the_store_from_its_first_instant(tmp_path: Path) -> None
         reader = threading.Thread(target=poll, daemon=True)
         reader.start()
         _, err = proc.communicate(timeout=600)
-        reader.join(timeout=120)  # one look once hung a CI run for its whole budget: say where
+        reader.join(timeout=120)  # it once hung a slow pass for 25 min: fail and say where
         assert not reader.is_alive(), "a store read never returned:\n" + _stack(reader)
         assert proc.returncode == 0, err[-3000:]
         assert looks, "the reader never saw the store"
@@ -351,9 +352,6 @@ def test_reader_polling_the_store_from_its_first_instant(tmp_path: Path) -> None
 
 
 def _stack(thread: threading.Thread) -> str:
-    import sys
-    import traceback
-
     frame = sys._current_frames().get(thread.ident)
     return "".join(traceback.format_stack(frame)) if frame else "(no frame)"
 
