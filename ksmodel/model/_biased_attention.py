@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ksmodel.model._eager import eager_only
 from ksmodel.model._rpb_kernel import _compute_dtype, _default_chunk_elems, _Kernel
 
 __all__ = ["biased_attention", "fused_attention_applies"]
@@ -88,7 +89,7 @@ class _BiasedAttention(torch.autograd.Function):
         return (dq, dk, dv, dfx, dfy, dw1, db1, dw_out, None, None, None, *dmids)
 
 
-@torch.compiler.disable
+@eager_only
 def biased_attention(q: Tensor, k: Tensor, v: Tensor, fx: Tensor, fy: Tensor, w1: Tensor,
                      b1: Tensor, w_out: Tensor, mids: list[Tensor], *, heads: int, scale: float,
                      chunk_elems: int | None = None) -> Tensor:

@@ -30,6 +30,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from ksmodel.model._eager import eager_only
+
 
 def _default_chunk_elems(device: torch.device) -> int:
     # CPU: each [rows, R] hidden buffer ~2 MB, so a chunk's working set stays in L2/L3 and the
@@ -328,7 +330,7 @@ def _run(k: _Kernel, fn):
     return list(_pool(workers).map(job, [p for p in parts if p]))
 
 
-@torch.compiler.disable
+@eager_only
 def rpb_bias(fx: Tensor, fy: Tensor, w1: Tensor, b1: Tensor, w_out: Tensor, mids: list[Tensor],
              chunk_elems: int | None = None) -> Tensor:
     """Chunked relative-position bias ``[S, hpg, H*W, n]`` (see ``_RPBBias``)."""
