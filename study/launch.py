@@ -24,7 +24,7 @@ import ray
 from ray import tune
 
 from ksmodel.config import ModelConfig
-from ksmodel.data import RunData, load_run_data, resolve_cohort
+from ksmodel.data import RunData, cache_dir, load_run_data, resolve_cohort
 from ksmodel.errors import CohortError
 from ksmodel.splits import save_splits
 from study.arguments import print_error
@@ -164,7 +164,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     refused = faults.reserve()  # room to close the study's records if the disk fills
     if refused is not None:
         return refused
-    ensure_store(tracking_uri, cfg.name, artifact_root)  # built aside, renamed into place
+    ensure_store(tracking_uri, cfg.name, artifact_root, cache_dir())  # built aside, then renamed
     client = mlflow_client(tracking_uri)
     experiment_id = saved.get("experiment_id") or ensure_experiment(client, cfg.name,
                                                                     artifact_root)

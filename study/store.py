@@ -8,11 +8,19 @@ its connections closed, and only then renamed to ``mlflow.db`` (an atomic rename
 system): from the instant ``mlflow.db`` exists it is complete. The study's folder lock is held
 meanwhile, so no second study builds one at the same time. The study's experiment is made here
 too (once, on the driver: parallel creation races).
+
+The migrations cost 1-2 s per new store on an idle 2-core machine, paid again by every study. So
+the schema is migrated once per MLflow version into a template in the cache folder
+(``schema_template``) and each new store starts as a copy of it: the same tables, the same
+alembic version, no experiment yet - MLflow adds its Default experiment on first open, as it does
+for a store it has just migrated.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +65,41 @@ def _close_engine(uri: str) -> None:
         engine.dispose()
 
 
-def ensure_store(tracking_uri: str, experiment: str, artifact_root: Path | None) -> None:
-    """Create a missing SQLite store atomically, with the study's experiment already in it.
+def _building(db: Path) -> Path:
+    """A name beside ``db`` to build it under (this process's own), clearing killed builds'."""
+    for leftover in db.parent.glob(f".{db.name}.*.building*"):
+        leftover.unlink(missing_ok=True)
+    return db.with_name(f".{db.name}.{os.getpid()}.building")
+
+
+def schema_template(cache: Path) -> Path:
+    """An empty store with this MLflow's schema under ``cache`` (migrated on first use, then
+    kept: one file per MLflow version, built aside and renamed into place like a store)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    template = cache / "mlflow-schema" / f"mlflow-{mlflow.__version__}.db"
+    if template.exists():
+        return template
+    template.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _building(template)
+    tmp_uri = f"{SQLITE}{tmp}"
+    try:
+        MlflowClient(tmp_uri).search_experiments()  # what a first open does: the migrations
+    finally:
+        _close_engine(tmp_uri)
+    with sqlite3.connect(tmp) as con:  # the Default experiment is made by each store's first open
+        con.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
+        con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+    con.close()
+    os.replace(tmp, template)
+    return template
+
+
+def ensure_store(tracking_uri: str, experiment: str, artifact_root: Path | None,
+                 cache: Path | None = None) -> None:
+    """Create a missing SQLite store atomically, with the study's experiment already in it; from
+    the schema template under ``cache`` when given.
 
     An existing store is left alone (MLflow opens it as usual); servers and other databases are
     not ours to create."""
@@ -68,9 +109,12 @@ def ensure_store(tracking_uri: str, experiment: str, artifact_root: Path | None)
     from mlflow.tracking import MlflowClient  # ~1 s: only building a store needs it here
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    tmp = db.with_name(f".{db.name}.{os.getpid()}.building")
-    for leftover in db.parent.glob(f".{db.name}.*.building*"):  # a build that was killed
-        leftover.unlink(missing_ok=True)
+    tmp = _building(db)
+    if cache is not None:
+        try:
+            shutil.copyfile(schema_template(cache), tmp)
+        except OSError:  # no writable cache folder: MLflow migrates the new store on first open
+            tmp.unlink(missing_ok=True)
     tmp_uri = f"{SQLITE}{tmp}"
     try:
         ensure_experiment(MlflowClient(tmp_uri), experiment, artifact_root)
@@ -80,4 +124,4 @@ def ensure_store(tracking_uri: str, experiment: str, artifact_root: Path | None)
 
 
 __all__ = ["ARTIFACT_DIR", "DB_NAME", "default_tracking_uri", "ensure_experiment", "ensure_store",
-           "sqlite_path"]
+           "schema_template", "sqlite_path"]

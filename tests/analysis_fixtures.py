@@ -22,7 +22,6 @@ study.record, as in the runner.
 
 from __future__ import annotations
 
-import atexit
 import math
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from analysis.load import Study
+from ksmodel.data import cache_dir
 from study.record import (
     EPOCHS_RUN,
     Artifacts,
@@ -46,36 +46,25 @@ from study.record import (
     fold_metric,
     run_name,
 )
+from study.store import schema_template
 
 DEFAULT_PARAMS = {"alpha": 0.5, "lam": 0.1, "tau_cos": 0.0, "tau_rho": 0.0, "lr": 1e-3,
                   "weight_decay": 1e-4, "dropout": 0.25, "decompose": True, "teacher": True,
                   "modality": "both", "epochs": 4}
 
 
-_TEMPLATE: list[Path] = []
-
-
 def fresh_store(tracking_uri: str) -> str:
-    """Give a new ``sqlite:///`` store its schema by copying a store migrated once per process
-    (MLflow's migrations cost 1-2 s per new file on an idle 2-core machine; a copy ~10 ms). The
-    copy is the real MLflow schema, opened by MLflow as any existing store. An existing file
-    and other URIs are left alone. Returns ``tracking_uri``."""
+    """Give a new ``sqlite:///`` store its schema as a study does: a copy of the schema template
+    (`study.store.schema_template`) in the session's cache folder (MLflow's migrations cost 1-2 s
+    per new file on an idle 2-core machine; a copy ~10 ms). An existing file and other URIs are
+    left alone. Returns ``tracking_uri``."""
     if not tracking_uri.startswith("sqlite:///"):
         return tracking_uri
     db = Path(urlparse(tracking_uri).path)
     if db.exists():
         return tracking_uri
-    if not _TEMPLATE:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        root = Path(tempfile.mkdtemp(prefix="ks-template-store-"))
-        atexit.register(shutil.rmtree, root, True)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        MlflowClient(uri).search_experiments()  # what a first open does: the migrations
-        SqlAlchemyStore._engine_map.pop(uri).dispose()  # no connection to the template stays
-        _TEMPLATE.append(root / "mlflow.db")
     db.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_TEMPLATE[0], db)
+    shutil.copyfile(schema_template(cache_dir()), db)
     return tracking_uri
 
 

@@ -178,6 +178,32 @@ def test_store_appears_complete_to_a_reader_polling_for_it(tmp_path: Path) -> No
         proc.kill()
 
 
+def test_a_store_from_the_schema_template_is_a_freshly_migrated_one(tmp_path: Path) -> None:
+    """A study's new store is a copy of the schema migrated once per MLflow version into the
+    cache (`schema_template`): it holds what a store MLflow has just migrated holds."""
+    from study.store import ensure_store, schema_template
+
+    def contents(db: Path) -> tuple:
+        client = MlflowClient(f"sqlite:///{db}")
+        experiments = sorted((e.experiment_id, e.name, e.artifact_location)
+                             for e in client.search_experiments())
+        with sqlite3.connect(db) as con:
+            schema = sorted(con.execute("select type, name, tbl_name, sql from sqlite_master"))
+            version = con.execute("select version_num from alembic_version").fetchall()
+        con.close()
+        return experiments, schema, version
+
+    fresh, copied = tmp_path / "fresh" / "mlflow.db", tmp_path / "copied" / "mlflow.db"
+    cache = tmp_path / "cache"
+    ensure_store(f"sqlite:///{fresh}", "exp", tmp_path / "art")  # MLflow's own migrations
+    ensure_store(f"sqlite:///{copied}", "exp", tmp_path / "art", cache)
+    template = schema_template(cache)
+    made = template.stat().st_mtime_ns
+    assert schema_template(cache) == template and template.stat().st_mtime_ns == made  # once
+    assert contents(copied) == contents(fresh)
+    assert [e[1] for e in contents(copied)[0]] == ["Default", "exp"]
+
+
 # ---------------------------------------------------------------------------- reconciliation
 
 
