@@ -183,12 +183,12 @@ def test_a_store_from_the_schema_template_is_a_freshly_migrated_one(tmp_path: Pa
     cache (`schema_template`): it holds what a store MLflow has just migrated holds."""
     from study.store import ensure_store, schema_template
 
-    def contents(db: Path) -> tuple:
+    def contents(db: Path) -> tuple[list, set, list]:
         client = MlflowClient(f"sqlite:///{db}")
         experiments = sorted((e.experiment_id, e.name, e.artifact_location)
                              for e in client.search_experiments())
         with sqlite3.connect(db) as con:
-            schema = sorted(con.execute("select type, name, tbl_name, sql from sqlite_master"))
+            schema = set(con.execute("select type, name, tbl_name, sql from sqlite_master"))
             version = con.execute("select version_num from alembic_version").fetchall()
         con.close()
         return experiments, schema, version
@@ -200,8 +200,10 @@ def test_a_store_from_the_schema_template_is_a_freshly_migrated_one(tmp_path: Pa
     template = schema_template(cache)
     made = template.stat().st_mtime_ns
     assert schema_template(cache) == template and template.stat().st_mtime_ns == made  # once
-    assert contents(copied) == contents(fresh)
-    assert [e[1] for e in contents(copied)[0]] == ["Default", "exp"]
+    (exp_f, schema_f, version_f), (exp_c, schema_c, version_c) = contents(fresh), contents(copied)
+    assert [e[1] for e in exp_c] == ["Default", "exp"] and exp_c == exp_f
+    assert version_c == version_f
+    assert schema_c == schema_f, (sorted(schema_c - schema_f), sorted(schema_f - schema_c))
 
 
 # ---------------------------------------------------------------------------- reconciliation

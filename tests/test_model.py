@@ -410,6 +410,7 @@ def test_training_step_reproduces_bd3adde(name):
 
 
 
+@pytest.mark.slow
 def test_importing_the_model_imports_no_dynamo():
     """``eager_only`` keeps TorchDynamo (1.3 s) out of every process that imports the model
     (each trial worker) until the optional compile path is taken."""
