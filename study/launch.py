@@ -33,6 +33,7 @@ from study.fanout import trial_resources
 from study.fault_watch import FaultWatch
 from study.finish import finish_guarded, load_results, mlflow_hint
 from study.folder import StudyError, prepare_folder, read_state, write_state
+from study.kept_checkpoints import put_back
 from study.local_ray import start_ray, stop_like_ctrl_c
 from study.nested import prepare_inner_splits, run_nested
 from study.parent import record_study
@@ -136,11 +137,23 @@ def _remove_new(out: Path, before: set[Path], existed: bool) -> None:
 
 
 def _check_ray_state(cfg: StudyConfig, out: Path, saved: dict[str, Any]) -> str | None:
-    """Before a resume: Ray's saved state of the study reads whole (study/ray_state.py)."""
+    """Before a resume: Ray's saved state of the study reads whole (study/ray_state.py) and
+    every checkpoint it restarts a trial from exists (study/kept_checkpoints.py)."""
     storage = saved.get("storage")
     if not storage or "://" in storage:
         return None
-    return check_state(Path(storage) / cfg.name, out)
+    folder = Path(storage) / cfg.name
+    notes = [check_state(folder, out)]
+    try:
+        back = put_back(folder) if folder.is_dir() else []
+    except OSError as exc:
+        raise StudyError(f"{folder}: could not put back the checkpoints Ray's saved state "
+                         f"restarts trials from ({exc}); free the disk or fix the folder's "
+                         "permissions and run --resume again") from exc
+    if back:
+        notes.append(f"note: put back {len(back)} checkpoint(s) that Ray's saved state "
+                     f"restarts trials from but Ray had already replaced ({', '.join(back)})")
+    return "\n".join(n for n in notes if n) or None
 
 
 def _finish_only(cfg: StudyConfig, out: Path, saved: dict[str, Any]) -> int:

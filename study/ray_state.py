@@ -31,10 +31,10 @@ from ray import tune
 
 from study.faults import Fault, StudyFault, error_text, find_fault
 from study.folder import StudyError
+from study.kept_checkpoints import STATE_GLOB, keep, newest_state, prune
 
 BACKUP = ".ks-state-backup.tar"
 TUNER_FILE = "tuner.pkl"
-STATE_GLOB = "experiment_state-*.json"
 
 
 def state_files(folder: Path) -> list[Path]:
@@ -140,6 +140,7 @@ class StateBackup(tune.Callback):
         self._last = 0.0
         self._tuner: bytes | None = None
         self._checked = False
+        self._keep_error: StudyFault | None = None
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if self._checked:
@@ -151,8 +152,25 @@ class StateBackup(tune.Callback):
                 "state of this study (see Ray's message above) and would run a smaller study")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._keep_error is not None:
+            exc, self._keep_error = self._keep_error, None
+            raise exc
         if time.monotonic() - self._last >= self.min_interval_s:
             self._backup(trials)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:
+        """Keep a linked copy of each new checkpoint (study/kept_checkpoints.py). Ray swallows
+        a callback's error here, so a copy that cannot be made stops the study at the next
+        step, as a fault on the study's files."""
+        if checkpoint.filesystem.type_name != "local":
+            return  # a URI: Ray's own upload
+        path = Path(checkpoint.path)
+        try:
+            keep(path, path.parents[1])
+        except OSError as exc:
+            fault = find_fault(exc, [path.parents[1]]) or Fault(error_text(exc), str(path))
+            self._keep_error = StudyFault(fault)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """After Ray's last save (a stop with Ctrl-C or SIGTERM included): copy exactly it.
@@ -181,16 +199,19 @@ class StateBackup(tune.Callback):
             return
         self._last = time.monotonic()
         try:
-            self._write(staging, folder)
+            state = self._write(staging, folder)
         except OSError as exc:
             fault = find_fault(exc, [folder]) or Fault(error_text(exc), str(folder / BACKUP))
             raise StudyFault(fault) from exc
         self._saved = mark
+        if state is not None:
+            _prune_kept(folder, state)
 
-    def _write(self, staging: Path, folder: Path) -> None:
+    def _write(self, staging: Path, folder: Path) -> bytes | None:
+        """Write the backup; the experiment state it holds (None when nothing was written)."""
         files = {p.name: p.read_bytes() for p in state_files(staging)}
         if any(_check_bytes(name, data) for name, data in files.items()):
-            return  # not a complete save (never expected): keep the previous copy
+            return None  # not a complete save (never expected): keep the previous copy
         if self._tuner is None and (folder / TUNER_FILE).is_file():
             data = (folder / TUNER_FILE).read_bytes()
             self._tuner = data if _check_bytes(TUNER_FILE, data) is None else b""
@@ -203,12 +224,26 @@ class StateBackup(tune.Callback):
                 info.size, info.mtime = len(data), int(time.time())
                 tar.addfile(info, io.BytesIO(data))
         _write_atomic(folder / BACKUP, buf.getvalue())
+        return files[max(n for n in files if n.startswith("experiment_state-"))]
+
+
+def _prune_kept(folder: Path, backed_up: bytes) -> None:
+    """Drop the kept checkpoints that neither the backup just written nor the state in the
+    study folder names any more. The folder's state may be mid-copy (Ray writes it in a
+    background thread): then nothing is dropped this time."""
+    persisted = newest_state(folder)
+    if persisted is None:
+        return
+    try:
+        prune(folder, [backed_up, persisted.read_bytes()])
+    except (OSError, json.JSONDecodeError):  # a half-copied state is no JSON yet
+        return
 
 
 def restored_trials(folder: Path) -> int:
     """How many trials Ray's (checked) saved state in ``folder`` holds: what a resume must find
     restored before it schedules anything new."""
-    newest = max(folder.glob(STATE_GLOB), default=None) if folder.is_dir() else None
+    newest = newest_state(folder)
     if newest is None:
         return 0
     return len(json.loads(newest.read_bytes()).get("trial_data", []))

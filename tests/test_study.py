@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import sys
 import time
@@ -106,6 +107,32 @@ def test_every_trial_saw_identical_folds(smoke: Path) -> None:
         pred = pd.read_parquet(path)
         assert sorted(pred["case_id"]) == sorted(splits.index)  # every case validated once
         assert (pred.set_index("case_id")["fold"] == splits.loc[pred["case_id"]].values).all()
+
+
+def test_every_checkpoint_the_saved_state_names_exists_and_is_kept(
+        smoke: Path, tmp_path: Path) -> None:
+    """The saved state names a checkpoint per trial; each exists with a linked kept copy, older
+    copies are pruned, and one Ray deleted is put back from its copy before a resume."""
+    from study.kept_checkpoints import KEPT, named_checkpoints, newest_state, put_back
+
+    experiment = smoke / "ray" / "smoke"
+    named = named_checkpoints(newest_state(experiment).read_bytes())
+    assert len(named) == 4  # every trial checkpointed after epoch 1 at least
+    for trial, name in named:
+        saved, kept = experiment / trial / name, experiment / KEPT / trial / name
+        assert saved.is_dir() and kept.is_dir()
+        assert {p.name for p in (experiment / KEPT / trial).iterdir()} == {name}  # pruned
+        for f in saved.iterdir():  # a hard link: the same file, no second copy on disk
+            assert (kept / f.name).stat().st_ino == f.stat().st_ino
+
+    copy = tmp_path / "smoke"
+    shutil.copytree(experiment, copy)  # the study's own folder stays as it is
+    trial, name = sorted(named)[0]
+    shutil.rmtree(copy / trial / name)  # what Ray does when a newer checkpoint arrives
+    assert put_back(copy) == [f"{trial}/{name}"]
+    assert sorted(p.name for p in (copy / trial / name).iterdir()) == \
+        sorted(p.name for p in (experiment / trial / name).iterdir())
+    assert put_back(copy) == []
 
 
 def test_existing_study_folder_is_not_overwritten(
