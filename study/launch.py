@@ -34,7 +34,7 @@ from study.fault_watch import FaultWatch
 from study.finish import finish_guarded, load_results, mlflow_hint
 from study.folder import StudyError, prepare_folder, read_state, write_state
 from study.kept_checkpoints import put_back
-from study.local_ray import start_ray, stop_like_ctrl_c
+from study.local_ray import StopSignal, start_ray
 from study.nested import prepare_inner_splits, run_nested
 from study.parent import record_study
 from study.progress import StudyProgress
@@ -90,8 +90,10 @@ def parent_tags(cfg: StudyConfig, out: Path) -> dict[str, str]:
             **({Tags.REFERENCE: cfg.reference} if cfg.reference else {})}
 
 
-def locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace, overridden: bool) -> int:
-    """The study, its folder locked: check the folder, cohort and folds, then run it."""
+def locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace, stop: StopSignal,
+                overridden: bool) -> int:
+    """The study, its folder locked: check the folder, cohort and folds, then run it
+    (``stop``: the SIGTERM handler, checked between the set-up's steps)."""
     existed = out.exists()
     before = set(out.iterdir()) if existed and out.is_dir() else set()
     try:
@@ -118,7 +120,8 @@ def locked_main(cfg: StudyConfig, out: Path, args: argparse.Namespace, overridde
         if not args.resume:  # a refused start leaves the folder as it found it
             _remove_new(out, before, existed)
         return 2
-    return run_study(cfg, out, data, args, saved)
+    stop.check()
+    return run_study(cfg, out, data, args, saved, stop)
 
 
 def _remove_new(out: Path, before: set[Path], existed: bool) -> None:
@@ -167,7 +170,7 @@ def _finish_only(cfg: StudyConfig, out: Path, saved: dict[str, Any]) -> int:
 
 
 def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespace,
-              saved: dict[str, Any]) -> int:
+              saved: dict[str, Any], stop: StopSignal) -> int:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # resume loses at most ~1 s of state
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         saved.get("tracking_uri") or default_tracking_uri(out)
@@ -193,9 +196,12 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     announce_search(client, parent, cfg)  # a search below its sampler's start-up trials is random
 
     print(mlflow_hint(tracking_uri, experiment_id, ", as the trials run"), flush=True)
+    stop.check()
     run_baselines(client, experiment_id, parent, cfg, data)
-    start_ray(args.address, args.num_cpus, stop_like_ctrl_c,
+    stop.check()
+    start_ray(args.address, args.num_cpus, stop,
               **ray_init_kwargs(args.progress))  # Ray's chatter off (study/quiet.py)
+    stop.check()
     bags = data.bags.numpy() if data.bags is not None else None
     ctx = TrialContext(task=cfg.task, epochs=cfg.epochs, folds=data.folds,
                        seeds=cfg.seeds, fixed=dict(cfg.fixed), cohort=data.cohort,
@@ -212,6 +218,7 @@ def run_study(cfg: StudyConfig, out: Path, data: RunData, args: argparse.Namespa
     if cfg.sampler != "grid" and args.progress != "verbose":
         # its "A new study created in memory" line says nothing to a user
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stop.check()  # the last step before Tune takes the signals over
     if cfg.evaluation == "nested":
         return run_nested(cfg, out, ctx, args, client, parent, storage)
     n_folds = len(data.folds) * (len(cfg.seeds) or 1)  # fanned out: one bundle per fold

@@ -28,10 +28,26 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK = "127.0.0.1"
 
 
-def stop_like_ctrl_c(signum: int, frame: Any) -> None:
-    """SIGTERM (a batch system's stop) before the trials start: Ctrl-C's way out. Once Tune
-    runs, its graceful stop takes the signal over (study/trial_callback.py)."""
-    raise KeyboardInterrupt
+class StopSignal:
+    """The SIGTERM handler (a batch system's stop) before the trials start: Ctrl-C's way out.
+    Once Tune runs, its graceful stop takes the signal over (study/trial_callback.py).
+
+    The KeyboardInterrupt it raises lands wherever the program is, and Python drops one raised
+    inside a garbage-collector callback (seen: SQLAlchemy's weakref callback during the set-up,
+    after which the study ran to the end and exited 0). So the stop is also remembered, and
+    `check` raises it again between the set-up's steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise the stop that a signal asked for, if one did."""
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 def prefer_loopback() -> None:
@@ -67,4 +83,4 @@ def start_ray(address: str | None, num_cpus: int | None,
                   file=sys.stderr, flush=True)
 
 
-__all__ = ["LOOPBACK", "LOOPBACK_ENV", "prefer_loopback", "start_ray"]
+__all__ = ["LOOPBACK", "LOOPBACK_ENV", "StopSignal", "prefer_loopback", "start_ray"]

@@ -32,7 +32,7 @@ from study.arguments import (
 )
 from study.faults import Reserve
 from study.folder import StudyError
-from study.local_ray import prefer_loopback, stop_like_ctrl_c
+from study.local_ray import StopSignal, prefer_loopback
 from study.lock import StudyLock, stale_note
 from study.quiet import quiet_driver
 from study.resume import finished_noop
@@ -218,12 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = stale_note(lock)
         if note:
             print(note, flush=True)
-        previous = signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+        stop = StopSignal()
+        previous = signal.signal(signal.SIGTERM, stop)
         try:
             # the training stack (Ray, MLflow, torch: seconds to import) only now, to run it
             from study.launch import locked_main
 
-            return locked_main(cfg, out, args, overridden=bool(overrides))
+            return locked_main(cfg, out, args, stop, overridden=bool(overrides))
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM before Tune took over the signals
             from study.launch import interrupted_early
 

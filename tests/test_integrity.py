@@ -516,6 +516,27 @@ def test_stopped_driver_leaves_every_run_closed_and_resumes(tmp_path: Path) -> N
     assert set(after["status"]) <= TERMINAL
 
 
+def test_a_stop_signal_dropped_inside_a_gc_callback_is_raised_at_the_next_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CI run's SIGTERM landed in SQLAlchemy's weakref callback, where Python drops the
+    KeyboardInterrupt, and the study ran to the end with exit 0: the handler remembers it."""
+    from study.local_ray import StopSignal
+
+    stop = StopSignal()
+    stop.check()  # no signal: nothing
+
+    class Collected:
+        def __del__(self) -> None:  # a GC callback: what it raises is printed and dropped
+            stop(signal.SIGTERM, None)
+
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
+    Collected()
+    assert dropped == [KeyboardInterrupt]  # dropped, as in the CI run
+    with pytest.raises(KeyboardInterrupt):
+        stop.check()
+
+
 @pytest.mark.slow
 def test_sigterm_while_the_study_is_set_up_closes_what_it_opened(tmp_path: Path) -> None:
     """A stop before the trials start (store, baselines, Ray starting) also takes Ctrl-C's way:
