@@ -22,7 +22,12 @@ study:
   warning is about (``TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S=0`` is the
   switch it names);
 * MLflow's "Creating initial MLflow database tables..." (``MLFLOW_LOGGING_LEVEL=WARNING``, which
-  Ray's workers inherit as well).
+  Ray's workers inherit as well);
+* "Saving experiment state to storage ... failed" with a ``FileNotFoundError`` on one of Ray's own
+  ``-tmp-`` files in its staging folder (`StagingRace`): Ray copies the staging folder to the
+  study folder in a background thread while its next save writes a temporary file there and
+  renames it; the copy that listed the temporary file fails, and the next save (a second later)
+  copies the state whole. Any other failure of that copy (a full disk, a permission) prints.
 
 Warnings and errors still come through: a trial's traceback, a fold without a class, a failed
 MLflow write. ``--verbose`` changes nothing here: every line above is printed as before.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import textwrap
 from typing import Any
@@ -60,6 +66,22 @@ AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 """Ray's logger of the token-authentication notice (Ray 2.60)."""
 
 
+STATE_LOGGER = "ray.tune.execution.experiment_state"
+"""Ray Tune's logger of a failed copy of the experiment state into the study folder."""
+
+
+class StagingRace(logging.Filter):
+    """Drop Ray's report of a state copy that failed only because a temporary file of Ray's own
+    next save vanished under it (renamed into place); keep every other record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, FileNotFoundError) and _TMP_FILE.search(str(exc)))
+
+
+_TMP_FILE = re.compile(r"/[^/']*-tmp-[^/']*'")  # a quoted path whose file name is Ray's temporary
+
+
 def quiet_driver(level: str) -> None:
     """Before MLflow or Ray start: switch their chatter off (not with ``verbose``)."""
     if level == "verbose":
@@ -69,6 +91,7 @@ def quiet_driver(level: str) -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger(AUTH_LOGGER).setLevel(logging.ERROR)
+    logging.getLogger(STATE_LOGGER).addFilter(StagingRace())
 
 
 def ray_init_kwargs(level: str) -> dict[str, Any]:
@@ -97,4 +120,4 @@ def quiet_worker() -> None:
 
 
 __all__ = ["quiet_driver", "ray_init_kwargs", "quiet_worker", "QUIET_LOGGERS", "ENV",
-           "AUTH_LOGGER", "QUIET_ENV"]
+           "AUTH_LOGGER", "QUIET_ENV", "STATE_LOGGER", "StagingRace"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import warnings
 from types import SimpleNamespace
 
@@ -223,3 +224,41 @@ def test_quiet_setup_leaves_warnings_and_verbose_alone(monkeypatch: pytest.Monke
     quiet._drop_exit_during_shutdown(SimpleNamespace(exc_value=SystemExit(1)))
     quiet._drop_exit_during_shutdown(SimpleNamespace(exc_value=ValueError("real")))
     assert [type(u.exc_value) for u in reported] == [ValueError]
+
+
+def test_only_rays_own_staging_race_is_kept_off_the_terminal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .ci/run's clean study printed Ray's "Saving experiment state ... failed" with a
+    FileNotFoundError on Ray's own temporary file; that one is dropped, any other copy failure
+    (a vanished ordinary file, even under a folder named like it, or a permission) is kept."""
+    from study.quiet import AUTH_LOGGER, ENV, QUIET_LOGGERS, STATE_LOGGER, quiet_driver
+
+    for key, value in ENV.items():  # what quiet_driver sets is put back after the test
+        monkeypatch.setenv(key, os.environ.get(key, value))
+    levels = {name: logging.getLogger(name).level for name in (*QUIET_LOGGERS, AUTH_LOGGER)}
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger(STATE_LOGGER)
+    logger.addHandler(handler)
+    before = list(logger.filters)
+    try:
+        quiet_driver("normal")
+        staging = "/tmp/ray/session_x/artifacts/smoke/driver_artifacts"
+        for exc in (FileNotFoundError(f"[Errno 2] Failed to open local file '{staging}/.fa1c-"
+                                      "tmp-searcher-state-2026-12-04.pkl'. Detail: [errno 2]"),
+                    FileNotFoundError("[Errno 2] Failed to open local file '/data/my-tmp-runs/"
+                                      "experiment_state-1.json'"),
+                    PermissionError(f"[Errno 13] '{staging}/.fa1c-tmp-searcher-state.pkl'")):
+            try:
+                raise exc
+            except OSError:
+                logger.error("Saving experiment state to storage failed: ", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.filters[:] = before
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    printed = stream.getvalue()
+    assert printed.count("Saving experiment state") == 2
+    assert "my-tmp-runs" in printed and "PermissionError" in printed
+    assert "Detail: [errno 2]" not in printed
