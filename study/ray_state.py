@@ -169,8 +169,7 @@ class StateBackup(tune.Callback):
         try:
             keep(path, path.parents[1])
         except OSError as exc:
-            fault = find_fault(exc, [path.parents[1]]) or Fault(error_text(exc), str(path))
-            self._keep_error = StudyFault(fault)
+            self._keep_error = _fault(exc, path.parents[1], path)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """After Ray's last save (a stop with Ctrl-C or SIGTERM included): copy exactly it.
@@ -201,8 +200,7 @@ class StateBackup(tune.Callback):
         try:
             state = self._write(staging, folder)
         except OSError as exc:
-            fault = find_fault(exc, [folder]) or Fault(error_text(exc), str(folder / BACKUP))
-            raise StudyFault(fault) from exc
+            raise _fault(exc, folder, folder / BACKUP) from exc
         self._saved = mark
         if state is not None:
             _prune_kept(folder, state)
@@ -225,6 +223,11 @@ class StateBackup(tune.Callback):
                 tar.addfile(info, io.BytesIO(data))
         _write_atomic(folder / BACKUP, buf.getvalue())
         return files[max(n for n in files if n.startswith("experiment_state-"))]
+
+
+def _fault(exc: OSError, root: Path, where: Path) -> StudyFault:
+    """A failed write of the study's own Ray files as the fault that stops the study."""
+    return StudyFault(find_fault(exc, [root]) or Fault(error_text(exc), str(where)))
 
 
 def _prune_kept(folder: Path, backed_up: bytes) -> None:
