@@ -3,13 +3,17 @@
 On a CUDA machine, in well under 5 minutes:
 1. the same model and batch on CPU (fp32) and on CUDA (bf16 autocast, as trials run it):
    relative error of the logits and of the gradients, against bf16 tolerance;
-2. one full training step (``ksmodel.step.train_step``, the trainer's own) at B = 8 of the
-   original configuration (2,500 tokens, D = 1024): median time and peak CUDA memory;
+2. one full training step (``ksmodel.step.train_step``, the trainer's own) at B = 2 and B = 8 of
+   the original configuration (2,500 tokens, D = 1024), bf16 autocast as trials run it, and fp32
+   at B = 8 for the autocast's speed-up: median time, peak CUDA memory, and the phases
+   (forward, backward, coordinate, optimizer) of one synchronised step;
 3. 1, 2 and 4 concurrent trials on one GPU, as Ray schedules them with fractional GPUs
-   (`num_gpus = 1/k` per task): total training steps per second, i.e. the sharing speed-up.
-Without CUDA it says so and exits 0.
+   (`num_gpus = 1/k` per task): total training steps per second, i.e. the sharing speed-up;
+4. with ``--compile``, the trainer's optional ``torch.compile`` path at B = 8: the first
+   (compiling) step's time and the median step after it.
+Each part reports its own error and the others still run. Without CUDA it says so and exits 0.
 
-    python benchmarks/gpu_check.py [--json out.json] [--steps 20]
+    python benchmarks/gpu_check.py [--json out.json] [--steps 20] [--compile]
 """
 
 from __future__ import annotations
@@ -64,25 +68,66 @@ def check_agreement() -> dict:
     return out
 
 
-def time_steps(cfg: ModelConfig, b: int, steps: int, rule: str = "cgcoord") -> dict:
+def time_steps(cfg: ModelConfig, b: int, steps: int, rule: str = "cgcoord", *, amp: bool = True,
+               compile: bool = False) -> dict:
+    """Median wall time of the trainer's step after two warm-up steps (the first one's time kept:
+    with ``compile`` it is the compilation), then one synchronised step's phases."""
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = KSFusion(cfg).to(device).train()
+    net = torch.compile(model) if compile else model  # as the trainer's TrainConfig.compile
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     coord = make_coordinator(rule)
     batch = random_batch(cfg, b, device)
     objective = diagnosis_objective(cfg, batch)
     times = []
     torch.cuda.reset_peak_memory_stats()
-    for i in range(steps + 2):
+    for _ in range(steps + 2):
         torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        train_step(net, batch, objective, opt, coord, amp=amp)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    phases = train_step(net, batch, objective, opt, coord, amp=amp, profile=True).seconds
+    return {"batch": b, "amp_bf16": amp, "compile": compile, "step_s": statistics.median(times[2:]),
+            "first_step_s": times[0], "steps": steps, "phases_s": dict(phases),
+            "peak_cuda_gb": torch.cuda.max_memory_allocated() / 1024**3}
+
+
+def profile_step(cfg: ModelConfig, b: int, top: int) -> dict:
+    """One bf16 step under torch.profiler: GPU-busy share of the wall time, kernel launches, and
+    the top operators by GPU time (is the step compute- or launch-bound?)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = KSFusion(cfg).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    coord = make_coordinator("cgcoord")
+    batch = random_batch(cfg, b, device)
+    objective = diagnosis_objective(cfg, batch)
+    for _ in range(3):
+        train_step(model, batch, objective, opt, coord, amp=True)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
         train_step(model, batch, objective, opt, coord, amp=True)
         torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return {"batch": b, "step_s": statistics.median(times), "steps": steps,
-            "peak_cuda_gb": torch.cuda.max_memory_allocated() / 1024**3}
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_us = sum(e.device_time for e in kernels)
+    ranked = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:top]
+    return {"batch": b, "wall_s_profiled": wall, "kernels": len(kernels),
+            "gpu_busy_s": busy_us / 1e6,
+            "top": [{"op": e.key, "self_gpu_ms": e.self_device_time_total / 1e3,
+                     "calls": e.count} for e in ranked]}
+
+
+def describe(name: str, r: dict) -> str:
+    phases = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in r["phases_s"].items())
+    return (f"{name}: {r['step_s'] * 1e3:.1f} ms/step (first step {r['first_step_s']:.2f} s), "
+            f"peak {r['peak_cuda_gb']:.2f} GiB; phases ms: {phases}")
 
 
 def sharing(steps: int) -> list[dict]:
@@ -118,28 +163,54 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile one B = 8 step: GPU-busy time, kernels, top N ops")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the torch.compile path (TrainConfig.compile) at B = 8")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible to torch; nothing to check (skipped)")
         return 0
     start = time.perf_counter()
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    report["agreement"] = check_agreement()
-    print(f"CUDA bf16 vs CPU fp32: logits rel err {report['agreement']['logits_rel_err']:.2e}, "
-          f"grad rel err {report['agreement']['grad_rel_err']:.2e} "
-          f"({'ok' if report['agreement']['ok'] else 'OUT OF TOLERANCE'})", flush=True)
-    report["paper_b8"] = time_steps(ModelConfig.paper(), 8, args.steps)
-    print(f"paper config B=8: {report['paper_b8']['step_s'] * 1e3:.1f} ms/step, peak "
-          f"{report['paper_b8']['peak_cuda_gb']:.2f} GiB", flush=True)
-    report["sharing"] = sharing(args.steps)
-    for r in report["sharing"]:
-        print(f"{r['concurrent_trials']} trial(s) on one GPU: {r['steps_per_s']:.2f} steps/s "
-              f"({r['speedup']:.2f}x)", flush=True)
+    report: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                    "errors": {}}
+
+    def part(name: str, fn, show) -> None:
+        """Run one check; its failure is reported and the others still run."""
+        try:
+            report[name] = fn()
+            show(report[name])
+        except Exception as exc:  # noqa: BLE001 - a broken part must not hide the others
+            report["errors"][name] = f"{type(exc).__name__}: {exc}"
+            print(f"{name}: FAILED {report['errors'][name]}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+
+    part("agreement", check_agreement, lambda a: print(
+        f"CUDA bf16 vs CPU fp32: logits rel err {a['logits_rel_err']:.2e}, grad rel err "
+        f"{a['grad_rel_err']:.2e} ({'ok' if a['ok'] else 'OUT OF TOLERANCE'})", flush=True))
+    paper = ModelConfig.paper()
+    for name, kw in (("paper_b2", {"b": 2}), ("paper_b8", {"b": 8}),
+                     ("paper_b8_fp32", {"b": 8, "amp": False})):
+        part(name, lambda kw=kw: time_steps(paper, steps=args.steps, **kw),
+             lambda r, name=name: print(describe(name, r), flush=True))
+    part("sharing", lambda: sharing(args.steps), lambda rows: [print(
+        f"{r['concurrent_trials']} trial(s) on one GPU: {r['steps_per_s']:.2f} steps/s "
+        f"({r['speedup']:.2f}x)", flush=True) for r in rows])
+    if args.profile:
+        part("profile_b8", lambda: profile_step(paper, 8, args.profile), lambda r: print(
+            f"profiled B=8 step: {r['wall_s_profiled'] * 1e3:.1f} ms wall, GPU busy "
+            f"{r['gpu_busy_s'] * 1e3:.1f} ms in {r['kernels']} kernels\n" + "\n".join(
+                f"  {t['self_gpu_ms']:8.2f} ms {t['calls']:5d}x {t['op']}" for t in r["top"]),
+            flush=True))
+    if args.compile:
+        part("paper_b8_compiled", lambda: time_steps(paper, 8, args.steps, compile=True),
+             lambda r: print(describe("paper_b8_compiled", r), flush=True))
     report["wall_s"] = time.perf_counter() - start
     print(f"done in {report['wall_s']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
-    return 0 if report["agreement"]["ok"] else 1
+    return 0 if report.get("agreement", {}).get("ok") and not report["errors"] else 1
 
 
 if __name__ == "__main__":
