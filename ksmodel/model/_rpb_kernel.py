@@ -34,9 +34,13 @@ from ksmodel.model._eager import eager_only
 
 
 def _default_chunk_elems(device: torch.device) -> int:
-    # CPU: each [rows, R] hidden buffer ~2 MB, so a chunk's working set stays in L2/L3 and the
-    # skinny [rows, R] x [R, R] GEMMs run near peak. CUDA: big chunks, kernels not launch-bound.
-    return (1 << 25) if device.type == "cuda" else (1 << 19)
+    # CPU: each [rows, R] hidden buffer ~4 MB, so a chunk's working set stays in L3 and the
+    # skinny [rows, R] x [R, R] GEMMs run near peak, while the per-chunk Python and dispatch
+    # cost stays small. A paper-size step on 2 threads (2 MB L2 per core, idle machine), by
+    # chunk elements: 2^19 1.21 s, 2^20 1.05 s, 2^21 1.02 s, 2^22 1.27 s at B = 2; 4.83, 4.24,
+    # 4.13, 5.10 s at B = 8 - 2^20 keeps a margin below the cliff for smaller caches.
+    # CUDA: big chunks, kernels not launch-bound.
+    return (1 << 25) if device.type == "cuda" else (1 << 20)
 
 
 def _plan(bg: int, rows: int, row_elems: int, chunk_elems: int) -> list[tuple[int, int, int, int]]:
@@ -47,6 +51,16 @@ def _plan(bg: int, rows: int, row_elems: int, chunk_elems: int) -> list[tuple[in
         return [(s, min(s + step, bg), 0, rows) for s in range(0, bg, step)]
     step = max(1, chunk_elems // row_elems)
     return [(s, s + 1, y, min(y + step, rows)) for s in range(bg) for y in range(0, rows, step)]
+
+
+def _add_relu(a: Tensor, b: Tensor, out: Tensor) -> None:
+    """``out = relu(a + b)`` (broadcast). ATen's fused CPU kernel (float32/64) writes ``out``
+    once, as fast as the add alone: the add then an in-place ReLU was a second pass over every
+    hidden activation, ~6% of a paper-size step."""
+    if out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64):
+        torch.ops.aten._add_relu.out(a, b, out=out)
+    else:
+        torch.add(a, b, out=out).relu_()
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -134,25 +148,26 @@ class _Kernel:
                                  dtype=self.dtype)
 
     def _hidden(self, bufs: list[Tensor], row_buf: Tensor, cols: Tensor, s0: int, s1: int,
-                y0: int, y1: int, last_relu: bool = True) -> list[Tensor]:
-        """Post-ReLU activations of every hidden layer for one chunk, each [rows, R]; the last
-        one before its ReLU with ``last_relu=False`` (same sign pattern, one pass less)."""
+                y0: int, y1: int) -> list[Tensor]:
+        """Post-ReLU activations of every hidden layer for one chunk, each [rows, R] (the
+        backward takes a layer's active units from them: relu(x) > 0 exactly where x > 0)."""
         m = (s1 - s0) * (y1 - y0) * self.w_ * self.n
         h = bufs[0][:m]
         # fy w1_y for the chunk's rows (small), then + cols over all (row, column) pairs: one
         # broadcast add with a contiguous R axis (a three-input addcmul broadcasting fy over R
-        # measured 3x slower)
+        # measured 3x slower), the ReLU fused into it where ATen has that kernel
         rows = torch.mul(self.fy[s0:s1, y0:y1, :, None], self.w1y,
                          out=row_buf[:s1 - s0, :y1 - y0])
-        torch.add(rows[:, :, None], cols[:, None],
-                  out=h.view(s1 - s0, y1 - y0, self.w_, self.n, self.r)).relu_()
+        _add_relu(rows[:, :, None], cols[:, None],
+                  h.view(s1 - s0, y1 - y0, self.w_, self.n, self.r))
         hs = [h]
         n_mid = len(self.mids) // 2
         for li in range(n_mid):
             nxt = bufs[li + 1][:m]
-            torch.addmm(self.mids[2 * li + 1], h, self.mids[2 * li].t(), out=nxt)
-            if last_relu or li < n_mid - 1:
-                nxt.relu_()
+            # the product, then bias and ReLU in one pass (addmm first copies the bias over every
+            # row, and the ReLU was a pass of its own)
+            torch.mm(h, self.mids[2 * li].t(), out=nxt)
+            _add_relu(nxt, self.mids[2 * li + 1], nxt)
             hs.append(nxt)
             h = nxt
         return hs
@@ -218,6 +233,7 @@ class _Kernel:
         col_buf, col_part = self._column_buffer(), self._column_buffer()
         col_grad = self._column_buffer(acc)
         row_buf, row_grad = self._row_buffer(), self._row_buffer()
+        ones = self.fx.new_ones((self.slices_per_chunk, 1, self.rows_per_chunk))
         dw1x, dw1y, db1 = (torch.zeros(r, dtype=acc, device=dev) for _ in range(3))
         dw_out = torch.zeros(self.w_out.shape, dtype=acc, device=dev)
         dmids = [torch.zeros(m.shape, dtype=acc, device=dev) for m in self.mids]
@@ -246,7 +262,7 @@ class _Kernel:
                 flush_columns()
                 cols, cached = self._columns(col_buf, s0, s1), (s0, s1)
                 col_grad[:s1 - s0].zero_()
-            hs = self._hidden(bufs, row_buf, cols, s0, s1, y0, y1, last_relu=not fold)
+            hs = self._hidden(bufs, row_buf, cols, s0, s1, y0, y1)
             m = hs[0].shape[0]
             dh, p = dh_buf[:m], p_buf[:m]
             g = gout[s0:s1, :, y0:y1]
@@ -254,7 +270,7 @@ class _Kernel:
                  else rearrange(g, "s h y x n -> (s y x n) h")).to(self.dtype)
             if fold:
                 # P = g where the last hidden layer is active (one pass, g broadcast over units;
-                # hs[-1] is its pre-activation)
+                # hs[-1] > 0 exactly where its pre-activation is)
                 torch.ops.aten.threshold_backward.grad_input(g.expand(m, r), hs[-1], 0,
                                                              grad_input=p)
                 if acc == self.dtype:
@@ -286,7 +302,12 @@ class _Kernel:
             if dfy is not None:
                 dfy[s0:s1, y0:y1] = drow @ self.w1y
             dw1y.addmv_(drow.view(-1, r).t().to(acc), self.fy[s0:s1, y0:y1].reshape(-1).to(acc))
-            col_grad[:s1 - s0].add_(torch.sum(d5, 1, out=col_part[:s1 - s0]))
+            if acc == self.dtype:  # += the sum over the chunk's rows: one pass, as a product
+                cg = col_grad[:s1 - s0].view(s1 - s0, 1, -1)  # with ones (a sum over a short
+                torch.baddbmm(cg, ones[:s1 - s0, :, :y1 - y0], d5.view(s1 - s0, y1 - y0, -1),
+                              out=cg)  # middle axis, then an add, was twice the time)
+            else:
+                col_grad[:s1 - s0].add_(torch.sum(d5, 1, out=col_part[:s1 - s0]))
         flush_columns()
         if fold:
             dmids[-2].add_(c_sum * u[:, None])
