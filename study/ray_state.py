@@ -128,16 +128,25 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class StateBackup(tune.Callback):
     """Keep ``.ks-state-backup.tar``: the last experiment state Ray saved, copied whole.
 
-    ``min_interval_s`` bounds how often it is rewritten (Ray saves about every second).
+    ``min_interval_s`` bounds how often it is rewritten (Ray saves about every second); a
+    backup also waits ``COST_FACTOR`` times as long as the last one took (copy, checks and the
+    kept checkpoints' pruning), so a study of hundreds of trials, whose state is tens of MB,
+    spends at most ~1/COST_FACTOR of the driver's time on it instead of stalling Tune's loop.
+    An older backup is still a correct one to resume from: trials started after it rerun from
+    their last checkpoint, which the kept copies hold.
+
     ``expect_restored``: on a resume, the trials Ray's checked state holds; when Ray starts
     with fewer (it could not restore its state and starts the experiment again), the study
     stops before any trial runs instead of becoming a smaller one."""
+
+    COST_FACTOR = 20.0
 
     def __init__(self, min_interval_s: float = 1.0, expect_restored: int = 0) -> None:
         self.min_interval_s = min_interval_s
         self.expect_restored = expect_restored
         self._saved: tuple[str, int] | None = None
         self._last = 0.0
+        self._cost = 0.0  # seconds the last backup took
         self._tuner: bytes | None = None
         self._checked = False
         self._keep_error: StudyFault | None = None
@@ -155,8 +164,12 @@ class StateBackup(tune.Callback):
         if self._keep_error is not None:
             exc, self._keep_error = self._keep_error, None
             raise exc
-        if time.monotonic() - self._last >= self.min_interval_s:
+        if self.due(time.monotonic()):
             self._backup(trials)
+
+    def due(self, now: float) -> bool:
+        """Whether a backup may run at ``now`` (monotonic seconds)."""
+        return now - self._last >= max(self.min_interval_s, self.COST_FACTOR * self._cost)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
                       **info: Any) -> None:
@@ -204,6 +217,7 @@ class StateBackup(tune.Callback):
         self._saved = mark
         if state is not None:
             _prune_kept(folder, state)
+        self._cost = time.monotonic() - self._last
 
     def _write(self, staging: Path, folder: Path) -> bytes | None:
         """Write the backup; the experiment state it holds (None when nothing was written)."""

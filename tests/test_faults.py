@@ -354,6 +354,18 @@ def test_a_resume_that_ray_restores_smaller_stops_before_any_trial() -> None:
     StateBackup(expect_restored=3).on_step_begin(0, [object()] * 3)
 
 
+def test_the_state_backup_waits_in_proportion_to_its_cost() -> None:
+    """A backup that took long (a large study's state) spaces the next one out, so the copy
+    takes at most ~1/COST_FACTOR of the driver's time; a cheap one runs every second."""
+    from study.ray_state import StateBackup
+
+    backup = StateBackup(min_interval_s=1.0)
+    backup._last, backup._cost = 100.0, 0.01
+    assert not backup.due(100.5) and backup.due(101.0)
+    backup._cost = 0.5  # e.g. 500 trials: tens of MB copied, checked and decoded
+    assert not backup.due(105.0) and backup.due(100.0 + StateBackup.COST_FACTOR * 0.5)
+
+
 def test_the_reserve_is_made_and_given_back(tmp_path: Path) -> None:
     from study.faults import Reserve
 

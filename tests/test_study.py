@@ -125,6 +125,13 @@ def test_every_checkpoint_the_saved_state_names_exists_and_is_kept(
         for f in saved.iterdir():  # a hard link: the same file, no second copy on disk
             assert (kept / f.name).stat().st_ino == f.stat().st_ino
 
+    from study import kept_checkpoints
+
+    kept_checkpoints._DECODED.clear()  # decoded once per distinct trial entry, then remembered
+    state = newest_state(experiment).read_bytes()
+    assert named_checkpoints(state) == named and len(kept_checkpoints._DECODED) == 4
+    assert named_checkpoints(state) == named and len(kept_checkpoints._DECODED) == 4
+
     copy = tmp_path / "smoke"
     shutil.copytree(experiment, copy)  # the study's own folder stays as it is
     trial, name = sorted(named)[0]
@@ -342,3 +349,19 @@ def test_per_fold_axis_stays_within_a_bounded_metric(tmp_path: Path) -> None:
     low, high = fig.stats["ylim"]
     assert 0.0 <= low < 0.66 and 0.91 < high <= 1.0
     assert fig.path.is_file()
+
+
+def test_state_backup_benchmark_times_a_grown_state(smoke: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/state_backup.py stays runnable on a real study's experiment folder: it
+    times a backup of the state grown to N distinct trial entries, decoded afresh and
+    remembered."""
+    from benchmarks import state_backup
+    from study import kept_checkpoints
+
+    kept_checkpoints._DECODED.clear()
+    assert state_backup.main(["--experiment", str(smoke / "ray" / "smoke"), "--trials", "12",
+                              "--repeats", "1"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[0] == "12" and float(row[2]) > 0 and float(row[3]) > 0
+    assert len(kept_checkpoints._DECODED) >= 12  # every grown entry decoded on its own
