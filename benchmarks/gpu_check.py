@@ -8,12 +8,17 @@ On a CUDA machine, in well under 5 minutes:
    at B = 8 for the autocast's speed-up: median time, peak CUDA memory, and the phases
    (forward, backward, coordinate, optimizer) of one synchronised step;
 3. 1, 2 and 4 concurrent trials on one GPU, as Ray schedules them with fractional GPUs
-   (`num_gpus = 1/k` per task): total training steps per second, i.e. the sharing speed-up;
+   (`num_gpus = 1/k` per task): training steps per second of all k together, timed inside the
+   tasks once every one of them has started and warmed up (a gate), so process and CUDA start-up
+   are not in it, i.e. the sharing speed-up of the steps themselves;
 4. with ``--compile``, the trainer's optional ``torch.compile`` path at B = 8: the first
-   (compiling) step's time and the median step after it.
+   (compiling) step's time and the median step after it;
+5. with ``--chunks 25 26 ...``, the B = 8 bf16 step with the bias kernel's chunks of 2^k
+   elements (the module's ``chunk_elems``): on CUDA each chunk is ~15 kernels forward and ~30
+   backward, so the chunk size sets how launch-bound the step is, against its peak memory.
 Each part reports its own error and the others still run. Without CUDA it says so and exits 0.
 
-    python benchmarks/gpu_check.py [--json out.json] [--steps 20] [--compile]
+    python benchmarks/gpu_check.py [--json out.json] [--steps 20] [--compile] [--chunks 25 27]
 """
 
 from __future__ import annotations
@@ -68,13 +73,22 @@ def check_agreement() -> dict:
     return out
 
 
+def build(cfg: ModelConfig, chunk_elems: int | None = None) -> KSFusion:
+    """The model on CUDA in training mode, its bias kernel at ``chunk_elems`` when given."""
+    torch.manual_seed(0)
+    model = KSFusion(cfg).to(torch.device("cuda")).train()
+    if chunk_elems:
+        for stream in model.streams.values():
+            stream.attention.chunk_elems = chunk_elems
+    return model
+
+
 def time_steps(cfg: ModelConfig, b: int, steps: int, rule: str = "cgcoord", *, amp: bool = True,
-               compile: bool = False) -> dict:
+               compile: bool = False, chunk_elems: int | None = None) -> dict:
     """Median wall time of the trainer's step after two warm-up steps (the first one's time kept:
     with ``compile`` it is the compilation), then one synchronised step's phases."""
     device = torch.device("cuda")
-    torch.manual_seed(0)
-    model = KSFusion(cfg).to(device).train()
+    model = build(cfg, chunk_elems)
     net = torch.compile(model) if compile else model  # as the trainer's TrainConfig.compile
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     coord = make_coordinator(rule)
@@ -89,7 +103,8 @@ def time_steps(cfg: ModelConfig, b: int, steps: int, rule: str = "cgcoord", *, a
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     phases = train_step(net, batch, objective, opt, coord, amp=amp, profile=True).seconds
-    return {"batch": b, "amp_bf16": amp, "compile": compile, "step_s": statistics.median(times[2:]),
+    return {"batch": b, "amp_bf16": amp, "compile": compile, "chunk_elems": chunk_elems,
+            "step_s": statistics.median(times[2:]),
             "first_step_s": times[0], "steps": steps, "phases_s": dict(phases),
             "peak_cuda_gb": torch.cuda.max_memory_allocated() / 1024**3}
 
@@ -100,8 +115,7 @@ def profile_step(cfg: ModelConfig, b: int, top: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device("cuda")
-    torch.manual_seed(0)
-    model = KSFusion(cfg).to(device).train()
+    model = build(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     coord = make_coordinator("cgcoord")
     batch = random_batch(cfg, b, device)
@@ -130,26 +144,59 @@ def describe(name: str, r: dict) -> str:
             f"peak {r['peak_cuda_gb']:.2f} GiB; phases ms: {phases}")
 
 
+def gated_steps(cfg: ModelConfig, b: int, steps: int, gate) -> float:
+    """Warm up, wait at ``gate`` until every concurrent task has, then time ``steps`` steps."""
+    device = torch.device("cuda")
+    model = build(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    coord = make_coordinator("cgcoord")
+    batch = random_batch(cfg, b, device)
+    objective = diagnosis_objective(cfg, batch)
+    for _ in range(3):
+        train_step(model, batch, objective, opt, coord, amp=True)
+    torch.cuda.synchronize()
+    import ray
+
+    ray.get(gate.arrive.remote())
+    while not ray.get(gate.open.remote()):
+        time.sleep(0.01)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, batch, objective, opt, coord, amp=True)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def sharing(steps: int) -> list[dict]:
-    """Throughput of k concurrent trials on one GPU, scheduled by Ray with num_gpus=1/k."""
+    """Step throughput of k concurrent trials on one GPU, scheduled by Ray with num_gpus=1/k:
+    k * steps over the slowest task's timed steps, all k having started and warmed up first."""
     import ray
 
     ray.init(num_gpus=1, num_cpus=max(4, torch.get_num_threads()), include_dashboard=False)
 
+    @ray.remote(num_cpus=0)
+    class Gate:
+        def __init__(self, k: int) -> None:
+            self.k, self.arrived = k, 0
+
+        def arrive(self) -> None:
+            self.arrived += 1
+
+        def open(self) -> bool:
+            return self.arrived >= self.k
+
     @ray.remote
-    def trial(n: int) -> float:
-        t0 = time.perf_counter()
-        time_steps(ModelConfig.paper(), 2, n)
-        return time.perf_counter() - t0
+    def trial(n: int, gate) -> float:
+        return gated_steps(ModelConfig.paper(), 2, n, gate)
 
     rows = []
     try:
         for k in (1, 2, 4):
-            t0 = time.perf_counter()
-            ray.get([trial.options(num_gpus=1 / k).remote(steps) for _ in range(k)])
-            wall = time.perf_counter() - t0
-            rows.append({"concurrent_trials": k, "wall_s": wall,
-                         "steps_per_s": k * (steps + 2) / wall})
+            gate = Gate.remote(k)
+            seconds = ray.get([trial.options(num_gpus=1 / k).remote(steps, gate)
+                               for _ in range(k)])
+            rows.append({"concurrent_trials": k, "task_step_s": seconds,
+                         "steps_per_s": k * steps / max(seconds)})
         base = rows[0]["steps_per_s"]
         for r in rows:
             r["speedup"] = r["steps_per_s"] / base
@@ -167,6 +214,9 @@ def main() -> int:
                         help="also profile one B = 8 step: GPU-busy time, kernels, top N ops")
     parser.add_argument("--compile", action="store_true",
                         help="also time the torch.compile path (TrainConfig.compile) at B = 8")
+    parser.add_argument("--chunks", type=int, nargs="*", default=[], metavar="LOG2",
+                        help="also time the B = 8 bf16 step with bias-kernel chunks of 2^LOG2 "
+                             "elements (e.g. 25 26 27 28)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible to torch; nothing to check (skipped)")
@@ -196,7 +246,9 @@ def main() -> int:
              lambda r, name=name: print(describe(name, r), flush=True))
     part("sharing", lambda: sharing(args.steps), lambda rows: [print(
         f"{r['concurrent_trials']} trial(s) on one GPU: {r['steps_per_s']:.2f} steps/s "
-        f"({r['speedup']:.2f}x)", flush=True) for r in rows])
+        f"({r['speedup']:.2f}x); each task's step "
+        f"{1e3 * min(r['task_step_s']) / args.steps:.1f}-"
+        f"{1e3 * max(r['task_step_s']) / args.steps:.1f} ms", flush=True) for r in rows])
     if args.profile:
         part("profile_b8", lambda: profile_step(paper, 8, args.profile), lambda r: print(
             f"profiled B=8 step: {r['wall_s_profiled'] * 1e3:.1f} ms wall, GPU busy "
@@ -206,6 +258,10 @@ def main() -> int:
     if args.compile:
         part("paper_b8_compiled", lambda: time_steps(paper, 8, args.steps, compile=True),
              lambda r: print(describe("paper_b8_compiled", r), flush=True))
+    for log2 in args.chunks:
+        name = f"paper_b8_chunk2^{log2}"
+        part(name, lambda log2=log2: time_steps(paper, 8, args.steps, chunk_elems=1 << log2),
+             lambda r, name=name: print(describe(name, r), flush=True))
     report["wall_s"] = time.perf_counter() - start
     print(f"done in {report['wall_s']:.0f} s")
     if args.json:

@@ -39,8 +39,12 @@ def _default_chunk_elems(device: torch.device) -> int:
     # cost stays small. A paper-size step on 2 threads (2 MB L2 per core, idle machine), by
     # chunk elements: 2^19 1.21 s, 2^20 1.05 s, 2^21 1.02 s, 2^22 1.27 s at B = 2; 4.83, 4.24,
     # 4.13, 5.10 s at B = 8 - 2^20 keeps a margin below the cliff for smaller caches.
-    # CUDA: big chunks, kernels not launch-bound.
-    return (1 << 25) if device.type == "cuda" else (1 << 20)
+    # CUDA: each chunk is ~15 kernel launches forward and ~30 backward, so the step is
+    # launch-bound with small chunks. A paper-size B = 8 bf16 step on one H200
+    # (benchmarks/gpu_check.py --chunks): 2^25 91 ms / 0.85 GiB peak, 2^26 59 ms / 1.05 GiB,
+    # 2^27 56 ms / 1.59 GiB, 2^28 54 ms / 2.67 GiB - 2^27 takes most of the gain for ~0.75 GiB
+    # of fixed buffers (they do not grow with the batch).
+    return (1 << 27) if device.type == "cuda" else (1 << 20)
 
 
 def _plan(bg: int, rows: int, row_elems: int, chunk_elems: int) -> list[tuple[int, int, int, int]]:
