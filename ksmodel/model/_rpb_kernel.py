@@ -30,6 +30,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from ksmodel.model import _rpb_native as native
 from ksmodel.model._eager import eager_only
 
 
@@ -118,7 +119,14 @@ class _Kernel:
         self.w1x, self.w1y, self.b1 = w1[:, 0].to(dtype), w1[:, 1].to(dtype), b1.to(dtype)
         self.w_out = w_out.to(dtype)
         self.mids = [m.to(dtype) for m in mids]
-        self.plan = _plan(s_, self.h_, w_ * n * self.r, chunk_elems)
+        # float32 on CPU at the usual shapes: the fused C kernel, one slice per chunk
+        self.native = native.applies(fx, dtype, self.r, len(mids) // 2, w_out.shape[0])
+        if self.native:
+            self.fx, self.fy = self.fx.contiguous(), self.fy.contiguous()
+            self.weights = native.Weights(self.w1x, self.w1y, self.b1, *self.mids, self.w_out[0])
+            self.plan = [(s, s + 1, 0, self.h_) for s in range(s_)]
+        else:
+            self.plan = _plan(s_, self.h_, w_ * n * self.r, chunk_elems)
         self.rows = max((s1 - s0) * (y1 - y0) for s0, s1, y0, y1 in self.plan) * w_ * n
         self.slices_per_chunk = max(s1 - s0 for s0, s1, _, _ in self.plan)
         self.rows_per_chunk = max(y1 - y0 for _, _, y0, y1 in self.plan)
@@ -179,10 +187,16 @@ class _Kernel:
     # -- forward ----------------------------------------------------------------------------
     def forward_all(self, out: Tensor) -> Tensor:
         """The bias into ``out`` [S, hpg, H, W, n] (any tensor of that shape and layout)."""
+        if self.native and not out.is_contiguous():
+            return out.copy_(self.forward_all(torch.empty_like(out, memory_format=
+                                                               torch.contiguous_format)))
         _run(self, lambda chunks: self.forward(chunks, out))
         return out
 
     def forward(self, chunks: list[tuple[int, int, int, int]], out: Tensor) -> None:
+        if self.native:
+            native.forward(self.fx, self.fy, self.weights, chunks[0][0], chunks[-1][1], out)
+            return
         bufs = self._buffers(len(self.mids) // 2 + 1)
         col_buf, row_buf, cached = self._column_buffer(), self._row_buffer(), None
         hpg = self.w_out.shape[0]
@@ -203,6 +217,8 @@ class _Kernel:
         """Gradients (dfx, dfy, dw1, db1, dw_out, *dmids) in the inputs' dtypes from ``gout``
         [S, hpg, H*W, n] (or any view of that shape); dfx/dfy None without ``need_inputs``."""
         gout = gout.reshape(self.out_shape)
+        if self.native:
+            gout = gout.contiguous()
         dfx = dfy = None
         if need_inputs:
             dfx = torch.empty(self.fx.shape, dtype=self.acc, device=self.device)
@@ -228,6 +244,9 @@ class _Kernel:
         where P is non-zero). The first layer's gradient is summed over query columns
         (-> ``dfy``, ``dw1_y``) per chunk and over query rows (-> ``dfx``, ``dw1_x``,
         ``db1``) per slice."""
+        if self.native:
+            return native.backward(self.fx, self.fy, self.weights, gout, chunks[0][0],
+                                   chunks[-1][1], dfx, dfy)
         acc, dev, r = self.acc, self.device, self.r
         n_mid = len(self.mids) // 2
         hpg = self.w_out.shape[0]
@@ -340,7 +359,8 @@ def _run(k: _Kernel, fn):
     workers = min(torch.get_num_threads(), k.n_slices)
     # Dispatch modes (FlopCounterMode, ...) are thread-local: stay on this thread under one.
     if (not THREADED_CHUNKS or k.device.type != "cpu" or workers < 2
-            or len(k.plan) < 4 * workers or torch._C._len_torch_dispatch_stack() > 0):
+            or len(k.plan) < (1 if k.native else 4) * workers
+            or torch._C._len_torch_dispatch_stack() > 0):
         return [fn(k.plan)]
     # Partition by first slice: every dfx/dfy region, and every slice's column gradient, is
     # then written by one worker only.
