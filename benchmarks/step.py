@@ -276,8 +276,10 @@ class _CpuTimed:
 
 
 def run_worker(spec: dict, tree: Path = ROOT) -> dict:
+    # every tree's step with torch's allocator on huge pages, as a study's trials run it
+    # (study/local_ray.py)
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), TREE_ENV: str(tree),
-           "PYTHONPATH": str(tree)}
+           "PYTHONPATH": str(tree), "THP_MEM_ALLOC_ENABLE": "1"}
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env, cwd=tree)
     if proc.returncode != 0:

@@ -130,3 +130,26 @@ def test_the_library_is_built_once_into_the_cache(compiled, monkeypatch, tmp_pat
     monkeypatch.setattr(native, "_LIB", [])
     assert native.library() is not None
     assert [p.stat().st_mtime_ns for p in tmp_path.iterdir()] == [stamp]
+
+
+def test_the_forward_keeps_the_active_units_only_for_a_backward(compiled):
+    """The fused forward records which hidden units were active (32 bits per bias element) so
+    the backward skips the hidden layer's product; without a backward to come it records
+    nothing, and the bias is the same either way."""
+    fx, fy, w1, b1, w_out, *mids = (t.detach() for t in _leaves())
+
+    def bias(keep: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        k = kernel._Kernel(fx, fy, w1, b1, w_out, mids, torch.float32, 1 << 20)
+        return k.forward_all(fx.new_empty(k.out_shape), keep_active=keep), k.active
+
+    with_units, active = bias(True)
+    without, none = bias(False)
+    assert none is None and active is not None
+    assert active.dtype == torch.int32 and active.shape == with_units.shape
+    torch.testing.assert_close(with_units, without, rtol=0, atol=0)
+    # the bits are the hidden layer's pre-activations > 0, element by element
+    e = (1, 2, 3, 4)  # slice, query row, query column, key
+    h1 = torch.relu(fy[e[0], e[1], e[3]] * w1[:, 1] + fx[e[0], e[2], e[3]] * w1[:, 0] + b1)
+    units = (mids[0] @ h1 + mids[1]) > 0
+    bits = int(active[e[0], 0, e[1], e[2], e[3]]) & 0xFFFFFFFF
+    assert [(bits >> i) & 1 == 1 for i in range(32)] == units.tolist()

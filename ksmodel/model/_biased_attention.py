@@ -52,7 +52,8 @@ class _BiasedAttention(torch.autograd.Function):
         n = k.shape[1]
         kernel = _Kernel(fx, fy, w1, b1, w_out, mids, q.dtype, chunk_elems)
         probs = q.new_empty((b, heads, t, n))
-        kernel.forward_all(probs.view(kernel.out_shape))  # the bias, head h from group h // hpg
+        # the bias, head h from group h // hpg
+        kernel.forward_all(probs.view(kernel.out_shape), keep_active=any(ctx.needs_input_grad))
         out = q.new_empty((b, t, v.shape[2]))
         for i in range(b):
             logits = probs[i]
@@ -62,6 +63,7 @@ class _BiasedAttention(torch.autograd.Function):
             torch.bmm(logits, _heads(v, i, heads), out=_heads(out, i, heads))
         ctx.save_for_backward(q, k, v, probs, fx, fy, w1, b1, w_out, *mids)
         ctx.heads, ctx.scale, ctx.chunk_elems = heads, scale, chunk_elems
+        ctx.active = kernel.active
         return out
 
     @staticmethod
@@ -82,7 +84,9 @@ class _BiasedAttention(torch.autograd.Function):
             torch.baddbmm(_heads(dk, i, heads), dl.mT, _heads(q, i, heads), beta=0,
                           alpha=scale, out=_heads(dk, i, heads))
         del probs
-        kernel = _Kernel(fx, fy, w1, b1, w_out, tuple(mids), q.dtype, ctx.chunk_elems)
+        kernel = _Kernel(fx, fy, w1, b1, w_out, tuple(mids), q.dtype, ctx.chunk_elems,
+                         active=ctx.active, backward=True)
+        ctx.active = None
         need = ctx.needs_input_grad
         dfx, dfy, dw1, db1, dw_out, *dmids = kernel.backward_all(dlogits,
                                                                  need_inputs=need[3] or need[4])

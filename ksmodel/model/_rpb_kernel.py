@@ -19,6 +19,10 @@ deterministic for a given thread count and differ across thread counts only by r
 
 ``_Kernel`` is also the bias half of ``ksmodel.model._biased_attention`` (bias, attention and
 their backward in one node, writing the bias straight into the attention logits).
+
+On CPU in float32 with one 32 x 32 hidden layer and one output per group (the original and the
+default configurations) the per-slice math is the fused C kernel of ``_rpb_native`` instead of
+the chunked torch ops below: same inputs, outputs and gradients, one slice per chunk.
 """
 
 from __future__ import annotations
@@ -87,15 +91,17 @@ class _RPBBias(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fx, fy, w1, b1, w_out, chunk_elems, dtype, *mids):  # type: ignore[override]
         k = _Kernel(fx, fy, w1, b1, w_out, mids, dtype, chunk_elems)
-        out = k.forward_all(fx.new_empty(k.out_shape))
+        out = k.forward_all(fx.new_empty(k.out_shape), keep_active=any(ctx.needs_input_grad))
         ctx.save_for_backward(fx, fy, w1, b1, w_out, *mids)
-        ctx.chunk_elems, ctx.dtype = chunk_elems, dtype
+        ctx.chunk_elems, ctx.dtype, ctx.active = chunk_elems, dtype, k.active
         return out.view(k.n_slices, -1, k.h_ * k.w_, k.n)
 
     @staticmethod
     def backward(ctx, gout):  # type: ignore[override]
         fx, fy, w1, b1, w_out, *mids = ctx.saved_tensors
-        k = _Kernel(fx, fy, w1, b1, w_out, tuple(mids), ctx.dtype, ctx.chunk_elems)
+        k = _Kernel(fx, fy, w1, b1, w_out, tuple(mids), ctx.dtype, ctx.chunk_elems,
+                    active=ctx.active, backward=True)
+        ctx.active = None
         dfx, dfy, dw1, db1, dw_out, *dmids = k.backward_all(
             gout, need_inputs=ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         return (dfx, dfy, dw1, db1, dw_out, None, None, *dmids)
@@ -110,7 +116,10 @@ class _Kernel:
 
     def __init__(self, fx: Tensor, fy: Tensor, w1: Tensor, b1: Tensor, w_out: Tensor,
                  mids: tuple[Tensor, ...] | list[Tensor], dtype: torch.dtype,
-                 chunk_elems: int) -> None:
+                 chunk_elems: int, *, active: Tensor | None = None,
+                 backward: bool = False) -> None:
+        """``active``: what the fused forward recorded (``forward_all(keep_active=True)``); a
+        backward kernel (``backward``) is fused only with it, else eager."""
         s_, w_, n = fx.shape
         self.h_, self.w_, self.n, self.r = fy.shape[1], w_, n, w1.shape[0]
         self.dtype = dtype
@@ -120,7 +129,9 @@ class _Kernel:
         self.w_out = w_out.to(dtype)
         self.mids = [m.to(dtype) for m in mids]
         # float32 on CPU at the usual shapes: the fused C kernel, one slice per chunk
-        self.native = native.applies(fx, dtype, self.r, len(mids) // 2, w_out.shape[0])
+        self.native = (native.applies(fx, dtype, self.r, len(mids) // 2, w_out.shape[0])
+                       and (active is not None or not backward))
+        self.active = active
         if self.native:
             self.fx, self.fy = self.fx.contiguous(), self.fy.contiguous()
             self.weights = native.Weights(self.w1x, self.w1y, self.b1, *self.mids, self.w_out[0])
@@ -185,17 +196,22 @@ class _Kernel:
         return hs
 
     # -- forward ----------------------------------------------------------------------------
-    def forward_all(self, out: Tensor) -> Tensor:
-        """The bias into ``out`` [S, hpg, H, W, n] (any tensor of that shape and layout)."""
+    def forward_all(self, out: Tensor, keep_active: bool = False) -> Tensor:
+        """The bias into ``out`` [S, hpg, H, W, n] (any tensor of that shape and layout).
+        ``keep_active``: a backward will follow; the fused kernel then records the hidden
+        layer's active units in ``self.active`` for it."""
         if self.native and not out.is_contiguous():
-            return out.copy_(self.forward_all(torch.empty_like(out, memory_format=
-                                                               torch.contiguous_format)))
+            return out.copy_(self.forward_all(torch.empty_like(
+                out, memory_format=torch.contiguous_format), keep_active))
+        if self.native and keep_active:
+            self.active = native.active_units(out)
         _run(self, lambda chunks: self.forward(chunks, out))
         return out
 
     def forward(self, chunks: list[tuple[int, int, int, int]], out: Tensor) -> None:
         if self.native:
-            native.forward(self.fx, self.fy, self.weights, chunks[0][0], chunks[-1][1], out)
+            native.forward(self.fx, self.fy, self.weights, chunks[0][0], chunks[-1][1], out,
+                           self.active)
             return
         bufs = self._buffers(len(self.mids) // 2 + 1)
         col_buf, row_buf, cached = self._column_buffer(), self._row_buffer(), None
@@ -245,8 +261,8 @@ class _Kernel:
         (-> ``dfy``, ``dw1_y``) per chunk and over query rows (-> ``dfx``, ``dw1_x``,
         ``db1``) per slice."""
         if self.native:
-            return native.backward(self.fx, self.fy, self.weights, gout, chunks[0][0],
-                                   chunks[-1][1], dfx, dfy)
+            return native.backward(self.fx, self.fy, self.weights, gout, self.active,
+                                   chunks[0][0], chunks[-1][1], dfx, dfy)
         acc, dev, r = self.acc, self.device, self.r
         n_mid = len(self.mids) // 2
         hpg = self.w_out.shape[0]

@@ -5,12 +5,17 @@
  *   h1 = relu(fy[s,y,n] w1y + fx[s,x,n] w1x + b1),  h2 = relu(W2 h1 + b2),  bias = u . h2
  * The eager kernel runs this as a dozen full passes over [rows, R] buffers per chunk (products,
  * bias + ReLU, the ReLUs' backward, sums); here a block of NB elements goes through the whole
- * forward or backward in registers and L1, so only the products' arithmetic is left. Vectors are
- * GCC's generic vector extension (64 bytes): AVX-512 where the CPU has it, two AVX2 halves
- * elsewhere. Built and loaded by _rpb_native.py.
+ * forward or backward in registers and L1, so only the products' arithmetic is left. The forward
+ * also keeps which hidden units were active, 32 bits per element (as many bytes as the bias),
+ * so the backward needs no second pass through the hidden layer's product: it runs the two
+ * products of the gradients only. Vectors are GCC's generic vector extension (64 bytes):
+ * AVX-512 where the CPU has it, two AVX2 halves elsewhere. Built and loaded by _rpb_native.py.
  */
 #include <stdint.h>
 #include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #define R 32
 #define NB 8
@@ -24,6 +29,29 @@ static inline v16 splat(float x) {  /* one broadcast ((v16){0} + x would add 0.0
 }
 static inline v16 keep(v16 v, m16 mask) { return (v16)((m16)v & mask); }
 static inline v16 relu(v16 v) { return keep(v, v > (v16){0}); }
+
+/* Bit i (i < 32) set where unit i is active: lanes of a0, then of a1. */
+static inline uint32_t active_bits(v16 a0, v16 a1) {
+#ifdef __AVX512F__
+    const __m512 z = _mm512_setzero_ps();
+    return (uint32_t)_mm512_cmp_ps_mask((__m512)a0, z, _CMP_GT_OQ) |
+           (uint32_t)_mm512_cmp_ps_mask((__m512)a1, z, _CMP_GT_OQ) << 16;
+#else
+    uint32_t bits = 0;
+    for (int i = 0; i < 16; i++) bits |= (uint32_t)(a0[i] > 0) << i | (uint32_t)(a1[i] > 0) << (i + 16);
+    return bits;
+#endif
+}
+
+/* v where the 16 low bits of ``bits`` are set, else 0. */
+static inline v16 where_bits(v16 v, uint32_t bits) {
+#ifdef __AVX512F__
+    return (v16)_mm512_maskz_mov_ps((__mmask16)bits, (__m512)v);
+#else
+    const m16 lane = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+    return keep(v, (((m16){0} + (int32_t)(bits & 0xffff)) & lane) != (m16){0});
+#endif
+}
 static inline float hsum(v16 v) {
     float s = 0.0f;
     for (int i = 0; i < 16; i++) s += v[i];
@@ -96,12 +124,13 @@ static inline void product(const float *x, const float *M, const float *bias, v1
     }
 }
 
-/* Bias of slices [s0, s1): out [S, H, W, N]. w2t = W2 transposed ([k][j]); scratch holds
- * (H + W) * N * R floats. */
+/* Bias of slices [s0, s1): out [S, H, W, N], and the hidden layer's active units into active
+ * [S, H, W, N] (skipped when NULL: no backward to come). w2t = W2 transposed ([k][j]); scratch
+ * holds (H + W) * N * R floats. */
 void ks_rpb_forward(const float *fx, const float *fy, int64_t H, int64_t W, int64_t N,
                     const float *w1x, const float *w1y, const float *b1, const float *w2t,
                     const float *b2, const float *u, int64_t s0, int64_t s1, float *out,
-                    float *scratch) {
+                    uint32_t *active, float *scratch) {
     float *cols = scratch, *rows = scratch + W * N * R;
     float h[NB * R] __attribute__((aligned(64)));
     v16 acc[NB][2];
@@ -119,20 +148,25 @@ void ks_rpb_forward(const float *fx, const float *fy, int64_t H, int64_t W, int6
                     for (int r = 0; r < NB; r++) t[r] = relu(acc[r][0]) * u0 +
                                                         relu(acc[r][1]) * u1;
                     hsum8(t, o + n0, nb);
+                    if (active) {
+                        uint32_t *a = active + ((s * H + y) * W + x) * N + n0;
+                        for (int r = 0; r < nb; r++) a[r] = active_bits(acc[r][0], acc[r][1]);
+                    }
                 }
             }
         }
     }
 }
 
-/* Gradients of slices [s0, s1) from g [S, H, W, N] (the bias's gradient). Written: dfx, dfy
+/* Gradients of slices [s0, s1) from g [S, H, W, N] (the bias's gradient) and the forward's
+ * active units. Written: dfx, dfy
  * (their slices; skipped when NULL). Added to sums [R*R + 4R]: C = sum P^T h1 (P = g where h2
  * is active), c = sum P, dw1x, dw1y, db1 - the caller turns C and c into W2's, b2's and u's
  * gradients (u folds into wu = u[:, None] * W2, row-major [j][k]). scratch holds
  * 2 (H + W) * N * R floats. */
 void ks_rpb_backward(const float *fx, const float *fy, int64_t H, int64_t W, int64_t N,
-                     const float *w1x, const float *w1y, const float *b1, const float *w2t,
-                     const float *b2, const float *wu, const float *g, int64_t s0, int64_t s1,
+                     const float *w1x, const float *w1y, const float *b1, const float *wu,
+                     const float *g, const uint32_t *active, int64_t s0, int64_t s1,
                      float *dfx, float *dfy, float *sums, float *scratch) {
     float *cols = scratch, *rows = cols + W * N * R;
     float *dcol = rows + H * N * R, *drow = dcol + W * N * R;
@@ -145,15 +179,16 @@ void ks_rpb_backward(const float *fx, const float *fy, int64_t H, int64_t W, int
         for (int64_t y = 0; y < H; y++) {
             for (int64_t x = 0; x < W; x++) {
                 const float *gg = g + ((s * H + y) * W + x) * N;
+                const uint32_t *aa = active + ((s * H + y) * W + x) * N;
                 for (int64_t n0 = 0; n0 < N; n0 += NB) {
                     const int nb = N - n0 < NB ? (int)(N - n0) : NB;
                     h1_block(rows + (y * N + n0) * R, cols + (x * N + n0) * R, nb, h);
-                    product(h, w2t, b2, acc);
-                    /* P = g where the hidden layer is active (zero past nb) */
+                    /* P = g where the hidden layer was active (zero past nb) */
                     for (int r = 0; r < NB; r++) {
+                        const uint32_t bits = r < nb ? aa[n0 + r] : 0;
                         const v16 gv = splat(r < nb ? gg[n0 + r] : 0.0f);
-                        st(p + r * R, keep(gv, acc[r][0] > (v16){0}));
-                        st(p + r * R + 16, keep(gv, acc[r][1] > (v16){0}));
+                        st(p + r * R, where_bits(gv, bits));
+                        st(p + r * R + 16, where_bits(gv, bits >> 16));
                         hv[r][0] = ld(h + r * R);
                         hv[r][1] = ld(h + r * R + 16);
                     }

@@ -84,8 +84,8 @@ def _build() -> ctypes.CDLL:
             Path(tmp).unlink(missing_ok=True)
     lib = ctypes.CDLL(str(target))
     p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.ks_rpb_forward.argtypes = [p, p, i, i, i, p, p, p, p, p, p, i, i, p, p]
-    lib.ks_rpb_backward.argtypes = [p, p, i, i, i, p, p, p, p, p, p, p, i, i, p, p, p, p]
+    lib.ks_rpb_forward.argtypes = [p, p, i, i, i, p, p, p, p, p, p, i, i, p, p, p]
+    lib.ks_rpb_backward.argtypes = [p, p, i, i, i, p, p, p, p, p, p, i, i, p, p, p, p]
     return lib
 
 
@@ -125,27 +125,36 @@ class Weights:
         self.wu = (w2 * u[:, None]).contiguous()  # u folded into the hidden layer's rows
 
 
-def forward(fx: Tensor, fy: Tensor, w: Weights, s0: int, s1: int, out: Tensor) -> None:
-    """The bias of slices s0:s1 into ``out`` [S, H, W, N] (contiguous)."""
+def active_units(out: Tensor) -> Tensor:
+    """The buffer ``forward`` records the hidden layer's active units in: 32 bits per bias
+    element, which spares the backward a second pass through the hidden layer's product."""
+    return torch.empty(out.shape, dtype=torch.int32, device=out.device)
+
+
+def forward(fx: Tensor, fy: Tensor, w: Weights, s0: int, s1: int, out: Tensor,
+            active: Tensor | None) -> None:
+    """The bias of slices s0:s1 into ``out`` [S, H, W, N] (contiguous), their active units into
+    ``active`` (``active_units``; None when no backward will follow)."""
     _, width, n = fx.shape
     height = fy.shape[1]
     scratch = fx.new_empty((height + width) * n * HIDDEN)
     library().ks_rpb_forward(_ptr(fx), _ptr(fy), height, width, n, _ptr(w.w1x), _ptr(w.w1y),
                              _ptr(w.b1), _ptr(w.w2t), _ptr(w.b2), _ptr(w.u), s0, s1, _ptr(out),
-                             _ptr(scratch))
+                             _ptr(active), _ptr(scratch))
 
 
-def backward(fx: Tensor, fy: Tensor, w: Weights, g: Tensor, s0: int, s1: int,
+def backward(fx: Tensor, fy: Tensor, w: Weights, g: Tensor, active: Tensor, s0: int, s1: int,
              dfx: Tensor | None, dfy: Tensor | None) -> list[Tensor]:
-    """Slices s0:s1's gradients from ``g`` [S, H, W, N]: writes their ``dfx``/``dfy`` and
-    returns (dw1x, dw1y, db1, dw_out [1, R], dW2, db2) summed over them."""
+    """Slices s0:s1's gradients from ``g`` [S, H, W, N] and the forward's ``active`` units:
+    writes their ``dfx``/``dfy`` and returns (dw1x, dw1y, db1, dw_out [1, R], dW2, db2) summed
+    over them."""
     _, width, n = fx.shape
     height, r = fy.shape[1], HIDDEN
     scratch = fx.new_empty(2 * (height + width) * n * r)
     sums = fx.new_zeros(r * r + 4 * r)
     library().ks_rpb_backward(_ptr(fx), _ptr(fy), height, width, n, _ptr(w.w1x), _ptr(w.w1y),
-                              _ptr(w.b1), _ptr(w.w2t), _ptr(w.b2), _ptr(w.wu), _ptr(g), s0, s1,
-                              _ptr(dfx), _ptr(dfy), _ptr(sums), _ptr(scratch))
+                              _ptr(w.b1), _ptr(w.wu), _ptr(g), _ptr(active), s0, s1, _ptr(dfx),
+                              _ptr(dfy), _ptr(sums), _ptr(scratch))
     c, cb = sums[:r * r].view(r, r), sums[r * r:r * r + r]
     dw1x, dw1y, db1 = sums[r * r + r:].view(3, r)
     # C = sum P^T h1 and c = sum P with P = g where the hidden layer is active: the same fold as
