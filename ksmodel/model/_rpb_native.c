@@ -221,11 +221,12 @@ void ks_rpb_backward(const float *fx, const float *fy, int64_t H, int64_t W, int
                     }
                     st(cb, q0);
                     st(cb + 16, q1);
-                    /* dh1 = P wu, through the first layer's ReLU, summed per row and column */
+                    /* dh1 = P wu, through the first layer's ReLU (h1 read again: 16 registers
+                     * for it next to the product's 16 would spill), summed per row and column */
                     product(p, wu, 0, acc);
                     for (int r = 0; r < nb; r++) {
-                        const v16 d0 = keep(acc[r][0], hv[r][0] > (v16){0});
-                        const v16 d1 = keep(acc[r][1], hv[r][1] > (v16){0});
+                        const v16 d0 = keep(acc[r][0], ld(h + r * R) > (v16){0});
+                        const v16 d1 = keep(acc[r][1], ld(h + r * R + 16) > (v16){0});
                         float *dr = drow + (y * N + n0 + r) * R, *dc = dcol + (x * N + n0 + r) * R;
                         st(dr, ld(dr) + d0);
                         st(dr + 16, ld(dr + 16) + d1);
