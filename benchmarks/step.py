@@ -275,25 +275,9 @@ class _CpuTimed:
             self.cpu_s += time.process_time() - cpu0
 
 
-HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"  # torch's allocator on transparent huge pages
-
-
-def huge_pages(tree: Path, mode: str) -> bool:
-    """Whether ``tree``'s step runs with torch's allocator on huge pages: ``as-study`` as that
-    tree's own studies start their trials (study/local_ray.py sets it since the fused bias
-    kernel; before, trials ran without), else ``on`` / ``off`` for every tree."""
-    if mode != "as-study":
-        return mode == "on"
-    local_ray = tree / "study" / "local_ray.py"
-    return local_ray.exists() and HUGE_PAGES_ENV in local_ray.read_text()
-
-
 def run_worker(spec: dict, tree: Path = ROOT) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), TREE_ENV: str(tree),
            "PYTHONPATH": str(tree)}
-    env.pop(HUGE_PAGES_ENV, None)
-    if spec.get("huge_pages"):
-        env[HUGE_PAGES_ENV] = "1"
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env, cwd=tree)
     if proc.returncode != 0:
@@ -417,9 +401,6 @@ def print_comparison(results: list[dict], trees: list[Path]) -> None:
               f"measured right before each timed step (median); % mm = median over steps of the "
               f"step's GFLOP/s / that matmul rate. 1-min load average during the runs: "
               f"{min(loads):.2f}-{max(loads):.2f}")
-    thp = {Path(r["tree"]).name: "on" if r.get("huge_pages") else "off" for r in results}
-    print("torch's allocator on huge pages (THP_MEM_ALLOC_ENABLE, as --huge-pages): "
-          + ", ".join(f"{name} {v}" for name, v in thp.items()))
 
 
 def print_profiles(results: list[dict], trees: list[Path]) -> None:
@@ -472,9 +453,6 @@ def main(argv: list[str] | None = None) -> int:
                          "config; compilation runs in the warm-up steps")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="also profile one step per (tree, config, batch): its top N operators")
-    ap.add_argument("--huge-pages", choices=["as-study", "on", "off"], default="as-study",
-                    help="torch's allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE): "
-                         "as each tree's studies run their trials (default), or for every tree")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -513,8 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{'oracle' if spec['oracle'] else 'fast'}", file=sys.stderr, flush=True)
                 first = rnd == 0  # count FLOPs and profile once per tree
                 results.append({**run_worker({**spec, "flops": spec["flops"] and first,
-                                              "profile": spec["profile"] if first else 0,
-                                              "huge_pages": huge_pages(tree, args.huge_pages)},
+                                              "profile": spec["profile"] if first else 0},
                                              tree), "round": rnd})
                 if args.json:  # partial results survive an interrupted run
                     _write_json(args.json, peak, trees, results)

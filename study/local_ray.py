@@ -9,16 +9,6 @@ the loopback one (Ray's own switch for single-machine use, ``RAY_ENABLE_WINDOWS_
 read when ``ray`` is first imported - so `prefer_loopback` runs before anything imports it) and
 starts no dashboard. Joining a cluster (``--address``) leaves Ray's addresses as they are.
 
-A local Ray's worker processes inherit the driver's environment at ``ray.init``; the study puts
-torch's allocator on transparent huge pages there (``THP_MEM_ALLOC_ENABLE=1``: tensors of 2 MB
-and more aligned and ``madvise``d, read by torch once, before its first allocation, hence not
-settable from inside a running trial). A training step at the original shapes allocates a few
-~100 MB buffers (the attention's probabilities, their gradient, the bias kernel's active units)
-and on a kernel whose huge pages are opt-in each is otherwise page-faulted 4 KB at a time: the
-B = 8 step took 2.13 s without, 1.85 s with it (2 threads, benchmarks/step.py sets it alike for
-every tree it times). Nodes joined with ``--address`` take it from their own environment
-(``ray start`` there, see cluster/).
-
 ``ray.init`` replaces the process's SIGTERM handler with its own, which exits at once; a
 SIGTERM during the start therefore arrives as ``SystemExit`` and is turned into the study's
 ordinary stop (KeyboardInterrupt: every run closed, exit 130, ``--resume``), and the study's
@@ -36,7 +26,6 @@ from typing import Any
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK = "127.0.0.1"
-HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"  # torch's CPU allocator: big tensors on huge pages
 
 
 class StopSignal:
@@ -78,7 +67,6 @@ def start_ray(address: str | None, num_cpus: int | None,
         if address:
             ray.init(address=address, log_to_driver=True, **init_kwargs)
         else:
-            os.environ.setdefault(HUGE_PAGES_ENV, "1")  # the workers' torch reads it at start
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                      log_to_driver=True, **init_kwargs)
     except SystemExit as exc:  # Ray's own SIGTERM handler, installed by ray.init

@@ -70,19 +70,3 @@ def test_step_comparison_reports_medians_ratio_and_matmul_share(capsys) -> None:
     assert float(rows["new"][9]) == pytest.approx(58.3, abs=0.05)
     assert float(rows["base"][9]) == pytest.approx(37.5, abs=0.05)
     assert rows["new"][11] == "0.625x" and rows["new"][12] == "(0.50-0.75)"
-
-
-def test_step_benchmark_gives_each_tree_its_own_studies_allocator_setting(tmp_path, capsys):
-    """--huge-pages as-study: a tree whose studies start trials on huge pages is timed so, an
-    older one without (each as its users ran it); on / off force one setting for all."""
-    from benchmarks.step import ROOT, huge_pages, print_comparison
-
-    old = tmp_path / "old"
-    (old / "study").mkdir(parents=True)
-    (old / "study" / "local_ray.py").write_text("LOOPBACK = '127.0.0.1'\n")
-    assert huge_pages(ROOT, "as-study") and not huge_pages(old, "as-study")
-    assert huge_pages(old, "on") and not huge_pages(ROOT, "off")
-    results = [{**_worker_result(str(old), 0, [4.0], [100.0], 1e9), "huge_pages": False},
-               {**_worker_result(str(ROOT), 0, [2.0], [100.0], 1e9), "huge_pages": True}]
-    print_comparison(results, [old, ROOT])
-    assert f"old off, {ROOT.name} on" in capsys.readouterr().out

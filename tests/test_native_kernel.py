@@ -153,3 +153,34 @@ def test_the_forward_keeps_the_active_units_only_for_a_backward(compiled):
     units = (mids[0] @ h1 + mids[1]) > 0
     bits = int(active[e[0], 0, e[1], e[2], e[3]]) & 0xFFFFFFFF
     assert [(bits >> i) & 1 == 1 for i in range(32)] == units.tolist()
+
+
+def test_the_attention_reuses_its_large_buffers_across_steps(compiled):
+    """The fused attention's logit gradient and the kernel's active units go back to
+    ``_buffers`` after its backward and the next step takes them again: the same memory, and
+    the second step's results equal the first's (nothing stale read)."""
+    from ksmodel.model import _buffers
+    from ksmodel.model._biased_attention import biased_attention
+
+    b, heads, d = 2, 3, 4  # one head per offset group: the fused kernel's case
+    leaves = _leaves(s=b * heads, h=5, w=6, n=11, seed=3)
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(b, 5 * 6, heads * d, generator=g).requires_grad_()
+    k = torch.randn(b, 11, heads * d, generator=g).requires_grad_()
+    v = torch.randn(b, 11, heads * d, generator=g).requires_grad_()
+    inputs = [q, k, v, *leaves]
+    _buffers.clear()
+
+    def step():
+        out = biased_attention(q, k, v, *leaves[:5], list(leaves[5:]), heads=heads, scale=0.5)
+        return out, torch.autograd.grad((out * out).sum(), inputs)
+
+    first, first_g = step()
+    kept = {key: [t.data_ptr() for t in ts] for key, ts in _buffers._FREE.items()}
+    assert set(kept) == {((b, heads, 30, 11), torch.float32), ((b * heads, 1, 5, 6, 11),
+                                                                torch.int32)}
+    second, second_g = step()
+    assert {key: [t.data_ptr() for t in ts] for key, ts in _buffers._FREE.items()} == kept
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    for a, c in zip(second_g, first_g, strict=True):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ksmodel.model import _buffers
 from ksmodel.model._eager import eager_only
 from ksmodel.model._rpb_kernel import _compute_dtype, _default_chunk_elems, _Kernel
 
@@ -72,7 +73,7 @@ class _BiasedAttention(torch.autograd.Function):
         heads, scale = ctx.heads, ctx.scale
         gout = gout.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dlogits = torch.empty_like(probs)
+        dlogits = _buffers.take(tuple(probs.shape), probs.dtype, probs.device)
         for i in range(q.shape[0]):
             p, g = probs[i], _heads(gout, i, heads)
             torch.bmm(p.mT, g, out=_heads(dv, i, heads))
@@ -86,10 +87,12 @@ class _BiasedAttention(torch.autograd.Function):
         del probs
         kernel = _Kernel(fx, fy, w1, b1, w_out, tuple(mids), q.dtype, ctx.chunk_elems,
                          active=ctx.active, backward=True)
-        ctx.active = None
+        ctx.active = None  # a second backward (retain_graph) recomputes it, eagerly
         need = ctx.needs_input_grad
         dfx, dfy, dw1, db1, dw_out, *dmids = kernel.backward_all(dlogits,
                                                                  need_inputs=need[3] or need[4])
+        _buffers.give(dlogits)
+        _buffers.give(kernel.active)
         return (dq, dk, dv, dfx, dfy, dw1, db1, dw_out, None, None, None, *dmids)
 
 

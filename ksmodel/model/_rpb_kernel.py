@@ -34,6 +34,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from ksmodel.model import _buffers
 from ksmodel.model import _rpb_native as native
 from ksmodel.model._eager import eager_only
 
@@ -101,9 +102,10 @@ class _RPBBias(torch.autograd.Function):
         fx, fy, w1, b1, w_out, *mids = ctx.saved_tensors
         k = _Kernel(fx, fy, w1, b1, w_out, tuple(mids), ctx.dtype, ctx.chunk_elems,
                     active=ctx.active, backward=True)
-        ctx.active = None
+        ctx.active = None  # a second backward (retain_graph) recomputes it, eagerly
         dfx, dfy, dw1, db1, dw_out, *dmids = k.backward_all(
             gout, need_inputs=ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        _buffers.give(k.active)
         return (dfx, dfy, dw1, db1, dw_out, None, None, *dmids)
 
 

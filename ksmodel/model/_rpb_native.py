@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ksmodel.model import _buffers
+
 SOURCE = Path(__file__).with_name("_rpb_native.c")
 HIDDEN = 32  # R of the C kernel
 ENV_SWITCH = "KS_NATIVE_KERNEL"  # "0": always the eager path
@@ -127,8 +129,9 @@ class Weights:
 
 def active_units(out: Tensor) -> Tensor:
     """The buffer ``forward`` records the hidden layer's active units in: 32 bits per bias
-    element, which spares the backward a second pass through the hidden layer's product."""
-    return torch.empty(out.shape, dtype=torch.int32, device=out.device)
+    element, which spares the backward a second pass through the hidden layer's product
+    (a reused one: ``_buffers``; the backward gives it back)."""
+    return _buffers.take(tuple(out.shape), torch.int32, out.device)
 
 
 def forward(fx: Tensor, fy: Tensor, w: Weights, s0: int, s1: int, out: Tensor,
