@@ -28,6 +28,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -109,23 +110,34 @@ def time_steps(cfg: ModelConfig, b: int, steps: int, rule: str = "cgcoord", *, a
             "peak_cuda_gb": torch.cuda.max_memory_allocated() / 1024**3}
 
 
-def profile_step(cfg: ModelConfig, b: int, top: int) -> dict:
-    """One bf16 step under torch.profiler: GPU-busy share of the wall time, kernel launches, and
-    the top operators by GPU time (is the step compute- or launch-bound?)."""
-    from torch.profiler import ProfilerActivity, profile
-
+def warmed_step(cfg: ModelConfig, b: int) -> Callable[[], None]:
+    """One more bf16 training step of a fresh model on a fresh batch, after three warm-up
+    steps (the first ones allocate and pick kernels)."""
     device = torch.device("cuda")
     model = build(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     coord = make_coordinator("cgcoord")
     batch = random_batch(cfg, b, device)
     objective = diagnosis_objective(cfg, batch)
-    for _ in range(3):
+
+    def step() -> None:
         train_step(model, batch, objective, opt, coord, amp=True)
+
+    for _ in range(3):
+        step()
     torch.cuda.synchronize()
+    return step
+
+
+def profile_step(cfg: ModelConfig, b: int, top: int) -> dict:
+    """One bf16 step under torch.profiler: GPU-busy share of the wall time, kernel launches, and
+    the top operators by GPU time (is the step compute- or launch-bound?)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = warmed_step(cfg, b)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
-        train_step(model, batch, objective, opt, coord, amp=True)
+        step()
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
     events = prof.key_averages()
@@ -146,15 +158,7 @@ def describe(name: str, r: dict) -> str:
 
 def gated_steps(cfg: ModelConfig, b: int, steps: int, gate) -> float:
     """Warm up, wait at ``gate`` until every concurrent task has, then time ``steps`` steps."""
-    device = torch.device("cuda")
-    model = build(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    coord = make_coordinator("cgcoord")
-    batch = random_batch(cfg, b, device)
-    objective = diagnosis_objective(cfg, batch)
-    for _ in range(3):
-        train_step(model, batch, objective, opt, coord, amp=True)
-    torch.cuda.synchronize()
+    step = warmed_step(cfg, b)
     import ray
 
     ray.get(gate.arrive.remote())
@@ -162,7 +166,7 @@ def gated_steps(cfg: ModelConfig, b: int, steps: int, gate) -> float:
         time.sleep(0.01)
     t0 = time.perf_counter()
     for _ in range(steps):
-        train_step(model, batch, objective, opt, coord, amp=True)
+        step()
     torch.cuda.synchronize()
     return time.perf_counter() - t0
 
