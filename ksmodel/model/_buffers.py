@@ -21,7 +21,17 @@ from torch import Tensor
 KEEP = 4  # free buffers kept per (shape, dtype): two streams x a forward's and a backward's
 _LOCK = threading.Lock()
 _FREE: dict[tuple, list[Tensor]] = {}
-os.register_at_fork(after_in_child=_FREE.clear)
+
+
+def _after_fork() -> None:
+    """A forked child starts with no buffers and a free lock (a thread of the parent may have
+    held it at the fork)."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    _FREE.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def take(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -46,6 +46,16 @@ _LOCK = threading.Lock()
 _LIB: list[ctypes.CDLL | None] = []  # [] until the first load attempt
 
 
+def _after_fork() -> None:
+    """A forked child keeps the loaded library but gets a free lock (a thread of the parent
+    may have been building at the fork)."""
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def _cpu_signature() -> str:
     """What ``-march=native`` depends on: the CPU model and feature flags."""
     text = ""
