@@ -263,8 +263,11 @@ class _Kernel:
         (-> ``dfy``, ``dw1_y``) per chunk and over query rows (-> ``dfx``, ``dw1_x``,
         ``db1``) per slice."""
         if self.native:
-            return native.backward(self.fx, self.fy, self.weights, gout, self.active,
-                                   chunks[0][0], chunks[-1][1], dfx, dfy)
+            dw1x, dw1y, db1, c, cb = native.backward(self.fx, self.fy, self.weights, gout,
+                                                     self.active, chunks[0][0], chunks[-1][1],
+                                                     dfx, dfy)
+            dw_last, db_last, dw_out = _unfold(c, cb, self.w_out[0], *self.mids[-2:])
+            return [dw1x, dw1y, db1, dw_out[None], dw_last, db_last]
         acc, dev, r = self.acc, self.device, self.r
         n_mid = len(self.mids) // 2
         hpg = self.w_out.shape[0]
@@ -351,10 +354,18 @@ class _Kernel:
                 col_grad[:s1 - s0].add_(torch.sum(d5, 1, out=col_part[:s1 - s0]))
         flush_columns()
         if fold:
-            dmids[-2].add_(c_sum * u[:, None])
-            dmids[-1].add_(cb_sum * u)
-            dw_out[0].add_((c_sum * w_last).sum(1) + cb_sum * self.mids[-1])
+            for total, part in zip((dmids[-2], dmids[-1], dw_out[0]),
+                                   _unfold(c_sum, cb_sum, u, w_last, self.mids[-1]), strict=True):
+                total.add_(part)
         return [dw1x, dw1y, db1, dw_out, *dmids]
+
+
+def _unfold(c: Tensor, cb: Tensor, u: Tensor, w_last: Tensor, b_last: Tensor
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """With one head per group: the last hidden layer's weight and bias gradients and the
+    output weight's, (u * C, u * c, rowsum(C * W) + c * b), from C = sum P^T h and c = sum P
+    (see ``_Kernel.backward``; the fused kernel returns the same two sums)."""
+    return c * u[:, None], cb * u, (c * w_last).sum(1) + cb * b_last
 
 
 THREADED_CHUNKS = True  # CPU: spread chunks over torch.get_num_threads() single-threaded workers

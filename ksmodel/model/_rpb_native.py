@@ -132,7 +132,7 @@ class Weights:
     def __init__(self, w1x: Tensor, w1y: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
                  u: Tensor) -> None:
         self.w1x, self.w1y, self.b1 = (t.contiguous() for t in (w1x, w1y, b1))
-        self.w2, self.b2, self.u = w2.contiguous(), b2.contiguous(), u.contiguous()
+        self.b2, self.u = b2.contiguous(), u.contiguous()
         self.w2t = w2.t().contiguous()
         self.wu = (w2 * u[:, None]).contiguous()  # u folded into the hidden layer's rows
 
@@ -159,8 +159,9 @@ def forward(fx: Tensor, fy: Tensor, w: Weights, s0: int, s1: int, out: Tensor,
 def backward(fx: Tensor, fy: Tensor, w: Weights, g: Tensor, active: Tensor, s0: int, s1: int,
              dfx: Tensor | None, dfy: Tensor | None) -> list[Tensor]:
     """Slices s0:s1's gradients from ``g`` [S, H, W, N] and the forward's ``active`` units:
-    writes their ``dfx``/``dfy`` and returns (dw1x, dw1y, db1, dw_out [1, R], dW2, db2) summed
-    over them."""
+    writes their ``dfx``/``dfy`` and returns (dw1x, dw1y, db1, C, c) summed over them, with
+    C = sum P^T h1 and c = sum P (P = g where the hidden layer is active), from which the
+    caller derives the hidden layer's and the output weight's gradients."""
     _, width, n = fx.shape
     height, r = fy.shape[1], HIDDEN
     scratch = fx.new_empty(2 * (height + width) * n * r)
@@ -168,9 +169,5 @@ def backward(fx: Tensor, fy: Tensor, w: Weights, g: Tensor, active: Tensor, s0: 
     library().ks_rpb_backward(_ptr(fx), _ptr(fy), height, width, n, _ptr(w.w1x), _ptr(w.w1y),
                               _ptr(w.b1), _ptr(w.wu), _ptr(g), _ptr(active), s0, s1, _ptr(dfx),
                               _ptr(dfy), _ptr(sums), _ptr(scratch))
-    c, cb = sums[:r * r].view(r, r), sums[r * r:r * r + r]
     dw1x, dw1y, db1 = sums[r * r + r:].view(3, r)
-    # C = sum P^T h1 and c = sum P with P = g where the hidden layer is active: the same fold as
-    # the eager kernel's (see _Kernel.backward)
-    dw_out = ((c * w.w2).sum(1) + cb * w.b2)[None]
-    return [dw1x, dw1y, db1, dw_out, c * w.u[:, None], cb * w.u]
+    return [dw1x, dw1y, db1, sums[:r * r].view(r, r), sums[r * r:r * r + r]]
